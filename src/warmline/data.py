@@ -1,0 +1,187 @@
+"""From a stage's source to clean, de-duplicated train/validation conversations.
+
+Nothing is dropped silently: every dropped row is counted under a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .formats import CONVERTERS, Conversation, check_columns, detect_format, format_context
+from .recipe import StageConfig
+from .sources import read_source
+
+logger = logging.getLogger(__name__)
+
+_HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|u|a|li|ul|ol|h[1-6])(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_HTML_ENTITY = re.compile(r"&(?:[a-zA-Z]{2,8}|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SPACES = re.compile(r"[ \t\u00a0]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass
+class StageData:
+    """A stage's conversations after cleaning, with the bookkeeping `data inspect` prints."""
+
+    name: str
+    format: str
+    train: list[Conversation]
+    validation: list[Conversation]
+    rows_read: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    cleaned: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def kept(self) -> int:
+        return len(self.train) + len(self.validation)
+
+    def stats(self) -> dict:
+        return {
+            "name": self.name,
+            "format": self.format,
+            "rows_read": self.rows_read,
+            "dropped": dict(self.dropped),
+            "cleaned": dict(self.cleaned),
+            "duplicates": self.duplicates,
+            "kept": self.kept,
+            "train_rows": len(self.train),
+            "validation_rows": len(self.validation),
+            "files": self.files,
+        }
+
+
+def clean_text(text: str, cleaned: Counter) -> str | None:
+    """Normalise one turn's text; None (with no count) means nothing is left."""
+    if "\ufffd" in text:
+        return None
+    original = text
+    text = unicodedata.normalize("NFC", text)
+    if _HTML_TAG.search(text) or _HTML_ENTITY.search(text):
+        text = _HTML_TAG.sub(lambda m: "\n" if m.group(0).lower().startswith(("<br", "</p", "<p")) else "", text)
+        text = html.unescape(text)
+        cleaned["html_removed"] += 1
+    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _BLANK_LINES.sub("\n\n", "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")))
+    text = text.strip()
+    if text != original.strip() and "html_removed" not in cleaned:
+        cleaned["whitespace_normalised"] += 1
+    return text or None
+
+
+def clean_conversation(conv: Conversation, cleaned: Counter) -> Conversation | str:
+    """Clean every turn; return the reason when the conversation can't be used."""
+    out: Conversation = []
+    for turn in conv:
+        if "\ufffd" in turn["content"]:
+            return "undecodable"
+        text = clean_text(turn["content"], cleaned)
+        if text is None:
+            return "empty_turn"
+        out.append({"role": turn["role"], "content": text})
+    body = [t for t in out if t["role"] != "system"]
+    if not body or body[0]["role"] != "user":
+        return "does_not_start_with_user"
+    if out[-1]["role"] != "assistant":
+        return "no_final_assistant_turn"
+    for a, b in zip(body, body[1:], strict=False):
+        if a["role"] == b["role"]:
+            return "roles_do_not_alternate"
+    return out
+
+
+def normalise_for_dedup(text: str) -> str:
+    """Case-, punctuation- and whitespace-insensitive form used to find duplicates."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def conversation_key(conv: Conversation) -> str:
+    return "\x1f".join(f"{t['role']}:{normalise_for_dedup(t['content'])}" for t in conv if t["role"] != "system")
+
+
+def prompt_key(conv: Conversation) -> str:
+    """Group key for the split: the first user turn, normalised."""
+    first_user = next(t["content"] for t in conv if t["role"] == "user")
+    return normalise_for_dedup(first_user)
+
+
+def grouped_split(
+    convs: list[Conversation], validation_fraction: float, seed: int
+) -> tuple[list[Conversation], list[Conversation]]:
+    """Split so that all answers to one prompt land on the same side."""
+    if validation_fraction <= 0 or len(convs) < 2:
+        return list(convs), []
+    groups: dict[str, list[Conversation]] = {}
+    for conv in convs:
+        groups.setdefault(prompt_key(conv), []).append(conv)
+    # Order groups by a seeded hash: stable across runs and independent of input order.
+    order = sorted(groups, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    n_val_groups = max(1, round(validation_fraction * len(order))) if len(order) > 1 else 0
+    val_keys = set(order[:n_val_groups])
+    train = [c for k in order if k not in val_keys for c in groups[k]]
+    validation = [c for k in order if k in val_keys for c in groups[k]]
+    return train, validation
+
+
+def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = None) -> StageData:
+    """Read, convert, clean, de-duplicate and split one stage's data."""
+    raw = read_source(stage.source, split=stage.split, subset=stage.subset)
+    fmt = stage.format
+    if fmt == "auto":
+        fmt = detect_format(raw.columns)
+        logger.info("stage '%s': detected format '%s' from columns %s", stage.name, fmt, raw.columns)
+    where = ", ".join(raw.files) if raw.files else stage.source
+    check_columns(fmt, raw.columns, stage.columns, where)
+    rows = raw.rows
+    if stage.max_rows is not None and len(rows) > stage.max_rows:
+        rows = random.Random(seed).sample(rows, stage.max_rows)
+    dropped: Counter = Counter(raw.dropped)
+    cleaned: Counter = Counter()
+    convert = CONVERTERS[fmt]
+    ctx = format_context(fmt, rows, stage.columns)
+    seen: set[str] = set()
+    duplicates = 0
+    kept: list[Conversation] = []
+    system = stage.system_prompt if stage.system_prompt is not None else system_prompt
+    for row in rows:
+        conv = convert(row, stage.columns, ctx)
+        if isinstance(conv, str):
+            dropped[conv] += 1
+            continue
+        conv = clean_conversation(conv, cleaned)
+        if isinstance(conv, str):
+            dropped[conv] += 1
+            continue
+        key = conversation_key(conv)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        if system and conv[0]["role"] != "system":
+            conv = [{"role": "system", "content": system}, *conv]
+        kept.append(conv)
+    train, validation = grouped_split(kept, stage.validation_fraction, seed)
+    data = StageData(
+        name=stage.name,
+        format=fmt,
+        train=train,
+        validation=validation,
+        rows_read=len(raw.rows),
+        dropped=dict(dropped),
+        cleaned=dict(cleaned),
+        duplicates=duplicates,
+        files=raw.files,
+    )
+    if dropped or duplicates:
+        logger.info("stage '%s': dropped %s, duplicates %d", stage.name, dict(dropped), duplicates)
+    return data

@@ -1,0 +1,61 @@
+"""`warmline data inspect`: what each stage's data looks like after cleaning and tokenisation."""
+
+from __future__ import annotations
+
+import statistics
+
+from .data import StageData, prepare_stage
+from .recipe import Recipe
+from .tokenize import tokenize_conversation
+
+
+def token_lengths(tokenizer, convs, max_length: int) -> tuple[list[int], int]:
+    """Untruncated token length of every conversation, and how many exceed max_length."""
+    lengths = [len(tokenize_conversation(tokenizer, c, 10**9).input_ids) for c in convs]
+    return lengths, sum(n > max_length for n in lengths)
+
+
+def percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def inspect_recipe(recipe: Recipe, tokenizer) -> list[dict]:
+    """One row of statistics per stage."""
+    rows = []
+    for stage in recipe.stages:
+        data: StageData = prepare_stage(stage, seed=recipe.training.seed, system_prompt=recipe.system_prompt)
+        lengths, truncated = token_lengths(tokenizer, data.train + data.validation, stage.max_length)
+        row = data.stats()
+        row.update(
+            tokens_p50=int(statistics.median(lengths)) if lengths else 0,
+            tokens_p95=percentile(lengths, 0.95),
+            tokens_max=max(lengths, default=0),
+            would_truncate=truncated,
+            max_length=stage.max_length,
+        )
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table, one line per stage."""
+    headers = ["stage", "format", "read", "dropped", "dup", "kept", "train", "val", "p50", "p95", "max", "trunc"]
+    lines = []
+    for r in rows:
+        dropped = sum(r["dropped"].values())
+        lines.append([
+            r["name"], r["format"], r["rows_read"], dropped, r["duplicates"], r["kept"], r["train_rows"],
+            r["validation_rows"], r["tokens_p50"], r["tokens_p95"], r["tokens_max"],
+            f"{r['would_truncate']} (>{r['max_length']})",
+        ])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines, strict=False)]
+    out = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)) for line in lines]
+    reasons = [(r["name"], r["dropped"], r["cleaned"]) for r in rows if r["dropped"] or r["cleaned"]]
+    for name, dropped, cleaned in reasons:
+        out.append(f"{name}: dropped by reason {dropped or '{}'}; cleaned {cleaned or '{}'}")
+    return "\n".join(out)

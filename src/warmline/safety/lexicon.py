@@ -1,0 +1,357 @@
+"""Tiered phrase lexicon: fast, explainable detection of risk language in one message.
+
+The rules live in ``resources/safety/lexicon.yaml``. Matching runs on normalised text in three
+passes, so that a benign use of a risk word never reaches the risk rules:
+
+1. masks remove hyperbole, idioms, technical and accidental uses ("this homework is killing
+   me", "kill -9", "dying to see", "cut myself chopping onions");
+2. risk rules match what is left;
+3. each hit is checked in its clause and sentence: a negation just before it ("I would never
+   kill myself") or a distant-past, recovered frame ("I used to self-harm, clean for four
+   years") discounts it, and laughter downgrades a hyperbolic self-statement to distress.
+   Discounted hits are kept as evidence but do not raise the level.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from warmline.safety.levels import SELF_CATEGORIES, RiskLevel
+
+logger = logging.getLogger(__name__)
+
+MaskKind = Literal["hyperbole", "idiom", "technical", "accidental", "breakup"]
+Discount = Literal["negated", "history", "joking"]
+
+# Informal spellings expanded before matching, so each rule is written once. Only tokens that
+# are unambiguous in chat text; "ill", "id", "its", "were" are real words and are left alone.
+_INFORMAL: dict[str, str] = {
+    "im": "i'm",
+    "ive": "i've",
+    "dont": "don't",
+    "cant": "can't",
+    "wont": "won't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "isnt": "isn't",
+    "wasnt": "wasn't",
+    "wouldnt": "wouldn't",
+    "couldnt": "couldn't",
+    "shouldnt": "shouldn't",
+    "havent": "haven't",
+    "hasnt": "hasn't",
+    "arent": "aren't",
+    "werent": "weren't",
+    "thats": "that's",
+    "whats": "what's",
+    "theres": "there's",
+    "youre": "you're",
+    "hes": "he's",
+    "shes": "she's",
+    "wanna": "want to",
+    "gonna": "going to",
+    "gotta": "got to",
+    "kms": "kill myself",
+    "unalive": "kill",
+    "unaliving": "killing",
+    "u": "you",
+    "ur": "your",
+    "idk": "i don't know",
+    "rn": "right now",
+    "tmrw": "tomorrow",
+    "bc": "because",
+    "cuz": "because",
+    "coz": "because",
+}
+_INFORMAL_RE = re.compile(r"\b(" + "|".join(map(re.escape, _INFORMAL)) + r")\b")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_SENTENCE_END = re.compile(r"[.!?;\n]+")
+# A clause ends at punctuation; the negation window never crosses one.
+_CLAUSE_PUNCT = re.compile(r"[,:;.!?\n]")
+_NEGATION_WINDOW_WORDS = 5
+
+
+def normalise(text: str) -> str:
+    """Lower-case, straighten apostrophes, expand informal spellings, squeeze spaces."""
+    text = text.translate(_APOSTROPHES).lower()
+    text = _INFORMAL_RE.sub(lambda m: _INFORMAL[m.group(1)], text)
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One compiled risk rule from the lexicon file."""
+
+    rule_id: str
+    category: str
+    level: RiskLevel
+    pattern: re.Pattern[str]
+    context: bool = False
+    """Only elevated when the conversation also shows distress; otherwise distress."""
+    negatable: bool = True
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A benign use of a risk word, blanked out before the risk rules run."""
+
+    mask_id: str
+    kind: MaskKind
+    pattern: re.Pattern[str]
+    unless: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A risk rule that matched, with how it was judged in context."""
+
+    rule_id: str
+    category: str
+    level: RiskLevel
+    phrase: str
+    discount: Discount | None = None
+    """Why the hit does not count at its nominal level (None: it counts)."""
+    start: int = 0
+    """Offset of the match in the normalised message."""
+
+    def describe(self) -> str:
+        """Evidence line, e.g. ``lexicon kill_myself: "kill myself"``."""
+        note = f" ({self.discount})" if self.discount else ""
+        return f'lexicon {self.rule_id}: "{self.phrase}"{note}'
+
+
+@dataclass(frozen=True)
+class LexiconResult:
+    """Everything the lexicon found in one message."""
+
+    level: RiskLevel
+    hits: list[Hit] = field(default_factory=list)
+    """Hits that count towards ``level``."""
+    discounted: list[Hit] = field(default_factory=list)
+    """Hits cancelled by negation, a recovered history, or a joking tone."""
+    masks: list[str] = field(default_factory=list)
+    """Ids of the benign uses that were blanked out."""
+    imminence: bool = False
+    informational: bool = False
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories of the counting hits, most severe first, without repeats."""
+        ordered = sorted(self.hits, key=lambda hit: -hit.level.rank)
+        return list(dict.fromkeys(hit.category for hit in ordered))
+
+    @property
+    def benign_signals(self) -> bool:
+        """True when the message showed a benign reading of risk words and no counting risk."""
+        no_risk = not any(hit.level.is_crisis for hit in self.hits)
+        return no_risk and bool(self.masks or self.discounted or self.informational)
+
+    def evidence(self) -> list[str]:
+        """Evidence lines for the counting and discounted hits and the masks."""
+        lines = [hit.describe() for hit in self.hits + self.discounted]
+        lines += [f"benign use: {mask_id}" for mask_id in self.masks]
+        return lines
+
+
+class Lexicon:
+    """Compiled rules from a lexicon YAML file (the packaged one by default)."""
+
+    def __init__(self, data: dict[str, Any], source: str = "<dict>") -> None:
+        fragments: dict[str, str] = data.get("fragments", {})
+        self.source = source
+
+        def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
+            expanded = re.sub(
+                r"\{([A-Z0-9_]+)\}", lambda m: f"(?:{fragments[m.group(1)]})", pattern
+            )
+            try:
+                return re.compile(expanded, re.IGNORECASE)
+            except re.error as error:  # name the rule so the YAML can be fixed
+                raise ValueError(f"{source}: bad pattern in {where}: {error}") from error
+
+        self.masks = [
+            Mask(
+                mask_id=entry["id"],
+                kind=entry["kind"],
+                pattern=compile_pattern(entry["pattern"], entry["id"]),
+                unless=compile_pattern(entry["unless"], entry["id"]) if "unless" in entry else None,
+            )
+            for entry in data.get("masks", [])
+        ]
+        self.rules = [
+            Rule(
+                rule_id=entry["id"],
+                category=entry["category"],
+                level=RiskLevel(entry["level"]),
+                pattern=compile_pattern(entry["pattern"], entry["id"]),
+                context=bool(entry.get("context", False)),
+                negatable=bool(entry.get("negatable", True)),
+            )
+            for entry in data.get("risk", [])
+        ]
+        self._context_rules = {rule.rule_id for rule in self.rules if rule.context}
+        cues: dict[str, str] = data["cues"]
+        self.negation = compile_pattern(cues["negation"], "cues.negation")
+        self.negation_breakers = compile_pattern(cues["negation_breakers"], "cues.negation_breakers")
+        self.distant_past = compile_pattern(cues["distant_past"], "cues.distant_past")
+        self.present_again = compile_pattern(cues["present_again"], "cues.present_again")
+        self.laughter = compile_pattern(cues["laughter"], "cues.laughter")
+        self.imminence = compile_pattern(cues["imminence"], "cues.imminence")
+        self.informational = compile_pattern(cues["informational"], "cues.informational")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Lexicon:
+        """Load and compile a lexicon YAML file."""
+        path = Path(path)
+        return cls(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+
+    def scan(self, text: str, *, context: bool = False) -> LexiconResult:
+        """Find risk language in one message.
+
+        ``context`` says the conversation already showed distress; rules marked
+        ``context: true`` (height or dose questions) only count as elevated with it, or with
+        distress in this same message.
+        """
+        normalised = normalise(text)
+        masked, mask_ids = self._apply_masks(normalised)
+        hits: list[Hit] = []
+        discounted: list[Hit] = []
+        for rule in self.rules:
+            for match in rule.pattern.finditer(masked):
+                phrase = match.group(0).strip()
+                if not phrase:
+                    continue
+                discount = self._discount(rule, masked, match.start(), match.end())
+                hit = Hit(rule.rule_id, rule.category, rule.level, phrase, discount, match.start())
+                if discount == "joking":
+                    # A laughing hyperbole still gets resources appended, just not the crisis
+                    # script: count it, but as distress.
+                    hits.append(replace(hit, level=RiskLevel.DISTRESS))
+                else:
+                    (discounted if discount else hits).append(hit)
+                break  # one hit per rule is enough evidence
+
+        hits = self._attribute_third_party(hits, masked)
+        distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
+        hits = [self._resolve_context(hit, context or distress_here) for hit in hits]
+        imminence = bool(self.imminence.search(masked))
+        level = RiskLevel.highest(*(hit.level for hit in hits))
+        if imminence and level.is_crisis:
+            level = RiskLevel.IMMINENT
+        return LexiconResult(
+            level=level,
+            hits=hits,
+            discounted=discounted,
+            masks=mask_ids,
+            imminence=imminence,
+            informational=bool(self.informational.search(masked)),
+        )
+
+    def _apply_masks(self, text: str) -> tuple[str, list[str]]:
+        """Blank out benign uses (same length, so offsets and sentence bounds stay put)."""
+        found: list[str] = []
+        for mask in self.masks:
+
+            def blank(match: re.Match[str], mask: Mask = mask) -> str:
+                if mask.unless is not None and mask.unless.search(_sentence_of(text, match.start())):
+                    return match.group(0)
+                found.append(mask.mask_id)
+                return " " * len(match.group(0))
+
+            text = mask.pattern.sub(blank, text)
+        return text, list(dict.fromkeys(found))
+
+    def _discount(self, rule: Rule, text: str, start: int, end: int) -> Discount | None:
+        """Why a hit should not count, judged from its clause and sentence."""
+        sentence = _sentence_of(text, start)
+        if rule.negatable and self._negated(text, start):
+            return "negated"
+        if self.distant_past.search(sentence) and not self.present_again.search(sentence):
+            return "history"
+        if (
+            rule.category in SELF_CATEGORIES
+            and rule.level == RiskLevel.ELEVATED
+            and self.laughter.search(sentence)
+            and not self.imminence.search(sentence)
+        ):
+            return "joking"
+        return None
+
+    def _negated(self, text: str, start: int) -> bool:
+        """A negation cue within a few words before ``start``, in the same clause."""
+        before = text[:start]
+        clause_start = max((m.end() for m in _CLAUSE_PUNCT.finditer(before)), default=0)
+        words = before[clause_start:].split()[-_NEGATION_WINDOW_WORDS:]
+        window = " ".join(words)
+        cues = list(self.negation.finditer(window))
+        if not cues:
+            return False
+        after_cue = window[cues[-1].end() :]
+        return not self.negation_breakers.search(after_cue)
+
+    def _attribute_third_party(self, hits: list[Hit], text: str) -> list[Hit]:
+        """Self-risk phrases in a sentence about someone else belong to them, not the writer.
+
+        "My friend keeps saying she doesn't want to be alive" matches the first-person
+        "don't want to be alive" rule too; the third-party rule in the same sentence says whose
+        risk it is.
+        """
+        third_party_sentences = {
+            _sentence_span(text, hit.start) for hit in hits if hit.category == "third_party"
+        }
+        if not third_party_sentences:
+            return hits
+        out: list[Hit] = []
+        for hit in hits:
+            first_person = _FIRST_PERSON.search(hit.phrase)
+            if (
+                hit.category in SELF_CATEGORIES
+                and _sentence_span(text, hit.start) in third_party_sentences
+                and not first_person
+            ):
+                hit = replace(hit, category="third_party")
+            out.append(hit)
+        return out
+
+    def _resolve_context(self, hit: Hit, context: bool) -> Hit:
+        """Demote a context-only rule to distress when the conversation shows no distress."""
+        if hit.rule_id in self._context_rules and not context and hit.level.is_crisis:
+            return replace(hit, level=RiskLevel.DISTRESS)
+        return hit
+
+
+_FIRST_PERSON = re.compile(r"\b(?:i|me|my|myself|i'm|i've|i'd|i'll)\b")
+
+
+def _sentence_span(text: str, position: int) -> tuple[int, int]:
+    """Start and end offsets of the sentence of ``text`` that contains ``position``."""
+    start = max((m.end() for m in _SENTENCE_END.finditer(text, 0, position)), default=0)
+    end_match = _SENTENCE_END.search(text, position)
+    return start, end_match.start() if end_match else len(text)
+
+
+def _sentence_of(text: str, position: int) -> str:
+    """The sentence of ``text`` that contains ``position``."""
+    start, end = _sentence_span(text, position)
+    return text[start:end]
+
+
+def packaged_lexicon_path() -> Path:
+    """Path of the lexicon shipped with warmline."""
+    return Path(str(resources.files("warmline") / "resources" / "safety" / "lexicon.yaml"))
+
+
+@lru_cache(maxsize=1)
+def default_lexicon() -> Lexicon:
+    """The packaged lexicon, compiled once per process."""
+    lexicon = Lexicon.from_file(packaged_lexicon_path())
+    logger.debug("loaded %d masks and %d risk rules", len(lexicon.masks), len(lexicon.rules))
+    return lexicon

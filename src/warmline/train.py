@@ -1,0 +1,345 @@
+"""Sequential fine-tuning: stage after stage, each starting from the previous stage's weights.
+
+`train_recipe` reads top to bottom: load -> prepare data -> for each stage: train, evaluate on
+every stage's validation split, save -> final model -> sample replies. Training itself is handed
+to TRL's SFTTrainer (padding-free batches with per-example position ids, assistant-only labels
+and trained EOS from our tokeniser, bf16 autocast where the hardware has it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .data import StageData, prepare_stage
+from .hardware import configure_threads, resolve_precision
+from .loss import evaluate_loss
+from .manifest import file_sha256, write_manifest
+from .models import load_model, load_tokenizer
+from .recipe import Recipe, StageConfig, recipe_to_dict, resolve_source_path
+from .tokenize import PLAIN_CHAT_TEMPLATE, TokenizedExample, tokenize_conversation, tokenize_prototype
+
+logger = logging.getLogger(__name__)
+
+COMPLETE_MARKER = "warmline_checkpoint_complete"
+STAGE_FILES = ("recipe.yaml", "data_stats.json", "metrics.jsonl", "manifest.json")
+
+
+@dataclass
+class PreparedStage:
+    """A stage's config, its cleaned data and its tokenised splits."""
+
+    index: int  # 1-based
+    config: StageConfig
+    data: StageData
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+
+    @property
+    def dirname(self) -> str:
+        return f"stage-{self.index:02d}-{self.config.name}"
+
+
+def stage_dir(run_dir: Path, stage: PreparedStage) -> Path:
+    return run_dir / stage.dirname
+
+
+def tokenize_all(tokenizer, convs, max_length: int, prototype: bool) -> tuple[list[TokenizedExample], int]:
+    """Tokenise conversations; drop those left with no labelled token; count truncations."""
+    out, truncated = [], 0
+    for conv in convs:
+        ex = tokenize_prototype(tokenizer, conv, max_length) if prototype else tokenize_conversation(
+            tokenizer, conv, max_length
+        )
+        truncated += ex.truncated
+        if any(label != -100 for label in ex.labels):
+            out.append(ex)
+    return out, truncated
+
+
+def prepare_stages(recipe: Recipe, recipe_path: Path | None, tokenizer) -> list[PreparedStage]:
+    prepared = []
+    for i, stage in enumerate(recipe.stages, start=1):
+        if recipe_path is not None:
+            stage.source = resolve_source_path(recipe_path, stage.source)
+        data = prepare_stage(stage, seed=recipe.training.seed, system_prompt=recipe.system_prompt)
+        train, trunc_t = tokenize_all(tokenizer, data.train, stage.max_length, recipe.baseline_prototype)
+        val, trunc_v = tokenize_all(tokenizer, data.validation, stage.max_length, recipe.baseline_prototype)
+        data.cleaned["truncated_to_max_length"] = trunc_t + trunc_v
+        logger.info(
+            "stage %d '%s': %d train / %d validation conversations (%d read, %d duplicates, dropped %s)",
+            i, stage.name, len(train), len(val), data.rows_read, data.duplicates, data.dropped,
+        )  # fmt: skip
+        prepared.append(PreparedStage(i, stage, data, train, val))
+    return prepared
+
+
+def replay_examples(stages: list[PreparedStage], current: PreparedStage, seed: int) -> list[TokenizedExample]:
+    """Earlier stages' training examples mixed into this stage: replay_fraction x this stage's size."""
+    pool = [ex for s in stages if s.index < current.index for ex in s.train]
+    n = round(current.config.replay_fraction * len(current.train))
+    if not pool or n == 0:
+        return []
+    rng = random.Random(seed + current.index)
+    return rng.sample(pool, n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
+
+
+def evaluate_all(model, stages: list[PreparedStage], precision: str) -> dict[str, dict]:
+    """Validation loss on every stage's validation split (a row of the forgetting matrix)."""
+    return {s.config.name: evaluate_loss(model, s.validation, precision=precision) for s in stages}
+
+
+def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: bool = False, samples: int = 0) -> Path:
+    """Train every stage of a recipe in order; returns the final model folder."""
+    started = time.time()
+    run_dir = recipe.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger.info("recipe:\n%s", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    threads = configure_threads(recipe.training.num_threads)
+    precision = resolve_precision(recipe.training.precision)
+    logger.info("precision %s, %d threads", precision, threads)
+
+    # --- load ---------------------------------------------------------------------------
+    tokenizer = load_tokenizer(recipe.base_model)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+
+    # --- prepare data (every stage up front: replay and the forgetting matrix need them all) --
+    stages = prepare_stages(recipe, recipe_path, tokenizer)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not resume and metrics_path.exists():
+        metrics_path.unlink()
+
+    # --- row 0 of the forgetting matrix: the base model ---------------------------------
+    forgetting_path = run_dir / "forgetting.json"
+    forgetting = json.loads(forgetting_path.read_text()) if resume and forgetting_path.exists() else {}
+    if "base" not in forgetting:
+        base = load_model(recipe.base_model)
+        forgetting["base"] = evaluate_all(base, stages, precision)
+        del base
+        _write_json(forgetting_path, forgetting)
+
+    # --- train the stages in order ------------------------------------------------------
+    previous = recipe.base_model
+    for stage in stages:
+        out = stage_dir(run_dir, stage)
+        if resume and (out / "config.json").is_file():
+            logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
+            previous = str(out)
+            continue
+        train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
+        model = load_model(str(out))
+        forgetting[stage.config.name] = evaluate_all(model, stages, precision)
+        _write_json(forgetting_path, forgetting)
+        _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
+                                       "validation": forgetting[stage.config.name]})  # fmt: skip
+        previous = str(out)
+
+    # --- final model --------------------------------------------------------------------
+    final = run_dir / "final"
+    _publish_copy(Path(previous), final)
+    write_manifest(final, recipe=recipe, stages=stages, wall_time_s=time.time() - started,
+                   extra={"source_stage": Path(previous).name})  # fmt: skip
+    _print_summary(forgetting, stages)
+    logger.info("final model: %s (%.0f s)", final, time.time() - started)
+    if samples:
+        print_sample_replies(final, samples)
+    return final
+
+
+def train_stage(
+    recipe: Recipe,
+    stage: PreparedStage,
+    stages: list[PreparedStage],
+    init_from: str,
+    tokenizer,
+    precision: str,
+    run_dir: Path,
+    *,
+    resume: bool,
+) -> None:
+    """Train one stage from `init_from` with a fresh optimizer and schedule; publish it atomically."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from .callbacks import CheckpointMarker, MetricsLogger
+
+    cfg, t = stage.config, recipe.training
+    work = run_dir / ".work" / stage.dirname
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(init_from)
+    model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    replay = replay_examples(stages, stage, t.seed)
+    train_examples = stage.train + replay
+    logger.info("stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
+                stage.index, cfg.name, len(train_examples), len(replay), init_from)  # fmt: skip
+    train_ds = datasets.Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in train_examples], "labels": [e.labels for e in train_examples]}
+    )
+    prototype = recipe.baseline_prototype
+    args = SFTConfig(
+        output_dir=str(work),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=t.micro_batch_size,
+        gradient_accumulation_steps=max(1, t.global_batch_size // t.micro_batch_size),
+        lr_scheduler_type="constant_with_warmup" if prototype else t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not _cuda_available(),
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=1,
+        eval_strategy="no",  # validation runs in MetricsLogger, token-weighted, on every epoch
+        report_to=["tensorboard"] if _has_tensorboard() else [],
+        include_num_input_tokens_seen="all",
+        dataloader_num_workers=0,
+        max_length=None,  # our tokeniser already truncated to the stage's max_length
+        padding_free=t.packing and not prototype,
+        pad_to_multiple_of=512 if prototype else None,
+        packing=False,
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                         peft_config=_peft_config(t.lora))  # fmt: skip
+    metrics_logger = MetricsLogger(
+        metrics_path=run_dir / "metrics.jsonl",
+        stage_name=cfg.name,
+        validation=stage.validation,
+        precision=precision,
+        useful_tokens_per_epoch=sum(sum(lbl != -100 for lbl in e.labels) for e in train_examples),
+    )
+    trainer.add_callback(metrics_logger)
+    trainer.add_callback(CheckpointMarker(COMPLETE_MARKER))
+    if not prototype:
+        metrics_logger.log_validation(trainer.model, epoch=0.0)
+    checkpoint = latest_complete_checkpoint(work) if resume else None
+    if checkpoint:
+        logger.info("resuming stage '%s' from %s", cfg.name, checkpoint)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    # --- save: weights + tokenizer + self-description, published by an atomic rename ---------
+    model = trainer.model
+    if t.lora.enabled:
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    tmp = run_dir / f".{stage.dirname}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    stats = stage.data.stats()
+    stats.update(train_examples=len(stage.train), replay_examples=len(replay),
+                 validation_examples=len(stage.validation), padding_waste=metrics_logger.padding_waste(prototype))  # fmt: skip
+    _write_json(tmp / "data_stats.json", stats)
+    if (run_dir / "metrics.jsonl").exists():
+        shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+    write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=metrics_logger.elapsed_s(),
+                   extra={"stage": cfg.name, "init_from": init_from, "precision": precision})  # fmt: skip
+    out = stage_dir(run_dir, stage)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def latest_complete_checkpoint(work: Path) -> Path | None:
+    """The newest checkpoint that finished writing (it carries the completion marker)."""
+    done = [p for p in work.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _peft_config(lora):
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _publish_copy(src: Path, dst: Path) -> None:
+    """Copy a finished model folder (hard links where possible) and rename it into place."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+
+    def link_or_copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def _print_summary(forgetting: dict, stages: list[PreparedStage]) -> None:
+    names = [s.config.name for s in stages]
+    rows = ["validation loss (rows: after stage; columns: stage's validation split)",
+            "after".ljust(14) + "".join(n[:12].rjust(13) for n in names)]  # fmt: skip
+    for row_name, row in forgetting.items():
+        rows.append(row_name[:13].ljust(14) + "".join(f"{row[n]['loss']:13.3f}" for n in names if n in row))
+    print("\n".join(rows), flush=True)
+
+
+def print_sample_replies(model_dir: Path, n: int) -> None:
+    """Print n replies of the final model to fixed prompts (greedy-free, seeded)."""
+    from .generate import SAMPLE_PROMPTS, Generator
+
+    gen = Generator.from_pretrained(str(model_dir))
+    for prompt in SAMPLE_PROMPTS[:n]:
+        result = gen.generate([{"role": "user", "content": prompt}], seed=0)
+        print(f"\n> {prompt}\n{result.text}\n[{result.stop_reason}, {result.new_tokens} tokens]", flush=True)
+
+
+__all__ = ["train_recipe", "train_stage", "latest_complete_checkpoint", "file_sha256"]
