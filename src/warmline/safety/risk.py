@@ -1,0 +1,169 @@
+"""Risk assessment of a conversation: lexicon and embedding classifier, turn by turn.
+
+Each user turn is judged on its own (lexicon, then classifier), with one piece of context
+carried forward: whether the conversation has shown distress, which turns an ordinary-looking
+height or dose question into means-seeking. The conversation's level is the latest turn's,
+except that a crisis (elevated or imminent) in any earlier turn persists: a later "just
+kidding" or a change of subject does not clear it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from warmline.safety.classifier import (
+    CLASS_CATEGORIES,
+    ClassifierScore,
+    RiskClassifier,
+    default_classifier,
+)
+from warmline.safety.levels import Assessment, RiskLevel
+from warmline.safety.lexicon import Lexicon, LexiconResult, default_lexicon
+
+logger = logging.getLogger(__name__)
+
+# RISK_THRESHOLD was chosen (with C in classifier.py) by 5-fold cross-validation on
+# classifier_train.jsonl combined with the lexicon, never on the evaluation suite: at 0.7 the
+# out-of-fold recall of the combination was 98.5% with 6% of non-risk examples flagged.
+RISK_THRESHOLD = 0.7
+"""At or above: the classifier alone raises a turn to elevated."""
+DISTRESS_THRESHOLD = 0.4
+"""At or above (and below RISK_THRESHOLD): the turn is at least distress. A design choice, not
+tuned: an uncertain score costs only a resources line appended to the model's reply."""
+IMMINENT_THRESHOLD = 0.5
+"""Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
+
+_RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
+
+
+@dataclass(frozen=True)
+class TurnAssessment:
+    """The judgement of one user turn, before persistence is applied."""
+
+    level: RiskLevel
+    categories: list[str]
+    evidence: list[str]
+    risk_score: float | None
+
+
+def assess(
+    conversation: Sequence[Mapping[str, str]],
+    *,
+    use_classifier: bool = True,
+    lexicon: Lexicon | None = None,
+    classifier: RiskClassifier | None = None,
+) -> Assessment:
+    """Assess every user turn of ``conversation`` and return the conversation's risk.
+
+    ``conversation`` is warmline's list of ``{"role", "content"}`` messages; system and
+    assistant turns are ignored. With ``use_classifier=False`` only the lexicon runs (no model
+    load; useful where torch is unavailable).
+    """
+    lexicon = lexicon or default_lexicon()
+    classifier = (classifier or default_classifier()) if use_classifier else None
+    user_turns = [m["content"] for m in conversation if m.get("role") == "user"]
+    if not user_turns:
+        return Assessment(level=RiskLevel.NONE)
+
+    turns: list[TurnAssessment] = []
+    distress_so_far = False
+    for text in user_turns:
+        turn = assess_text(text, context=distress_so_far, lexicon=lexicon, classifier=classifier)
+        turns.append(turn)
+        distress_so_far = distress_so_far or turn.level.rank >= RiskLevel.DISTRESS.rank
+
+    latest = turns[-1]
+    earlier_crises = [
+        (number, turn) for number, turn in enumerate(turns[:-1], start=1) if turn.level.is_crisis
+    ]
+    level = latest.level
+    categories = list(latest.categories)
+    evidence = [f"turn {len(turns)}: {line}" for line in latest.evidence]
+    persisted = False
+    for number, turn in earlier_crises:
+        if turn.level.rank > level.rank:
+            level, persisted = turn.level, True
+        categories += [c for c in turn.categories if c not in categories]
+        evidence.append(f"persisted from turn {number} ({turn.level}): " + "; ".join(turn.evidence[:2]))
+    if earlier_crises and _is_retraction(user_turns[-1]):
+        evidence.append("retraction after a crisis flag ignored: a crisis stays flagged for the conversation")
+    return Assessment(
+        level=level,
+        categories=categories,
+        evidence=evidence,
+        persisted=persisted,
+        risk_score=latest.risk_score,
+    )
+
+
+def assess_text(
+    text: str,
+    *,
+    context: bool = False,
+    lexicon: Lexicon | None = None,
+    classifier: RiskClassifier | None = None,
+) -> TurnAssessment:
+    """Judge one message. ``context``: the conversation has already shown distress."""
+    found = _scan(lexicon or default_lexicon(), text, context)
+    level = found.level
+    categories = found.categories
+    evidence = found.evidence()
+    risk_score: float | None = None
+    if classifier is not None and level != RiskLevel.IMMINENT:
+        # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
+        score = classifier.score(text)
+        risk_score = score.risk
+        level, categories, evidence = _combine(found, score, level, categories, evidence)
+    return TurnAssessment(level=level, categories=categories, evidence=evidence, risk_score=risk_score)
+
+
+def _combine(
+    found: LexiconResult,
+    score: ClassifierScore,
+    level: RiskLevel,
+    categories: list[str],
+    evidence: list[str],
+) -> tuple[RiskLevel, list[str], list[str]]:
+    """Let the classifier raise (never lower) the lexicon's level.
+
+    When the lexicon recognised a benign reading (an idiom, a negation, a recovered history,
+    an informational question) and found no risk phrase, the classifier is not allowed to
+    overrule it: sentence embeddings are dominated by topic, and "my back is killing me" sits
+    close to risk talk in that space.
+    """
+    if found.benign_signals:
+        evidence = [
+            *evidence,
+            f"classifier p_risk={score.risk:.2f} (not used: lexicon found a benign reading)",
+        ]
+        return level, categories, evidence
+    if score.risk >= RISK_THRESHOLD:
+        top = score.top_risk_class
+        imminent = score.probabilities["imminent"] >= IMMINENT_THRESHOLD or found.imminence
+        raised = RiskLevel.IMMINENT if imminent else RiskLevel.ELEVATED
+        new_level = RiskLevel.highest(level, raised)
+        new_categories = (
+            categories + [CLASS_CATEGORIES[top]] if CLASS_CATEGORIES[top] not in categories else categories
+        )
+        return new_level, new_categories, [*evidence, f"classifier {top}: p_risk={score.risk:.2f}"]
+    if score.risk >= DISTRESS_THRESHOLD and level.rank < RiskLevel.DISTRESS.rank:
+        return (
+            RiskLevel.DISTRESS,
+            categories + ["distress"],
+            [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
+        )
+    return level, categories, evidence
+
+
+@lru_cache(maxsize=4096)
+def _scan(lexicon: Lexicon, text: str, context: bool) -> LexiconResult:
+    """Memoised scan: every call re-reads the whole conversation, so earlier turns repeat."""
+    return lexicon.scan(text, context=context)
+
+
+def _is_retraction(text: str) -> bool:
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in _RETRACTIONS)
