@@ -157,6 +157,7 @@ class Generator:
         s = replace(settings or self.settings, **overrides)
         out = result if result is not None else GenerationResult(text="", stop_reason="")
         started = time.perf_counter()
+        assessment = None
         if self.gate is not None:
             assessment = self.gate.check_input(conversation)
             out.assessment = assessment.to_dict()
@@ -166,16 +167,18 @@ class Generator:
                 yield crisis
                 return
         conv = truncate_history(self.tokenizer, conversation, s.max_prompt_tokens)
-        for piece in self._decode_stream(conv, s, seed, out, started):
-            yield piece
-        if self.gate is not None and out.stop_reason != "screened" and out.assessment:
-            if out.assessment.get("level") == "distress":
-                note = "\n\n" + self.gate.resources_note()
-                out.text += note
-                yield note
+        yield from self._decode_stream(conv, s, seed, out, started, assessment)
+        if out.stop_reason == "screened":
+            # Only screened-safe sentences were released; the rest is replaced by the fallback.
+            yield "\n\n" + out.text
+        elif assessment is not None:
+            note = self.gate.note_for(assessment)
+            if note:
+                out.text = f"{out.text}\n\n{note}"
+                yield "\n\n" + note
 
     @torch.inference_mode()
-    def _decode_stream(self, conv, s: GenerationSettings, seed, out: GenerationResult, started: float):
+    def _decode_stream(self, conv, s: GenerationSettings, seed, out: GenerationResult, started: float, assessment):
         prompt_ids = encode_prompt(self.tokenizer, conv)
         input_ids = torch.tensor([prompt_ids], device=self.device)
         out.prompt_tokens = len(prompt_ids)
@@ -223,22 +226,22 @@ class Generator:
             if self.gate is not None:
                 last_end = max(text.rfind(c, 0, safe_upto) for c in _SENTENCE_END)
                 safe_upto = last_end + 1 if last_end >= 0 else 0
-                if safe_upto > released and not self._screen_ok(text[:safe_upto], out):
+                if safe_upto > released and not self._screen_ok(text[:safe_upto], out, assessment):
                     return
             if safe_upto > released:
                 yield text[released:safe_upto]
                 released = safe_upto
         out.new_tokens = len(new_ids)
         text = text.rstrip()
-        if self.gate is not None and not self._screen_ok(text, out):
+        if self.gate is not None and not self._screen_ok(text, out, assessment):
             return
         if len(text) > released:
             yield text[released:]
         out.text = text
         out.duration_s = time.perf_counter() - started
 
-    def _screen_ok(self, text: str, out: GenerationResult) -> bool:
-        screened = self.gate.screen(text)
+    def _screen_ok(self, text: str, out: GenerationResult, assessment) -> bool:
+        screened = self.gate.screen(text, assessment)
         if screened.safe:
             return True
         out.text, out.stop_reason, out.screen_reasons = screened.text, "screened", list(screened.reasons)
