@@ -89,7 +89,9 @@ class MetricsLogger(TrainerCallback):
         return control
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and state.is_world_process_zero and self.validation:
+        # The last epoch's validation is part of the stage-end evaluation on every split.
+        last_epoch = state.epoch is not None and state.epoch >= args.num_train_epochs - 1e-6
+        if model is not None and state.is_world_process_zero and self.validation and not last_epoch:
             result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3))
             print(f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True)
         return control

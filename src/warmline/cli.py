@@ -103,12 +103,125 @@ def data_inspect(
     _setup_logging(False)
     from .inspect_data import format_table, inspect_recipe
     from .models import load_tokenizer
-    from .recipe import load_recipe
+    from .recipe import load_recipe, resolve_source_path
 
     loaded = load_recipe(recipe, overrides)
+    for stage in loaded.stages:  # local sources relative to the recipe file, as `train` reads them
+        stage.source = resolve_source_path(recipe, stage.source)
     tokenizer = load_tokenizer(loaded.base_model)
     rows = inspect_recipe(loaded, tokenizer)
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
+
+
+# Sampling options shared by `chat` and `serve`; the defaults are the reference recipe's.
+ModelRef = Annotated[str, typer.Argument(help="A run folder, stage folder, hub id or packaged:NAME.")]
+Temperature = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
+TopK = Annotated[int, typer.Option(help="Sample from the k most likely tokens (0 = off).")]
+TopP = Annotated[float, typer.Option(help="Nucleus sampling threshold (1 = off).")]
+RepetitionPenalty = Annotated[float, typer.Option(help="Penalty for repeating tokens (1 = off).")]
+MaxNewTokens = Annotated[int, typer.Option(help="Longest reply, in tokens.")]
+Seed = Annotated[
+    int | None, typer.Option(help="Seed for sampling: the same conversation gets the same reply.")
+]
+Locale = Annotated[str, typer.Option(help="Crisis resources to give: us, uk, ie or default.")]
+SystemPrompt = Annotated[
+    str | None, typer.Option("--system", help="System prompt. [default: warmline's recipe default]")
+]
+
+
+def _load_generator(model: str, locale: str, settings) -> object:
+    """The streaming generator behind a safety gate (the gate is always on)."""
+    from .generate import Generator
+    from .safety import SafetyGate
+
+    return Generator.from_pretrained(model, gate=SafetyGate(locale=locale), settings=settings)
+
+
+def _settings(temperature: float, top_k: int, top_p: float, repetition_penalty: float, max_new_tokens: int):
+    from .generate import GenerationSettings
+
+    try:
+        return GenerationSettings(
+            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+@app.command()
+@friendly_errors
+def chat(
+    model: ModelRef,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 0.92,
+    repetition_penalty: RepetitionPenalty = 1.2,
+    max_new_tokens: MaxNewTokens = 200,
+    seed: Seed = None,
+    locale: Locale = "us",
+    system: SystemPrompt = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Timings on stderr after each reply.")
+    ] = False,
+) -> None:
+    """Chat with a model in the terminal: replies stream to stdout, everything else goes to stderr.
+
+    Commands: /reset starts over, /save FILE writes the conversation to FILE, /quit ends.
+    Nothing is saved unless you ask. Crisis messages get a fixed reply with crisis resources.
+    """
+    _setup_logging(verbose)
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # keep the terminal for the conversation
+    from .chat import run_chat
+    from .recipe import DEFAULT_SYSTEM_PROMPT
+
+    settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    generator = _load_generator(model, locale, settings)
+    run_chat(
+        generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, seed=seed,
+        model_name=model, locale=locale, verbose=verbose,
+    )  # fmt: skip
+
+
+@app.command()
+@friendly_errors
+def serve(
+    model: ModelRef,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the chat to your network.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    concurrency_limit: Annotated[int, typer.Option(help="Replies generated at the same time.")] = 4,
+    save_transcripts: Annotated[
+        Path | None,
+        typer.Option(help="Save each session's conversation as JSON in this folder (off by default)."),
+    ] = None,
+    temperature: Temperature = 0.7,
+    top_k: TopK = 50,
+    top_p: TopP = 0.92,
+    repetition_penalty: RepetitionPenalty = 1.2,
+    max_new_tokens: MaxNewTokens = 200,
+    locale: Locale = "us",
+    system: SystemPrompt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Serve a web chat (Gradio) with the AI notice, crisis resources and a /chat API endpoint.
+
+    Binds 127.0.0.1 by default, makes no share link, sends no analytics and stores no
+    conversations unless --save-transcripts is given.
+    """
+    _setup_logging(verbose)
+    from .recipe import DEFAULT_SYSTEM_PROMPT
+    from .serve import build_app, launch
+
+    settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    generator = _load_generator(model, locale, settings)
+    web_app = build_app(
+        generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, locale=locale,
+        transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,
+    )  # fmt: skip
+    launch(web_app, host=host, port=port)
 
 
 def _register_optional() -> None:

@@ -66,14 +66,15 @@ def clean_text(text: str, cleaned: Counter) -> str | None:
         return None
     original = text
     text = unicodedata.normalize("NFC", text)
-    if _HTML_TAG.search(text) or _HTML_ENTITY.search(text):
+    had_html = bool(_HTML_TAG.search(text) or _HTML_ENTITY.search(text))
+    if had_html:
         text = _HTML_TAG.sub(lambda m: "\n" if m.group(0).lower().startswith(("<br", "</p", "<p")) else "", text)
         text = html.unescape(text)
         cleaned["html_removed"] += 1
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _BLANK_LINES.sub("\n\n", "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")))
     text = text.strip()
-    if text != original.strip() and "html_removed" not in cleaned:
+    if text != original.strip() and not had_html:  # this turn's change, not an earlier turn's
         cleaned["whitespace_normalised"] += 1
     return text or None
 
@@ -143,8 +144,6 @@ def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = 
     where = ", ".join(raw.files) if raw.files else stage.source
     check_columns(fmt, raw.columns, stage.columns, where)
     rows = raw.rows
-    if stage.max_rows is not None and len(rows) > stage.max_rows:
-        rows = random.Random(seed).sample(rows, stage.max_rows)
     dropped: Counter = Counter(raw.dropped)
     cleaned: Counter = Counter()
     convert = CONVERTERS[fmt]
@@ -171,6 +170,9 @@ def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = 
             conv = [{"role": "system", "content": system}, *conv]
         kept.append(conv)
     train, validation = grouped_split(kept, stage.validation_fraction, seed)
+    if stage.max_rows is not None and len(train) > stage.max_rows:
+        dropped["over_max_rows"] += len(train) - stage.max_rows
+        train = random.Random(seed).sample(train, stage.max_rows)
     data = StageData(
         name=stage.name,
         format=fmt,

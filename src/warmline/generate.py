@@ -3,7 +3,13 @@
 It builds the prompt with the model's chat template (or the plain "Human/Assistant" one), keeps
 the most recent turns that fit a token budget (always the system turn and the newest user turn),
 streams tokens from a KV-cached decode loop, stops on EOS or a stop string, and decodes only the
-new tokens. An optional safety gate answers crisis messages itself and screens every reply.
+new tokens. An optional safety gate answers crisis messages itself and screens every reply:
+
+    gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
+    result = GenerationResult()
+    for piece in gen.stream(conversation, seed=0, result=result):
+        print(piece, end="", flush=True)
+    result.stop_reason  # eos | stop_string | max_new_tokens | crisis | screened
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
@@ -26,8 +33,17 @@ SAMPLE_PROMPTS = [
     "My best friend stopped talking to me and I don't know why.",
     "I failed an exam and I feel like a complete failure.",
 ]
-STOP_STRINGS = ("Human:", "\nHuman", "User:", "\nUser", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "\nAssistant:")
+# A model that starts writing the user's next turn (or a template marker spelled out as text)
+# has finished its reply: everything from the marker on is dropped, never shown.
+STOP_STRINGS: tuple[str, ...] = (
+    "Human:", "User:", "Assistant:", "\nhuman:", "\nuser:", "\nassistant:", "\nSystem:",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
+)  # fmt: skip
+# Special tokens that end a reply when the model emits them (besides its own EOS ids).
+_STOP_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 _SENTENCE_END = (".", "!", "?", "\n")
+
+StopReason = Literal["", "eos", "stop_string", "max_new_tokens", "crisis", "screened"]
 
 
 @dataclass
@@ -35,57 +51,142 @@ class GenerationSettings:
     """Sampling settings; the defaults are the reference recipe's."""
 
     temperature: float = 0.7
+    """Softmax temperature; 0 means greedy decoding."""
     top_k: int = 50
+    """Sample from the k most likely tokens (0 turns it off)."""
     top_p: float = 0.92
+    """Nucleus sampling: the smallest set of tokens whose probabilities add up to top_p."""
     repetition_penalty: float = 1.2
+    """Divides the logits of tokens already in the prompt or reply (1.0 turns it off)."""
     max_new_tokens: int = 200
+    """Longest reply, in tokens."""
     do_sample: bool = True
+    """False: greedy decoding (temperature, top-k and top-p are ignored)."""
     max_prompt_tokens: int = 1536
     """Token budget for the prompt; older turns beyond it are dropped."""
+    stop_strings: tuple[str, ...] = STOP_STRINGS
+    """Text that ends the reply where it starts (it is never shown)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_prompt_tokens < 1:
+            problems.append(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if problems:
+            raise ValueError("invalid generation settings: " + "; ".join(problems))
+
+    @property
+    def sampling(self) -> bool:
+        """True when tokens are sampled rather than picked greedily."""
+        return self.do_sample and self.temperature > 0
 
 
 @dataclass
 class GenerationResult:
-    text: str
-    stop_reason: str  # eos | stop_string | max_new_tokens | crisis | screened
+    """What `Generator.stream` leaves behind once a reply is finished."""
+
+    text: str = ""
+    """The reply as it should be shown and kept in the history: the model's reply (with the
+    resources note at distress level), the fixed crisis reply, or the screen's safe fallback."""
+    stop_reason: StopReason = ""
     new_tokens: int = 0
     prompt_tokens: int = 0
     ttft_s: float = 0.0
+    """Seconds from the call to the first generated token."""
     duration_s: float = 0.0
-    assessment: dict | None = None
+    assessment: dict[str, Any] | None = None
+    """The safety gate's assessment of the conversation (None without a gate)."""
     screen_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed after the first token."""
+        decode_s = self.duration_s - self.ttft_s
+        return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else 0.0
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length in tokens (None when the config does not say)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def truncate_history(tokenizer, conv: Conversation, max_prompt_tokens: int) -> Conversation:
-    """Keep the system turn and the newest user turn, then as many recent turns as fit."""
+    """Keep the system turn and the newest user turn, then as many recent turns as fit.
+
+    Earlier turns are dropped in (user, assistant) pairs so roles keep alternating. When the
+    system turn and the newest user turn alone are over budget, the start of the user's message
+    is cut (its end is what the reply answers). Returns a new list; `conv` is not changed.
+    """
+    if len(encode_prompt(tokenizer, conv)) <= max_prompt_tokens:
+        return list(conv)
     system = [t for t in conv[:1] if t["role"] == "system"]
     body = conv[len(system) :]
     if not body:
         return list(conv)
     kept = [body[-1]]
     i = len(body) - 1
-    # Add earlier turns in (user, assistant) pairs so roles keep alternating.
     while i >= 2:
         candidate = body[i - 2 : i] + kept
         if len(encode_prompt(tokenizer, system + candidate)) > max_prompt_tokens:
             break
         kept = candidate
         i -= 2
+    if len(kept) == 1:
+        kept = [_fit_newest(tokenizer, system, body[-1], max_prompt_tokens)]
+    logger.debug("prompt over %d tokens: kept %d of %d turns", max_prompt_tokens, len(kept), len(body))
     return system + kept
+
+
+def _fit_newest(
+    tokenizer, system: Conversation, newest: dict[str, str], max_prompt_tokens: int
+) -> dict[str, str]:
+    """The newest turn with the start of its text cut until the prompt fits (binary search)."""
+    content = newest["content"]
+    if len(encode_prompt(tokenizer, system + [newest])) <= max_prompt_tokens:
+        return newest
+    lo, hi = 0, len(content)  # characters kept from the end: lo fits, hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if (
+            len(encode_prompt(tokenizer, system + [{**newest, "content": content[-mid:]}]))
+            <= max_prompt_tokens
+        ):
+            lo = mid
+        else:
+            hi = mid
+    if lo == 0:
+        raise ValueError(
+            f"the system prompt alone is longer than the prompt budget ({max_prompt_tokens} tokens); "
+            "shorten it, or raise max_prompt_tokens (it must leave room for max_new_tokens)"
+        )
+    logger.warning("the message is longer than the prompt budget; only its last %d characters are used", lo)
+    return {**newest, "content": content[-lo:]}
 
 
 def _stop_token_ids(tokenizer, model) -> set[int]:
     ids: set[int] = set()
-    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-    for value in (tokenizer.eos_token_id, eos):
+    generation_config = getattr(model, "generation_config", None)
+    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, list):
-            ids.update(value)
+            ids.update(v for v in value if isinstance(v, int))
     vocab = tokenizer.get_vocab()
-    for marker in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
-        if marker in vocab:
-            ids.add(vocab[marker])
+    ids.update(vocab[marker] for marker in _STOP_TOKENS if marker in vocab)
     return ids
 
 
@@ -98,15 +199,19 @@ def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
     """How many trailing characters could be the start of a stop string (not released yet)."""
     longest = 0
     for s in stop_strings:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
+        for k in range(min(len(s) - 1, len(text)), longest, -1):
             if text.endswith(s[:k]):
-                longest = max(longest, k)
+                longest = k
                 break
     return longest
 
 
 class Generator:
-    """Streaming replies from a causal LM; see the module docstring."""
+    """Streaming replies from a causal LM; see the module docstring.
+
+    One Generator serves many conversations at once (the web app's threads): it keeps no
+    per-conversation state, and every call gets its own KV cache and random generator.
+    """
 
     def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None):
         self.model = model.eval()
@@ -115,18 +220,85 @@ class Generator:
         self.settings = settings or GenerationSettings()
         self.stop_token_ids = _stop_token_ids(tokenizer, model)
         self.device = next(model.parameters()).device
+        self.context_length = context_length(model)
 
     @classmethod
     def from_pretrained(cls, reference: str, *, gate=None, settings: GenerationSettings | None = None,
                         device: str | None = None) -> Generator:  # fmt: skip
+        """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one."""
         from .models import load_model, load_tokenizer
 
-        model = load_model(reference)
-        if device:
-            model = model.to(device)
-        elif torch.cuda.is_available():
-            model = model.to("cuda")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = None  # fp32 on CPU
+        if device.startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        model = load_model(reference, dtype=dtype).to(device)
+        logger.info("loaded %s on %s (%s)", reference, device, next(model.parameters()).dtype)
         return cls(model, load_tokenizer(reference), gate=gate, settings=settings)
+
+    def prompt_budget(self, s: GenerationSettings) -> int:
+        """Prompt tokens allowed: the settings' budget, leaving room for the reply in the context."""
+        if self.context_length is None:
+            return s.max_prompt_tokens
+        return max(1, min(s.max_prompt_tokens, self.context_length - s.max_new_tokens))
+
+    def prompt_ids(self, conversation: Conversation, settings: GenerationSettings | None = None) -> list[int]:
+        """The token ids a reply to `conversation` is generated from (after truncation)."""
+        s = settings or self.settings
+        return encode_prompt(
+            self.tokenizer, truncate_history(self.tokenizer, conversation, self.prompt_budget(s))
+        )
+
+    def stream(
+        self, conversation: Conversation, *, seed: int | None = None, settings: GenerationSettings | None = None,
+        result: GenerationResult | None = None, **overrides: Any,
+    ) -> Iterator[str]:  # fmt: skip
+        """Yield the reply as text pieces; pass `result` to receive the final text, stop reason and timings.
+
+        `conversation` ends with the user's turn. `overrides` replace single settings for this
+        call (None values keep the default). The same conversation, settings and `seed` give the
+        same reply. When the screen rejects the reply, the pieces already yielded are followed
+        by the fallback and `result.text` holds the fallback alone: show that instead.
+        """
+        if not conversation or conversation[-1]["role"] != "user":
+            raise ValueError("the conversation must end with a user turn")
+        s = replace(settings or self.settings, **{k: v for k, v in overrides.items() if v is not None})
+        out = result if result is not None else GenerationResult()
+        started = time.perf_counter()
+        try:
+            assessment = None
+            if self.gate is not None:
+                assessment = self.gate.check_input(conversation)
+                out.assessment = assessment.to_dict()
+                crisis = self.gate.reply_for(assessment)
+                if crisis is not None:  # the model is not asked
+                    out.text, out.stop_reason = crisis, "crisis"
+                    yield crisis
+                    return
+            prompt_ids = self.prompt_ids(conversation, s)
+            released_any = False
+            for piece in self._decode_stream(prompt_ids, s, seed, out, started, assessment):
+                released_any = True
+                yield piece
+            if out.stop_reason == "screened":
+                # Only screened-safe sentences were released; the fallback follows them.
+                yield ("\n\n" if released_any else "") + out.text
+            elif assessment is not None:
+                note = self.gate.note_for(assessment)
+                if note:
+                    out.text = f"{out.text}\n\n{note}" if out.text else note
+                    yield ("\n\n" if released_any else "") + note
+        finally:
+            out.duration_s = time.perf_counter() - started
+
+    def generate(
+        self, conversation: Conversation, *, seed: int | None = None, **overrides: Any
+    ) -> GenerationResult:
+        """The whole reply at once (same code path as streaming)."""
+        result = GenerationResult()
+        for _ in self.stream(conversation, seed=seed, result=result, **overrides):
+            pass
+        return result
 
     def _processors(self, s: GenerationSettings):
         from transformers import (
@@ -138,119 +310,94 @@ class Generator:
         )
 
         procs = LogitsProcessorList()
-        if s.repetition_penalty and s.repetition_penalty != 1.0:
+        if s.repetition_penalty != 1.0:
             procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
-        if s.do_sample:
-            if s.temperature and s.temperature != 1.0:
+        if s.sampling:
+            if s.temperature != 1.0:
                 procs.append(TemperatureLogitsWarper(s.temperature))
             if s.top_k:
                 procs.append(TopKLogitsWarper(s.top_k))
-            if s.top_p and s.top_p < 1.0:
+            if s.top_p < 1.0:
                 procs.append(TopPLogitsWarper(s.top_p))
         return procs
 
-    def stream(
-        self, conversation: Conversation, *, seed: int | None = None, settings: GenerationSettings | None = None,
-        result: GenerationResult | None = None, **overrides,
-    ) -> Iterator[str]:  # fmt: skip
-        """Yield the reply as text pieces. Pass `result` to receive stop reason and timings."""
-        s = replace(settings or self.settings, **overrides)
-        out = result if result is not None else GenerationResult(text="", stop_reason="")
-        started = time.perf_counter()
-        assessment = None
-        if self.gate is not None:
-            assessment = self.gate.check_input(conversation)
-            out.assessment = assessment.to_dict()
-            crisis = self.gate.reply_for(assessment)
-            if crisis is not None:  # the model is not asked
-                out.text, out.stop_reason, out.duration_s = crisis, "crisis", time.perf_counter() - started
-                yield crisis
-                return
-        conv = truncate_history(self.tokenizer, conversation, s.max_prompt_tokens)
-        yield from self._decode_stream(conv, s, seed, out, started, assessment)
-        if out.stop_reason == "screened":
-            # Only screened-safe sentences were released; the rest is replaced by the fallback.
-            yield "\n\n" + out.text
-        elif assessment is not None:
-            note = self.gate.note_for(assessment)
-            if note:
-                out.text = f"{out.text}\n\n{note}"
-                yield "\n\n" + note
-
+    # inference_mode on a generator function applies to each step it runs, in whichever thread.
     @torch.inference_mode()
-    def _decode_stream(self, conv, s: GenerationSettings, seed, out: GenerationResult, started: float, assessment):
-        prompt_ids = encode_prompt(self.tokenizer, conv)
-        input_ids = torch.tensor([prompt_ids], device=self.device)
-        out.prompt_tokens = len(prompt_ids)
-        generator = torch.Generator(device=self.device)
-        if seed is not None:
-            generator.manual_seed(seed)
-        else:
-            generator.seed()
-        procs = self._processors(s)
+    def _decode_stream(
+        self, prompt_ids: list[int], s: GenerationSettings, seed: int | None, out: GenerationResult,
+        started: float, assessment,
+    ) -> Iterator[str]:  # fmt: skip
+        """The KV-cached decode loop; yields text once it is past every stop string (and screened)."""
         from transformers import DynamicCache
 
+        out.prompt_tokens = len(prompt_ids)
+        max_new_tokens = s.max_new_tokens
+        if self.context_length is not None:  # only a system prompt near the context size gets here
+            max_new_tokens = max(1, min(max_new_tokens, self.context_length - len(prompt_ids)))
+        rng = torch.Generator(device=self.device)
+        if seed is None:
+            rng.seed()
+        else:
+            rng.manual_seed(seed)
+        procs = self._processors(s)
         cache = DynamicCache(config=self.model.config)
-        all_ids = input_ids
-        next_input = input_ids
+        all_ids = torch.tensor([prompt_ids], device=self.device)  # (1, seq): for the repetition penalty
+        next_input = all_ids  # the whole prompt first, then one token a step on top of the cache
         new_ids: list[int] = []
-        released = 0  # characters of decoded text already yielded
+        released = 0  # characters of `text` already yielded
         text = ""
         out.stop_reason = "max_new_tokens"
-        for step in range(s.max_new_tokens):
-            logits = self.model(input_ids=next_input, past_key_values=cache, use_cache=True).logits[:, -1, :]
-            scores = procs(all_ids, logits.float())
-            if s.do_sample:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator)
+        for _ in range(max_new_tokens):
+            logits = self.model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
+            scores = procs(all_ids, logits[:, -1, :].float())  # (1, vocab)
+            if s.sampling:
+                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
                 token = scores.argmax(dim=-1, keepdim=True)
-            if step == 0:
-                out.ttft_s = time.perf_counter() - started
             token_id = int(token)
+            if not new_ids:
+                out.ttft_s = time.perf_counter() - started
             if token_id in self.stop_token_ids:
                 out.stop_reason = "eos"
                 break
             new_ids.append(token_id)
+            out.new_tokens = len(new_ids)
             all_ids = torch.cat([all_ids, token], dim=1)
             next_input = token
-            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
-            cut = _find_stop(text, STOP_STRINGS)
+            # Decode only the new tokens, every step: byte-level pieces combine into characters.
+            text = self.tokenizer.decode(
+                new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+            text = text.lstrip()
+            cut = _find_stop(text, s.stop_strings)
             if cut >= 0:
                 text = text[:cut]
                 out.stop_reason = "stop_string"
                 break
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
                 continue
-            safe_upto = len(text) - _held_back(text, STOP_STRINGS)
-            # With a gate, release text a sentence at a time, each time after screening all of it.
+            safe_upto = len(text) - _held_back(text, s.stop_strings)
             if self.gate is not None:
+                # With a gate, release whole sentences, each time after screening all of the text.
                 last_end = max(text.rfind(c, 0, safe_upto) for c in _SENTENCE_END)
                 safe_upto = last_end + 1 if last_end >= 0 else 0
                 if safe_upto > released and not self._screen_ok(text[:safe_upto], out, assessment):
                     return
+            # Trailing whitespace waits for more text, so the pieces add up to the final reply.
+            safe_upto = len(text[:safe_upto].rstrip())
             if safe_upto > released:
                 yield text[released:safe_upto]
                 released = safe_upto
-        out.new_tokens = len(new_ids)
         text = text.rstrip()
         if self.gate is not None and not self._screen_ok(text, out, assessment):
             return
         if len(text) > released:
             yield text[released:]
         out.text = text
-        out.duration_s = time.perf_counter() - started
 
     def _screen_ok(self, text: str, out: GenerationResult, assessment) -> bool:
         screened = self.gate.screen(text, assessment)
         if screened.safe:
             return True
         out.text, out.stop_reason, out.screen_reasons = screened.text, "screened", list(screened.reasons)
-        out.duration_s = 0.0
         return False
-
-    def generate(self, conversation: Conversation, *, seed: int | None = None, **overrides) -> GenerationResult:
-        """The whole reply at once (same code path as streaming)."""
-        result = GenerationResult(text="", stop_reason="")
-        for _ in self.stream(conversation, seed=seed, result=result, **overrides):
-            pass
-        return result

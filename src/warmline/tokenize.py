@@ -106,6 +106,9 @@ def encode_prompt(tokenizer, conv: Conversation) -> list[int]:
             ids += _encode_markup(tokenizer, text)
         else:
             ids += _encode_content(tokenizer, conv[index]["content"], plain)
+            if plain and conv[index]["role"] == "assistant":
+                # Earlier replies end with EOS, as in training and PLAIN_CHAT_TEMPLATE.
+                ids.append(tokenizer.eos_token_id)
     return ids
 
 

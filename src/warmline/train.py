@@ -135,9 +135,9 @@ def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: boo
             logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
             previous = str(out)
             continue
-        train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
-        model = load_model(str(out))
+        model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
         forgetting[stage.config.name] = evaluate_all(model, stages, precision)
+        del model
         _write_json(forgetting_path, forgetting)
         _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
                                        "validation": forgetting[stage.config.name]})  # fmt: skip
@@ -165,8 +165,10 @@ def train_stage(
     run_dir: Path,
     *,
     resume: bool,
-) -> None:
-    """Train one stage from `init_from` with a fresh optimizer and schedule; publish it atomically."""
+):
+    """Train one stage from `init_from` with a fresh optimizer and schedule; publish it atomically.
+
+    Returns the trained model (in memory), so the caller can evaluate it without reloading."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
@@ -181,6 +183,8 @@ def train_stage(
     model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if t.trainable_layers is not None and not t.lora.enabled:
+        freeze_below(model, t.trainable_layers)
     replay = replay_examples(stages, stage, t.seed)
     train_examples = stage.train + replay
     logger.info("stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
@@ -232,8 +236,6 @@ def train_stage(
     )
     trainer.add_callback(metrics_logger)
     trainer.add_callback(CheckpointMarker(COMPLETE_MARKER))
-    if not prototype:
-        metrics_logger.log_validation(trainer.model, epoch=0.0)
     checkpoint = latest_complete_checkpoint(work) if resume else None
     if checkpoint:
         logger.info("resuming stage '%s' from %s", cfg.name, checkpoint)
@@ -263,6 +265,41 @@ def train_stage(
         shutil.rmtree(out)
     os.replace(tmp, out)
     shutil.rmtree(work, ignore_errors=True)
+    return model
+
+
+def transformer_blocks(model):
+    """The model's stack of transformer blocks (the ModuleList with one entry per layer)."""
+    import torch
+
+    n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ValueError(f"could not find the {n_layers} transformer blocks of {type(model).__name__}")
+
+
+def freeze_below(model, trainable_layers: int) -> None:
+    """Train only the top `trainable_layers` blocks and the final norm; freeze the rest.
+
+    Embeddings (and a tied output head) stay frozen, so backpropagation stops at the lowest
+    trained block instead of running through the whole network.
+    """
+    import torch
+
+    blocks = list(transformer_blocks(model))
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    keep = {id(p) for block in blocks[-trainable_layers:] for p in block.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    for module in model.modules():  # the final norm: a norm layer outside the blocks
+        is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+        if is_norm:
+            keep.update(id(p) for p in module.parameters() if id(p) not in in_blocks and id(p) not in embeddings)
+    for param in model.parameters():
+        param.requires_grad = id(param) in keep
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("training the top %d blocks: %.1fM of %.1fM parameters", trainable_layers, n_train / 1e6,
+                sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
 
 
 def latest_complete_checkpoint(work: Path) -> Path | None:

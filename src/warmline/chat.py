@@ -1,0 +1,153 @@
+"""Multi-turn chat in the terminal, streamed: `warmline chat MODEL`.
+
+Only the replies go to stdout (so `warmline chat MODEL > replies.txt` keeps just them); the AI
+notice, the prompt, command feedback and, with --verbose, timings go to stderr. Nothing is
+written to disk unless the user asks with `/save FILE`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .formats import Conversation
+from .generate import GenerationResult, Generator
+
+logger = logging.getLogger(__name__)
+
+HELP = "Commands: /reset (start over), /save FILE (write this conversation to FILE), /quit (or Ctrl-D)."
+USER_PROMPT = "you> "
+
+
+@dataclass
+class ChatSession:
+    """One terminal conversation: the system turn, then alternating user and assistant turns."""
+
+    system_prompt: str | None
+    conversation: Conversation = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every turn but the system prompt."""
+        self.conversation = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+
+    @property
+    def turns(self) -> int:
+        """User turns so far."""
+        return sum(1 for t in self.conversation if t["role"] == "user")
+
+
+def save_transcript(path: Path, conversation: Conversation, *, model: str, locale: str) -> None:
+    """Write the conversation as JSON ({"model", "locale", "messages"}); "messages" is warmline's format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"model": model, "locale": locale, "messages": conversation}
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run_chat(
+    generator: Generator,
+    *,
+    system_prompt: str | None,
+    seed: int | None = None,
+    model_name: str = "",
+    locale: str = "us",
+    verbose: bool = False,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> ChatSession:
+    """Read user lines until /quit or end of input, streaming each reply to stdout."""
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    from .safety import AI_NOTICE
+
+    print(AI_NOTICE, file=stderr)
+    print(HELP, file=stderr)
+    session = ChatSession(system_prompt)
+    while True:
+        stderr.write(USER_PROMPT)
+        stderr.flush()
+        try:
+            line = _read_line(stdin)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt quits
+            stderr.write("\n")
+            break
+        if not line:  # end of input (Ctrl-D)
+            stderr.write("\n")
+            break
+        message = line.strip()
+        if not message:
+            continue
+        if message.startswith("/"):
+            if not _command(message, session, model_name=model_name, locale=locale, stderr=stderr):
+                break
+            continue
+        conversation = session.conversation + [{"role": "user", "content": message}]
+        result = GenerationResult()
+        try:
+            for piece in generator.stream(conversation, seed=seed, result=result):
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
+            stdout.write("\n")
+            print("(reply stopped; it is not kept in the conversation)", file=stderr)
+            continue
+        stdout.write("\n")
+        stdout.flush()
+        session.conversation = conversation + [{"role": "assistant", "content": result.text}]
+        if verbose:
+            print(_timings(result), file=stderr)
+    return session
+
+
+def _read_line(stdin: TextIO) -> str:
+    """One line of input, with line editing and history at an interactive terminal; "" at the end."""
+    if stdin is sys.stdin and stdin.isatty():
+        try:
+            import readline  # noqa: F401 - enables editing and history for input()
+        except ImportError:  # pragma: no cover - Windows
+            pass
+        try:
+            return input() + "\n"
+        except EOFError:
+            return ""
+    return stdin.readline()
+
+
+def _command(message: str, session: ChatSession, *, model_name: str, locale: str, stderr: TextIO) -> bool:
+    """Run a /command; False means quit."""
+    name, _, arg = message.partition(" ")
+    arg = arg.strip()
+    if name in ("/quit", "/exit", "/q"):
+        return False
+    if name == "/reset":
+        session.reset()
+        print("(conversation cleared)", file=stderr)
+    elif name == "/save":
+        if not arg:
+            print("usage: /save FILE", file=stderr)
+            return True
+        try:
+            save_transcript(Path(arg).expanduser(), session.conversation, model=model_name, locale=locale)
+        except OSError as err:
+            print(f"could not save to {arg}: {err.strerror or err}", file=stderr)
+        else:
+            print(f"(saved {session.turns} turns to {arg})", file=stderr)
+    elif name in ("/help", "/?"):
+        print(HELP, file=stderr)
+    else:
+        print(f"unknown command {name}. {HELP}", file=stderr)
+    return True
+
+
+def _timings(result: GenerationResult) -> str:
+    return (
+        f"[{result.stop_reason}: {result.new_tokens} tokens, prompt {result.prompt_tokens} tokens, "
+        f"first token {result.ttft_s * 1000:.0f} ms, {result.tokens_per_s:.1f} tokens/s, "
+        f"total {result.duration_s:.2f} s]"
+    )

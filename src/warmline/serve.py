@@ -1,0 +1,230 @@
+"""The web chat: `warmline serve MODEL`, a Gradio app around the streaming generator.
+
+Private by default: it binds 127.0.0.1, makes no share link, sends no Gradio analytics, loads
+no web fonts, keeps no conversation in the browser's storage and stores no transcripts unless
+the operator passes --save-transcripts DIR (the page then says so). Each browser session (and
+each API client) has its own history, held by Gradio per session; a queue with a concurrency
+limit lets several people chat at once without one long reply starving the others.
+
+Programmatic clients use the named endpoint:
+
+    from gradio_client import Client
+    client = Client("http://127.0.0.1:7860/")
+    for text in client.submit("I feel lonely.", api_name="/chat"):  # the reply so far, growing
+        ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import gradio as gr
+
+from .formats import Conversation
+from .generate import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
+from .recipe import DEFAULT_SYSTEM_PROMPT
+
+logger = logging.getLogger(__name__)
+
+API_NAME = "chat"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+DEFAULT_CONCURRENCY_LIMIT = 4
+# System fonts only: a web font would tell a third party who opened a mental-health chat.
+_FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
+_MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+_CSS = "#ai-notice { border-left: 4px solid #d97706; padding: 0.25rem 0.75rem; background: #fffbeb; }"
+
+
+class ReplyStreamer(Protocol):
+    """What the app needs from a generator (`warmline.generate.Generator`, or a fake in tests)."""
+
+    settings: GenerationSettings
+
+    def stream(
+        self, conversation: Conversation, *, seed: int | None = None, result: GenerationResult | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]: ...  # fmt: skip
+
+
+def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
+    """The banner: this is an AI, not a therapist; where to get urgent help; what is stored."""
+    from .safety import AI_NOTICE
+    from .safety.replies import resources_for
+
+    found = resources_for(locale)
+    lines = "\n".join(f"  {line.render()}" for line in found.crisis)
+    stored = (
+        "**Conversations on this server are saved** for review by its operator."
+        if transcripts_saved
+        else "Conversations are not stored."
+    )
+    return (
+        f"**{AI_NOTICE}**\n\n"
+        f"Urgent help: call **{found.emergency}** in an emergency, or reach a crisis line:\n{lines}\n\n"
+        f"{stored}"
+    )
+
+
+def message_text(content: Any) -> str:
+    """The text of a Gradio chat message's content (a string, a list of parts, or a text dict)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return content.get("text", "") if content.get("type", "text") == "text" else ""
+    if isinstance(content, Sequence):
+        return "\n".join(t for t in (message_text(part) for part in content) if t)
+    return ""  # files and components carry no text for the model
+
+
+def history_to_conversation(history: list[dict[str, Any]]) -> Conversation:
+    """Gradio's per-session history as user and assistant turns (nothing else is trusted from it)."""
+    turns: Conversation = []
+    for message in history:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in ("user", "assistant"):
+            text = message_text(message.get("content"))
+            if turns and turns[-1]["role"] == role:  # grouped bubbles: one turn
+                turns[-1] = {"role": role, "content": f"{turns[-1]['content']}\n{text}"}
+            else:
+                turns.append({"role": role, "content": text})
+    return turns
+
+
+class TranscriptWriter:
+    """One JSON file per session, rewritten after every turn (only when the operator asked)."""
+
+    def __init__(self, folder: Path, *, locale: str):
+        self.folder = folder
+        self.locale = locale
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, session: str) -> Path:
+        """The session's transcript file."""
+        safe = "".join(c for c in session if c.isalnum() or c in "-_")[:40] or "anonymous"
+        return self.folder / f"{safe}.json"
+
+    def write(self, session: str, conversation: Conversation, result: GenerationResult) -> None:
+        """Write the whole conversation so far, atomically."""
+        path = self.path_for(session)
+        data = {
+            "session": session,
+            "locale": self.locale,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "last_stop_reason": result.stop_reason,
+            "messages": conversation,
+        }
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def build_app(
+    generator: ReplyStreamer,
+    *,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    locale: str | None = None,
+    transcripts_dir: str | Path | None = None,
+    concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT,
+    examples: list[str] | None = None,
+    title: str = "warmline",
+) -> gr.Blocks:
+    """The chat app: notice, streaming chat with examples, settings accordion, `/chat` endpoint.
+
+    `locale` picks the crisis resources shown (default: the generator's safety gate's locale).
+    Launch it with `launch(app, ...)`.
+    """
+    # Gradio reads this when an app is built; analytics_enabled=False is passed as well.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    gate = getattr(generator, "gate", None)
+    locale = locale or getattr(gate, "locale", None) or "us"
+    if gate is None:
+        logger.warning("the generator has no safety gate: replies are not screened")
+    writer = TranscriptWriter(Path(transcripts_dir), locale=locale) if transcripts_dir else None
+    defaults = getattr(generator, "settings", None) or GenerationSettings()
+    system: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+    def respond(
+        message: str, history: list[dict[str, Any]], temperature: float, top_k: float, top_p: float,
+        repetition_penalty: float, max_new_tokens: float, seed: float | None, request: gr.Request,
+    ) -> Iterator[str]:  # fmt: skip
+        """Stream the reply to `message` as the growing text; end with the text to keep."""
+        conversation = system + history_to_conversation(history) + [{"role": "user", "content": message}]
+        result = GenerationResult()
+        pieces = generator.stream(
+            conversation, seed=None if seed is None else int(seed), result=result,
+            temperature=temperature, top_k=None if top_k is None else int(top_k), top_p=top_p,
+            repetition_penalty=repetition_penalty,
+            max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
+        )  # fmt: skip
+        shown = ""
+        for piece in pieces:
+            shown += piece
+            yield shown
+        if result.text != shown or not shown:
+            yield result.text  # a screened reply is replaced by the fallback
+        if writer is not None:
+            session = getattr(request, "session_hash", None) or "anonymous"
+            writer.write(session, conversation + [{"role": "assistant", "content": result.text}], result)
+
+    settings_inputs = [
+        gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Slider(0, 200, value=defaults.top_k, step=1, label="Top-k (0 = off)"),
+        gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="Top-p"),
+        gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
+        gr.Slider(
+            8,
+            max(512, defaults.max_new_tokens),
+            value=defaults.max_new_tokens,
+            step=1,
+            label="Max new tokens",
+        ),
+        gr.Number(value=None, precision=0, label="Seed (empty = random)"),
+    ]
+    with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as app:
+        gr.Markdown(f"# {title}")
+        gr.Markdown(notice_markdown(locale, transcripts_saved=writer is not None), elem_id="ai-notice")
+        gr.ChatInterface(
+            respond,
+            chatbot=gr.Chatbot(
+                label=title,
+                placeholder="Say what's on your mind. Replies are written by an AI.",
+                elem_id="chatbot",
+                feedback_options=None,
+            ),
+            textbox=gr.Textbox(
+                placeholder="Type a message and press Enter", elem_id="message", submit_btn=True
+            ),
+            additional_inputs=settings_inputs,
+            additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
+            examples=examples if examples is not None else SAMPLE_PROMPTS,
+            cache_examples=False,
+            flagging_mode="never",
+            save_history=False,
+            api_name=API_NAME,
+            analytics_enabled=False,
+        )
+    app.queue(default_concurrency_limit=concurrency_limit)
+    return app
+
+
+def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True) -> str:
+    """Start the server (no share link, system fonts, no server-side rendering); return its URL.
+
+    With `block=False` the call returns once the server is up (tests); `app.close()` stops it.
+    """
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("listening on %s: anyone who can reach this machine can use the chat", host)
+    theme = gr.themes.Soft(font=_FONTS, font_mono=_MONO_FONTS)
+    _, url, _ = app.launch(
+        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
+        theme=theme, css=_CSS, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
+        show_error=False,
+    )  # fmt: skip
+    return url
