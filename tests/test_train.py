@@ -1,0 +1,245 @@
+"""The sequential training engine on tiny randomly initialised models (GPT-2 and Llama)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from warmline import train as train_mod
+from warmline.loss import collate_padding_free, evaluate_loss
+from warmline.recipe import load_recipe
+from warmline.tokenize import IGNORE_INDEX, tokenize_conversation
+
+FEELINGS = ["lonely", "tired", "anxious", "sad", "stressed", "angry", "lost", "numb"]
+PLACES = ["at work", "at home", "at school", "with friends", "at night", "on weekends"]
+
+
+def _write_stage_data(folder: Path, name: str, n: int, offset: int) -> Path:
+    rows = []
+    for i in range(n):
+        feeling = FEELINGS[(i + offset) % len(FEELINGS)]
+        place = PLACES[(i * 3 + offset) % len(PLACES)]
+        rows.append({"text": f"Human: I feel {feeling} {place}, day {i + offset}.\n"
+                             f"Assistant: Feeling {feeling} {place} is hard. What helps you?"})  # fmt: skip
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def _recipe(tmp_path: Path, base: Path, **training) -> Path:
+    a = _write_stage_data(tmp_path, "alpha", 16, 0)
+    b = _write_stage_data(tmp_path, "beta", 16, 100)
+    opts = {"micro_batch_size": 4, "global_batch_size": 4, "save_steps": 2, "logging_steps": 1,
+            "precision": "fp32", "warmup_ratio": 0.0, **training}  # fmt: skip
+    lines = [
+        "name: tiny",
+        f"base_model: {base}",
+        f"output_dir: {tmp_path / 'runs'}",
+        "system_prompt: null",
+        "stages:",
+        f"  - {{name: alpha, source: {a}, epochs: 2, learning_rate: 3.0e-3, max_length: 64}}",
+        f"  - {{name: beta, source: {b}, epochs: 2, learning_rate: 3.0e-3, max_length: 64, replay_fraction: 0.25}}",
+        "training:",
+        *[f"  {k}: {v}" for k, v in opts.items()],
+    ]
+    path = tmp_path / "tiny.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(params=["tiny_llama_dir", "tiny_gpt2_dir"])
+def base_dir(request) -> Path:
+    return request.getfixturevalue(request.param)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_packed_examples_attend_only_within_themselves(model_fixture, request):
+    """Logits of an example packed after another equal its logits alone (SDPA and eager)."""
+    folder = request.getfixturevalue(model_fixture)
+    tok = AutoTokenizer.from_pretrained(folder)
+    conv_a = [{"role": "user", "content": "I feel lonely at night."}, {"role": "assistant", "content": "That is hard."}]
+    conv_b = [{"role": "user", "content": "Work is stressful."}, {"role": "assistant", "content": "What helps you?"}]
+    ex_a, ex_b = (tokenize_conversation(tok, c, 64) for c in (conv_a, conv_b))
+    for attn in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn).eval()
+        with torch.no_grad():
+            alone = model(input_ids=torch.tensor([ex_b.input_ids]), use_cache=False).logits[0]
+            packed = collate_padding_free([ex_a, ex_b])
+            both = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        in_packed = both[len(ex_a.input_ids) :]
+        assert torch.allclose(alone, in_packed, atol=1e-4), f"{attn}: packed example saw its neighbour"
+        # Guard against a vacuous pass: without position ids the neighbour does leak in.
+        with torch.no_grad():
+            leaky = model(input_ids=packed["input_ids"], use_cache=False).logits[0][len(ex_a.input_ids) :]
+        assert not torch.allclose(alone, leaky, atol=1e-4)
+
+
+def test_trl_collator_batches_match_our_packing(tiny_llama_dir):
+    """SFTTrainer's padding-free collator gives the same ids, position ids and labels as ours."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    convs = [[{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}] for i in range(3)]
+    exs = [tokenize_conversation(tok, c, 64) for c in convs]
+    collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+    batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
+    ours = collate_padding_free(exs)
+    assert "attention_mask" not in batch
+    for key in ("input_ids", "position_ids", "labels"):
+        assert torch.equal(batch[key], ours[key]), key
+
+
+def test_sequential_training_end_to_end(tmp_path, base_dir, monkeypatch):
+    """Loss goes down, weights change, stage 2 starts from stage 1's weights, artifacts load."""
+    loads: list[tuple[str, dict[str, torch.Tensor]]] = []
+    real_load = train_mod.load_model
+
+    def recording_load(reference, **kwargs):
+        model = real_load(reference, **kwargs)
+        loads.append((str(reference), {k: v.detach().clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(train_mod, "load_model", recording_load)
+    recipe = load_recipe(_recipe(tmp_path, base_dir))
+    final = train_mod.train_recipe(recipe)
+    run = recipe.run_dir
+    stage1, stage2 = run / "stage-01-alpha", run / "stage-02-beta"
+
+    # Stage 2 was initialised from exactly the weights stage 1 saved.
+    init_refs = [ref for ref, _ in loads]
+    assert str(stage1) in init_refs
+    stage2_init = dict(loads[init_refs.index(str(stage1))][1])
+    saved1 = _weights(stage1)
+    for name, tensor in saved1.items():
+        assert torch.equal(stage2_init[name], tensor), name
+
+    # Weights changed in each stage.
+    base_weights = loads[0][1]
+    saved2 = _weights(stage2)
+    changed1 = [n for n, t in saved1.items() if n in base_weights and not torch.equal(base_weights[n], t)]
+    changed2 = [n for n, t in saved2.items() if not torch.equal(saved1[n], t)]
+    assert changed1 and changed2
+
+    # Loss went down: the forgetting matrix row of each stage beats the row before it on its own split.
+    forgetting = json.loads((run / "forgetting.json").read_text())
+    assert forgetting["alpha"]["alpha"]["loss"] < forgetting["base"]["alpha"]["loss"]
+    assert forgetting["beta"]["beta"]["loss"] < forgetting["alpha"]["beta"]["loss"]
+    assert set(forgetting) == {"base", "alpha", "beta"}
+
+    # Artifacts describe themselves and load with plain transformers.
+    for folder in (stage1, stage2, final):
+        for name in ("config.json", "model.safetensors", "recipe.yaml", "data_stats.json", "manifest.json"):
+            assert (folder / name).is_file(), f"{folder.name}/{name}"
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert tok.chat_template, "saved tokenizer must carry a chat template"
+        assert model.config.use_cache
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["seed"] == 42 and manifest["data_files"] and "torch" in manifest["packages"]
+    stats = json.loads((stage2 / "data_stats.json").read_text())
+    assert stats["replay_examples"] == round(0.25 * stats["train_examples"])
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = [m for m in metrics if m.get("event") == "log" and "loss" in m]
+    assert logs and all("learning_rate" in m for m in logs)
+    assert any("tokens_per_s" in m for m in logs)
+    assert any(m.get("event") == "validation" for m in metrics)  # end of the first epoch
+
+
+def test_labels_mask_prompt_and_train_eos(tiny_llama_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    conv = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "I feel sad"},
+            {"role": "assistant", "content": "I hear you"}]  # fmt: skip
+    ex = tokenize_conversation(tok, conv, 128)
+    labelled = [i for i, lbl in enumerate(ex.labels) if lbl != IGNORE_INDEX]
+    assert tok.decode([ex.input_ids[i] for i in labelled]) == "I hear you<|im_end|>"
+    assert ex.labels[labelled[-1]] == tok.eos_token_id
+
+
+def test_replay_mixes_the_asked_fraction():
+    from warmline.train import PreparedStage, replay_examples
+    from warmline.recipe import StageConfig
+    from warmline.tokenize import TokenizedExample
+
+    def stage(i, n, frac):
+        exs = [TokenizedExample([i, k], [i, k]) for k in range(n)]
+        return PreparedStage(i, StageConfig(name=f"s{i}", source="x", replay_fraction=frac), None, exs, [])
+
+    s1, s2, s3 = stage(1, 50, 0.0), stage(2, 40, 0.25), stage(3, 20, 0.5)
+    assert replay_examples([s1, s2, s3], s1, seed=0) == []
+    r2 = replay_examples([s1, s2, s3], s2, seed=0)
+    assert len(r2) == 10 and all(ex.input_ids[0] == 1 for ex in r2)
+    r3 = replay_examples([s1, s2, s3], s3, seed=0)
+    assert len(r3) == 10 and {ex.input_ids[0] for ex in r3} <= {1, 2}
+    assert replay_examples([s1, s2, s3], s3, seed=0) == r3  # seeded
+
+
+def test_resume_after_an_interrupted_stage(tmp_path, tiny_llama_dir, monkeypatch):
+    """Kill stage 2 right after a checkpoint; --resume skips stage 1 and finishes from the checkpoint."""
+    from warmline.callbacks import CheckpointMarker
+
+    real_on_save = CheckpointMarker.on_save
+
+    def crash_in_stage_two(self, args, state, control, **kwargs):
+        real_on_save(self, args, state, control, **kwargs)
+        if "stage-02" in str(args.output_dir) and state.global_step == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return control
+
+    monkeypatch.setattr(CheckpointMarker, "on_save", crash_in_stage_two)
+    recipe_path = _recipe(tmp_path, tiny_llama_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_recipe(load_recipe(recipe_path))
+    run = load_recipe(recipe_path).run_dir
+    assert (run / "stage-01-alpha" / "config.json").is_file()
+    assert not (run / "stage-02-beta").exists()
+    work = run / ".work" / "stage-02-beta"
+    assert train_mod.latest_complete_checkpoint(work).name == "checkpoint-2"
+    (work / "checkpoint-3").mkdir()  # a half-written checkpoint (no marker) is never trusted
+    assert train_mod.latest_complete_checkpoint(work).name == "checkpoint-2"
+    stage1_mtime = (run / "stage-01-alpha" / "model.safetensors").stat().st_mtime
+
+    monkeypatch.setattr(CheckpointMarker, "on_save", real_on_save)
+    resumed_from: list[str | None] = []
+    from transformers import Trainer
+
+    real_train = Trainer.train
+
+    def spy_train(self, resume_from_checkpoint=None, **kwargs):
+        resumed_from.append(resume_from_checkpoint)
+        return real_train(self, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train", spy_train)
+    final = train_mod.train_recipe(load_recipe(recipe_path), resume=True)
+    assert resumed_from == [str(work / "checkpoint-2")]  # stage 1 skipped, stage 2 resumed
+    assert (run / "stage-01-alpha" / "model.safetensors").stat().st_mtime == stage1_mtime
+    assert (final / "config.json").is_file() and (run / "stage-02-beta" / "config.json").is_file()
+
+
+def test_validation_loss_is_token_weighted(tiny_llama_dir):
+    """evaluate_loss = exp-able mean over every labelled token, however examples are batched."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    convs = [[{"role": "user", "content": "hi " * (i + 1)}, {"role": "assistant", "content": "ok " * (3 * i + 1)}]
+             for i in range(4)]  # fmt: skip
+    exs = [tokenize_conversation(tok, c, 128) for c in convs]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ex in exs:
+            logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
+            labels = torch.tensor(ex.labels[1:])
+            total += torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            count += int((labels != -100).sum())
+    for max_tokens in (8, 10_000):
+        result = evaluate_loss(model, exs, max_tokens=max_tokens)
+        assert result["tokens"] == count
+        assert result["loss"] == pytest.approx(total / count, rel=1e-4)
+        assert result["perplexity"] == pytest.approx(torch.exp(torch.tensor(total / count)).item(), rel=1e-4)
