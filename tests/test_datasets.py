@@ -5,7 +5,8 @@ here fails the same way training would. The checks follow issue 4's acceptance: 
 exact and near duplicates, lengths, topics, banned content and crisis handling. The statistics
 they measure are recorded in data/DATA_CARD.md; update both together.
 
-Only the MiniLM near-duplicate test loads a model (marked slow); the rest run in about a second.
+Only the MiniLM near-duplicate test loads a model (marked slow, about a minute on 2 busy cores);
+the rest take a few seconds.
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ PSYCHOLOGY = REPO / "data" / "samples" / "psychology.json"
 CRISIS_RESOURCES = ("988", "116 123", "findahelpline.com")
 
 # Near-duplicate thresholds, chosen from measurements on these files (see DATA_CARD.md):
-# - MiniLM cosine: the highest pair in any file is 0.725 (two different replies about telling
-#   a child a grandparent died), and two counsellors' independent answers to the same question
-#   score 0.41-0.72. A hand-written sentence-by-sentence paraphrase of one of our replies scores
-#   0.83, light edits of it (a dropped or replaced sentence, swapped sentences, synonyms) 0.92-0.99.
-#   0.80 sits between the two groups: a reworded copy fails the test, distinct texts pass.
+# - MiniLM cosine: the highest pair within a file is 0.725 (two different replies about telling
+#   a child a grandparent died); across files 0.777 (two independently written messages from a
+#   14-year-old mocked in a school group chat); two counsellors' independent answers to the same
+#   question score 0.41-0.72. A hand-written sentence-by-sentence paraphrase of one of our replies
+#   scores 0.83, light edits of it (a dropped or replaced sentence, swapped sentences, synonyms)
+#   0.92-0.99. 0.80 sits between the two groups: a reworded copy fails, distinct texts pass. The
+#   margin is thin for texts about the same scenario, so a failure means "read the pair", and the
+#   shingle test below is the sharper check for copy-and-edit.
 # - 5-gram Jaccard (on normalised words): the highest pair is 0.084, two crisis replies sharing
 #   the resources sentence; independent answers to the same question score 0.0. Copies with one
 #   sentence replaced or eight words swapped for synonyms score 0.6-0.74. 0.2 leaves room for
@@ -67,9 +71,15 @@ class Shipped:
 
 
 def _read(name: str, path: Path, fmt: str) -> Shipped:
-    stage = prepare_stage(StageConfig(name=name, source=str(path), format=fmt, validation_fraction=0.0), seed=0)
+    stage = prepare_stage(
+        StageConfig(name=name, source=str(path), format=fmt, validation_fraction=0.0), seed=0
+    )
     text = path.read_text(encoding="utf-8")
-    raw = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines() if line]
+    raw = (
+        json.loads(text)
+        if path.suffix == ".json"
+        else [json.loads(line) for line in text.splitlines() if line]
+    )
     return Shipped(name, stage, raw)
 
 
@@ -116,7 +126,9 @@ def texts_for_near_duplicates(data: Shipped, role: str) -> list[str]:
 def test_empathetic_loads_as_human_assistant(empathetic: Shipped) -> None:
     stats = empathetic.stage.stats()
     assert (stats["rows_read"], stats["kept"], stats["dropped"], stats["duplicates"]) == (100, 100, {}, 0)
-    assert all(set(r) == {"text", "topic", "crisis"} and isinstance(r["crisis"], bool) for r in empathetic.raw)
+    assert all(
+        set(r) == {"text", "topic", "crisis"} and isinstance(r["crisis"], bool) for r in empathetic.raw
+    )
     exchanges = Counter()
     for conv in empathetic.conversations:
         assert [t["role"] for t in conv] == ["user", "assistant"] * (len(conv) // 2), conv[0]["content"][:60]
@@ -171,7 +183,8 @@ def test_no_exact_duplicate_turns(shipped: dict[str, Shipped], name: str) -> Non
 def test_no_turn_is_shared_between_files(shipped: dict[str, Shipped]) -> None:
     seen: dict[str, str] = {}
     for name, data in shipped.items():
-        for text in set(map(normalise_for_dedup, turns(data.conversations, "user") + turns(data.conversations, "assistant"))):
+        every_turn = turns(data.conversations, "user") + turns(data.conversations, "assistant")
+        for text in {normalise_for_dedup(t) for t in every_turn}:
             assert seen.setdefault(text, name) == name, f"turn in both {seen[text]} and {name}: {text[:80]}"
 
 
@@ -253,7 +266,9 @@ def test_no_near_duplicates_by_minilm(encoder, shipped: dict[str, Shipped]) -> N
             np.fill_diagonal(similarity, -1.0)
             i, j = np.unravel_index(similarity.argmax(), similarity.shape)
             if similarity[i, j] >= MAX_COSINE:
-                failures.append(f"{'+'.join(names)} {role}: {similarity[i, j]:.3f}\n  {texts[i][:120]}\n  {texts[j][:120]}")
+                failures.append(
+                    f"{'+'.join(names)} {role}: {similarity[i, j]:.3f}\n  {texts[i][:120]}\n  {texts[j][:120]}"
+                )
     assert failures == []
 
 
@@ -276,7 +291,9 @@ WORD_RANGES = {
 @pytest.mark.parametrize(("name", "role"), list(WORD_RANGES))
 def test_turn_lengths(shipped: dict[str, Shipped], name: str, role: str) -> None:
     low, high = WORD_RANGES[name, role]
-    outside = [(words(t), t[:60]) for t in turns(shipped[name].conversations, role) if not low <= words(t) <= high]
+    outside = [
+        (words(t), t[:60]) for t in turns(shipped[name].conversations, role) if not low <= words(t) <= high
+    ]
     assert outside == []
 
 
@@ -295,7 +312,9 @@ def test_topics_are_varied(empathetic: Shipped) -> None:
 
 # ------------------------------------------------------------------------------ banned content
 
-DOSAGE = re.compile(r"\b\d+(?:\.\d+)?\s*(?:mg|mcg|milligrams?|ml|millilit(?:er|re)s?)\b|\bmg\b", re.IGNORECASE)
+DOSAGE = re.compile(
+    r"\b\d+(?:\.\d+)?\s*(?:mg|mcg|milligrams?|ml|millilit(?:er|re)s?)\b|\bmg\b", re.IGNORECASE
+)
 DIAGNOSIS = re.compile(
     r"\byou(?: have|'ve got| suffer from| are suffering from)\s+"
     r"(?:depression|anxiety|bipolar|ptsd|ocd|adhd|schizophrenia|borderline|an? [\w-]+ disorder)\b"
@@ -313,14 +332,18 @@ PROMISE = re.compile(
     re.IGNORECASE,
 )
 MEDICATION = re.compile(
-    r"\b(?:medications?|medicines?|pills?|dose|dosage|prescri\w+|antidepressants?|ssris?|sertraline|"
+    r"\b(?:medications?|pills?|dose|dosage|prescri\w+|antidepressants?|ssris?|sertraline|"
     r"fluoxetine|prozac|zoloft|xanax|benzodiazepines?|melatonin|sleeping tablets?)\b",
     re.IGNORECASE,
 )
 
 
 def matches(pattern: re.Pattern, texts: list[str]) -> list[str]:
-    return [f"{m.group(0)!r} in: {t[max(0, m.start() - 50) : m.end() + 30]}" for t in texts for m in pattern.finditer(t)]
+    return [
+        f"{m.group(0)!r} in: {t[max(0, m.start() - 50) : m.end() + 30]}"
+        for t in texts
+        for m in pattern.finditer(t)
+    ]
 
 
 @pytest.mark.parametrize("name", ["empathetic", "counseling", "psychology"])
@@ -339,7 +362,8 @@ def test_no_banned_content(shipped: dict[str, Shipped], name: str) -> None:
 
 def test_banned_patterns_match_what_they_should() -> None:
     assert DOSAGE.search("take 50mg at night") and DOSAGE.search("2.5 ml") and DOSAGE.search("10 mg")
-    assert DIAGNOSIS.search("It sounds like you have an anxiety disorder") and DIAGNOSIS.search("you have PTSD")
+    assert DIAGNOSIS.search("It sounds like you have an anxiety disorder")
+    assert DIAGNOSIS.search("I think you have PTSD")
     assert ROLE_MARKER_LEAK.search("Sure. Human: and then") and ROLE_MARKER_LEAK.search("<|im_start|>user")
     assert not DOSAGE.search("I ran 5 miles") and not DIAGNOSIS.search("you have every right to be upset")
 
@@ -382,7 +406,9 @@ def reviewed_not_crisis(conv: Conversation) -> bool:
 
 
 def test_crisis_records_ask_about_safety_and_give_resources(empathetic: Shipped) -> None:
-    crisis = [conv for conv, row in zip(empathetic.conversations, empathetic.raw, strict=True) if row["crisis"]]
+    crisis = [
+        conv for conv, row in zip(empathetic.conversations, empathetic.raw, strict=True) if row["crisis"]
+    ]
     assert len(crisis) >= 6
     for conv in crisis:
         reply = conv[-1]["content"]
@@ -401,8 +427,9 @@ def test_records_not_marked_crisis_show_no_risk(empathetic: Shipped) -> None:
 
 def test_resources_appear_only_in_crisis_records(empathetic: Shipped) -> None:
     for conv, row in zip(empathetic.conversations, empathetic.raw, strict=True):
+        text = " ".join(t["content"] for t in conv)
         if not row["crisis"]:
-            assert not any(r in t["content"] for t in conv for r in CRISIS_RESOURCES), first_user_turn(conv)[:80]
+            assert not any(r in text for r in CRISIS_RESOURCES), first_user_turn(conv)[:80]
 
 
 @pytest.mark.parametrize("name", ["counseling", "psychology"])
@@ -410,7 +437,8 @@ def test_sample_crisis_patterns_give_resources(shipped: dict[str, Shipped], name
     crisis = [
         conv
         for conv in shipped[name].conversations
-        if (lexicon_crisis(conv) and not reviewed_not_crisis(conv)) or first_user_turn(conv).startswith(REVIEWED_CRISIS)
+        if (lexicon_crisis(conv) and not reviewed_not_crisis(conv))
+        or first_user_turn(conv).startswith(REVIEWED_CRISIS)
     ]
     assert len(crisis) >= 2
     for conv in crisis:

@@ -158,7 +158,7 @@ def build_app(
         conversation = system + history_to_conversation(history) + [{"role": "user", "content": message}]
         result = GenerationResult()
         pieces = generator.stream(
-            conversation, seed=None if seed is None else int(seed), result=result,
+            conversation, seed=None if seed is None or seed < 0 else int(seed), result=result,
             temperature=temperature, top_k=None if top_k is None else int(top_k), top_p=top_p,
             repetition_penalty=repetition_penalty,
             max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
@@ -179,13 +179,15 @@ def build_app(
         gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="Top-p"),
         gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty"),
         gr.Slider(
-            8,
+            1,
             max(512, defaults.max_new_tokens),
             value=defaults.max_new_tokens,
             step=1,
             label="Max new tokens",
         ),
-        gr.Number(value=None, precision=0, label="Seed (empty = random)"),
+        gr.Number(
+            value=-1, precision=0, minimum=-1, label="Seed (-1 = random; the same seed repeats a reply)"
+        ),
     ]
     with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as app:
         gr.Markdown(f"# {title}")
@@ -197,13 +199,17 @@ def build_app(
                 placeholder="Say what's on your mind. Replies are written by an AI.",
                 elem_id="chatbot",
                 feedback_options=None,
+                buttons=["copy", "copy_all"],  # no "share": it posts the conversation to Hugging Face
+                watermark="(Written by an AI, not a therapist.)",
             ),
             textbox=gr.Textbox(
                 placeholder="Type a message and press Enter", elem_id="message", submit_btn=True
             ),
             additional_inputs=settings_inputs,
-            additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
-            examples=examples if examples is not None else SAMPLE_PROMPTS,
+            additional_inputs_accordion=gr.Accordion("Generation settings", open=False, render=False),
+            # One-item lists: with settings inputs Gradio wants a list per example; the settings
+            # stay as they are when an example is clicked.
+            examples=[[prompt] for prompt in (SAMPLE_PROMPTS if examples is None else examples)],
             cache_examples=False,
             flagging_mode="never",
             save_history=False,

@@ -1,0 +1,109 @@
+"""A real browser: headless Chromium types into the web app and watches the reply stream in.
+
+Needs Debian's `chromium` and `chromium-driver` (apt-get install -y chromium chromium-driver);
+skips where they are missing. The screenshot lands in the test's folder and in
+test-output/browser.png (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from warmline.generate import SAMPLE_PROMPTS, GenerationSettings
+from warmline.safety import AI_NOTICE
+from warmline.serve import build_app, launch
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+REPLY = "That sounds really lonely. I'm glad you said it out loud. What has your week been like?"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
+    "install it with: apt-get install -y chromium chromium-driver",
+)
+
+
+class SlowGenerator:
+    """Scripted: the same reply word by word, slowly enough for the page to show it growing."""
+
+    settings = GenerationSettings()
+    gate = None
+
+    def stream(self, conversation, *, seed=None, result=None, **overrides):
+        for i, word in enumerate(REPLY.split(" ")):
+            time.sleep(0.15)
+            yield word if i == 0 else " " + word
+        if result is not None:
+            result.text, result.stop_reason = REPLY, "eos"
+
+
+@pytest.fixture
+def app_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(SlowGenerator())
+    yield launch(app, host="127.0.0.1", port=port, block=False)
+    app.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_a_reply_streams_into_the_page(app_url: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(app_url)
+    box = WebDriverWait(browser, 30).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    notice = browser.find_element(By.ID, "ai-notice")
+    assert notice.is_displayed() and AI_NOTICE in notice.text and "988" in notice.text
+    assert SAMPLE_PROMPTS[1] in browser.find_element(By.ID, "chatbot").text  # the example prompts
+
+    box.send_keys("I feel lonely.", Keys.ENTER)
+    seen: list[str] = []  # every distinct text of the reply bubble, in order
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not seen or seen[-1] != REPLY):
+        bubbles = browser.find_elements(By.CSS_SELECTOR, "#chatbot .bot-row .message-content")
+        text = bubbles[-1].text.strip() if bubbles else ""
+        if text and (not seen or text != seen[-1]):
+            seen.append(text)
+        time.sleep(0.05)
+
+    screenshot = tmp_path / "browser.png"
+    browser.save_screenshot(str(screenshot))
+    (REPO / "test-output").mkdir(exist_ok=True)
+    shutil.copy(screenshot, REPO / "test-output" / "browser.png")
+
+    assert seen and seen[-1] == REPLY
+    assert len(seen) >= 3, f"the reply appeared all at once, not streamed: {seen}"
+    assert all(REPLY.startswith(partial) for partial in seen)  # it grew word by word, in order
+    user_bubbles = browser.find_elements(By.CSS_SELECTOR, "#chatbot .user-row .message-content")
+    assert [b.text.strip() for b in user_bubbles] == ["I feel lonely."]
+    assert browser.find_element(By.ID, "ai-notice").is_displayed()  # still there during the chat

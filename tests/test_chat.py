@@ -1,0 +1,110 @@
+"""`warmline chat`: multi-turn terminal chat driven through the CLI with scripted input."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from warmline import cli
+from warmline.generate import GenerationSettings
+from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+from warmline.safety import AI_NOTICE, SafetyGate, assess, crisis_reply
+
+
+class EchoGenerator:
+    """Replies with what it saw: the number of user turns and the latest message, in two pieces."""
+
+    def __init__(self) -> None:
+        self.settings = GenerationSettings()
+        self.conversations: list[list[dict[str, str]]] = []
+
+    def stream(self, conversation, *, seed=None, result=None, **overrides):
+        self.conversations.append(list(conversation))
+        turns = sum(t["role"] == "user" for t in conversation)
+        text = f"reply {turns}: {conversation[-1]['content']}"
+        yield text[:7]
+        yield text[7:]
+        if result is not None:
+            result.text, result.stop_reason, result.new_tokens = text, "eos", 3
+
+
+@pytest.fixture
+def echo(monkeypatch) -> EchoGenerator:
+    generator = EchoGenerator()
+    monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings: generator)
+    return generator
+
+
+def run(lines: list[str], *args: str, model: str = "some-model"):
+    result = CliRunner().invoke(cli.app, ["chat", model, *args], input="".join(f"{x}\n" for x in lines))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_multi_turn_keeps_history_and_stdout_holds_only_replies(echo: EchoGenerator) -> None:
+    result = run(["hello", "how are you?", "/quit"])
+    assert result.stdout == "reply 1: hello\nreply 2: how are you?\n"
+    assert AI_NOTICE in result.stderr and "you>" in result.stderr
+    second = echo.conversations[1]
+    assert second[0] == {"role": "system", "content": DEFAULT_SYSTEM_PROMPT}
+    assert [t["content"] for t in second[1:]] == ["hello", "reply 1: hello", "how are you?"]
+
+
+def test_reset_starts_over(echo: EchoGenerator) -> None:
+    result = run(["one", "two", "/reset", "three"])  # end of input quits too
+    assert result.stdout.splitlines() == ["reply 1: one", "reply 2: two", "reply 1: three"]
+    assert echo.conversations[-1][1:] == [{"role": "user", "content": "three"}]
+
+
+def test_quit_stops_reading(echo: EchoGenerator) -> None:
+    result = run(["one", "/quit", "never answered"])
+    assert result.stdout == "reply 1: one\n" and len(echo.conversations) == 1
+
+
+def test_save_writes_a_transcript_only_when_asked(echo: EchoGenerator, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run(["one", "two", "/quit"])
+    assert list(tmp_path.iterdir()) == []  # nothing written without /save
+
+    target = tmp_path / "chats" / "t.json"
+    result = run(["one", f"/save {target}", "two"], "--system", "Be brief.")
+    saved = json.loads(target.read_text())
+    assert saved["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "reply 1: one"},
+    ]
+    assert "saved" in result.stderr and str(target) not in result.stdout
+    assert result.stdout.splitlines() == ["reply 1: one", "reply 2: two"]
+
+
+def test_verbose_timings_go_to_stderr(echo: EchoGenerator) -> None:
+    result = run(["one"], "--verbose")
+    assert result.stdout == "reply 1: one\n" and "[eos: 3 tokens" in result.stderr
+
+
+def test_bad_settings_are_a_usage_error(echo: EchoGenerator) -> None:
+    result = CliRunner().invoke(cli.app, ["chat", "some-model", "--top-p", "0"], input="")
+    assert result.exit_code == 2 and "top_p must be in" in result.output
+
+
+def test_real_model_behind_the_safety_gate(tiny_llama_dir: Path, monkeypatch) -> None:
+    # The gate is always on; the lexicon alone keeps the test from loading the classifier.
+    monkeypatch.setattr("warmline.safety.SafetyGate", functools.partial(SafetyGate, use_classifier=False))
+    args = ["--max-new-tokens", "6", "--seed", "0", "--locale", "uk"]
+    result = run(["I feel lonely.", "I want to kill myself"], *args, model=str(tiny_llama_dir))
+    conversation = [{"role": "user", "content": "I want to kill myself"}]
+    crisis = crisis_reply(assess(conversation, use_classifier=False), "uk")
+    assert "Samaritans" in crisis and result.stdout.endswith(f"\n{crisis}\n")  # UK resources
+    assert len(result.stdout) > len(crisis) + 2  # the first turn got a model reply
+    assert AI_NOTICE not in result.stdout
+
+
+def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["chat", str(tmp_path / "nope")], input="")
+    assert result.exit_code == 2 and "model folder not found" in result.stderr
+
