@@ -36,7 +36,11 @@ class SlowGenerator:
     settings = GenerationSettings()
     gate = None
 
+    def __init__(self) -> None:
+        self.conversations: list[list[dict[str, str]]] = []
+
     def stream(self, conversation, *, seed=None, result=None, **overrides):
+        self.conversations.append(conversation)
         for i, word in enumerate(REPLY.split(" ")):
             time.sleep(0.15)
             yield word if i == 0 else " " + word
@@ -45,11 +49,16 @@ class SlowGenerator:
 
 
 @pytest.fixture
-def app_url():
+def generator() -> SlowGenerator:
+    return SlowGenerator()
+
+
+@pytest.fixture
+def app_url(generator: SlowGenerator):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = build_app(SlowGenerator())
+    app = build_app(generator, system_prompt="Be kind.")
     yield launch(app, host="127.0.0.1", port=port, block=False)
     app.close()
 
@@ -74,7 +83,9 @@ def browser(tmp_path: Path):
         driver.quit()
 
 
-def test_a_reply_streams_into_the_page(app_url: str, browser, tmp_path: Path) -> None:
+def test_a_reply_streams_into_the_page(
+    app_url: str, browser, generator: SlowGenerator, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -107,3 +118,14 @@ def test_a_reply_streams_into_the_page(app_url: str, browser, tmp_path: Path) ->
     user_bubbles = browser.find_elements(By.CSS_SELECTOR, "#chatbot .user-row .message-content")
     assert [b.text.strip() for b in user_bubbles] == ["I feel lonely."]
     assert browser.find_element(By.ID, "ai-notice").is_displayed()  # still there during the chat
+
+    # A second turn: the history the page sends back reaches the model as plain turns.
+    WebDriverWait(browser, 30).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+    browser.find_element(By.CSS_SELECTOR, "#message textarea").send_keys("Not great.", Keys.ENTER)
+    WebDriverWait(browser, 30).until(lambda _: len(generator.conversations) == 2)
+    assert generator.conversations[1] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "I feel lonely."},
+        {"role": "assistant", "content": REPLY},
+        {"role": "user", "content": "Not great."},
+    ]

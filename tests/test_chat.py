@@ -107,4 +107,3 @@ def test_real_model_behind_the_safety_gate(tiny_llama_dir: Path, monkeypatch) ->
 def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["chat", str(tmp_path / "nope")], input="")
     assert result.exit_code == 2 and "model folder not found" in result.stderr
-

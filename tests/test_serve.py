@@ -112,11 +112,20 @@ def test_parallel_clients_keep_separate_histories(served) -> None:
 
 def test_settings_reach_the_generator_and_seed_reproduces(served, tiny_llama_dir: Path) -> None:
     generator = Generator.from_pretrained(
-        str(tiny_llama_dir), gate=SafetyGate(use_classifier=False), settings=GenerationSettings(max_new_tokens=8)
+        str(tiny_llama_dir),
+        gate=SafetyGate(use_classifier=False),
+        settings=GenerationSettings(max_new_tokens=8),
     )
     url = served(build_app(generator, system_prompt="Be kind."))
     client = Client(url, verbose=False)
-    settings = (0.9, 40, 0.95, 1.1, 6, 7)  # temperature, top-k, top-p, repetition penalty, max new tokens, seed
+    settings = (
+        0.9,
+        40,
+        0.95,
+        1.1,
+        6,
+        7,
+    )  # temperature, top-k, top-p, repetition penalty, max new tokens, seed
     reply = client.predict("I feel lonely.", *settings, api_name="/chat")
     expected = generator.generate(
         [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I feel lonely."}],
@@ -127,7 +136,9 @@ def test_settings_reach_the_generator_and_seed_reproduces(served, tiny_llama_dir
 
 def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Path, monkeypatch) -> None:
     generator = Generator.from_pretrained(str(tiny_llama_dir), gate=SafetyGate(use_classifier=False))
-    script = generator.tokenizer("I see. You have bipolar disorder. Rest now.", add_special_tokens=False)["input_ids"]
+    script = generator.tokenizer("I see. You have bipolar disorder. Rest now.", add_special_tokens=False)[
+        "input_ids"
+    ]
     original = generator.model.forward
 
     def scripted(*args, **kwargs):  # the real forward, then the scripted token wins
@@ -149,7 +160,9 @@ def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Pat
 
 
 def test_crisis_message_through_the_app(served, tiny_llama_dir: Path, monkeypatch) -> None:
-    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=SafetyGate(locale="ie", use_classifier=False))
+    generator = Generator.from_pretrained(
+        str(tiny_llama_dir), gate=SafetyGate(locale="ie", use_classifier=False)
+    )
     monkeypatch.setattr(generator.model, "forward", lambda *a, **k: pytest.fail("the model was called"))
     url = served(build_app(generator))
     reply = Client(url, verbose=False).predict("I want to end my life", api_name="/chat")
@@ -205,4 +218,3 @@ def test_serve_command_binds_localhost_by_default(monkeypatch) -> None:
     result = CliRunner().invoke(cli.app, ["serve", "some-model", "--temperature", "0.5"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860
-

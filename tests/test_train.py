@@ -165,9 +165,9 @@ def test_labels_mask_prompt_and_train_eos(tiny_llama_dir):
 
 
 def test_replay_mixes_the_asked_fraction():
-    from warmline.train import PreparedStage, replay_examples
     from warmline.recipe import StageConfig
     from warmline.tokenize import TokenizedExample
+    from warmline.train import PreparedStage, replay_examples
 
     def stage(i, n, frac):
         exs = [TokenizedExample([i, k], [i, k]) for k in range(n)]

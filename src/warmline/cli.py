@@ -9,9 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from .generate import GenerationSettings, Generator
 
 app = typer.Typer(
     help="Sequentially fine-tune small language models into empathetic, safety-aware support chatbots.",
@@ -129,15 +132,23 @@ SystemPrompt = Annotated[
 ]
 
 
-def _load_generator(model: str, locale: str, settings) -> object:
+def _load_generator(model: str, locale: str, settings: GenerationSettings) -> Generator:
     """The streaming generator behind a safety gate (the gate is always on)."""
     from .generate import Generator
     from .safety import SafetyGate
 
-    return Generator.from_pretrained(model, gate=SafetyGate(locale=locale), settings=settings)
+    gate = SafetyGate(locale=locale)
+    generator = Generator.from_pretrained(model, gate=gate, settings=settings)
+    if gate.use_classifier:  # load (or train, once) now rather than on the first message
+        from .safety.classifier import default_classifier
+
+        default_classifier()
+    return generator
 
 
-def _settings(temperature: float, top_k: int, top_p: float, repetition_penalty: float, max_new_tokens: int):
+def _settings(
+    temperature: float, top_k: int, top_p: float, repetition_penalty: float, max_new_tokens: int
+) -> GenerationSettings:
     from .generate import GenerationSettings
 
     try:

@@ -15,6 +15,7 @@ new tokens. An optional safety gate answers crisis messages itself and screens e
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,9 @@ STOP_STRINGS: tuple[str, ...] = (
 # Special tokens that end a reply when the model emits them (besides its own EOS ids).
 _STOP_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 _SENTENCE_END = (".", "!", "?", "\n")
+# Control characters (all but tab and newline) never reach a terminal or page: a model could
+# otherwise emit escape sequences that rewrite what the user sees.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 StopReason = Literal["", "eos", "stop_string", "max_new_tokens", "crisis", "screened"]
 
@@ -368,7 +372,7 @@ class Generator:
             text = self.tokenizer.decode(
                 new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
             )
-            text = text.lstrip()
+            text = _CONTROL_CHARS.sub("", text).lstrip()
             cut = _find_stop(text, s.stop_strings)
             if cut >= 0:
                 text = text[:cut]

@@ -59,17 +59,23 @@ def evaluate_loss(
     device = next(model.parameters()).device
     total_loss = 0.0
     total_tokens = 0
+    backbone = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", "") else None
+    head = model.get_output_embeddings()
     for batch in pack_batches(examples, max_tokens):
         inputs = {k: v.to(device) for k, v in collate_padding_free(batch).items()}
         labels = inputs.pop("labels")
+        targets = labels[0, 1:]  # position t predicts token t+1
+        keep = targets != IGNORE_INDEX
         with autocast_context(precision, device):
-            logits = model(**inputs, use_cache=False).logits  # (1, seq, vocab)
-        shift_logits = logits[0, :-1].float()
-        shift_labels = labels[0, 1:]
-        total_loss += torch.nn.functional.cross_entropy(
-            shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-        ).item()
-        total_tokens += int((shift_labels != IGNORE_INDEX).sum())
+            if backbone is not None and head is not None:
+                # Project to the vocabulary only where a label is scored: the output layer is a
+                # fifth of a small model's forward pass, and most positions carry no label.
+                hidden = backbone(**inputs, use_cache=False).last_hidden_state[0, :-1]  # (seq-1, hidden)
+                logits = head(hidden[keep])  # (labelled, vocab)
+            else:
+                logits = model(**inputs, use_cache=False).logits[0, :-1][keep]
+        total_loss += torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum").item()
+        total_tokens += int(keep.sum())
     if was_training:
         model.train()
     loss = total_loss / max(total_tokens, 1)
