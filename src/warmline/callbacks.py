@@ -54,12 +54,6 @@ class MetricsLogger(TrainerCallback):
     def elapsed_s(self) -> float:
         return time.time() - self.started
 
-    def padding_waste(self, prototype: bool) -> float:
-        """Share of processed tokens that were padding (0 when padding-free)."""
-        if not prototype:
-            return 0.0
-        return float(getattr(self, "_padding_share", 0.0))
-
     def _write(self, record: dict) -> None:
         record = {"stage": self.stage_name, "time": round(time.time(), 3), **record}
         with self.metrics_path.open("a", encoding="utf-8") as f:

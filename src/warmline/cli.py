@@ -128,7 +128,7 @@ Seed = Annotated[
 ]
 Locale = Annotated[str, typer.Option(help="Crisis resources to give: us, uk, ie or default.")]
 SystemPrompt = Annotated[
-    str | None, typer.Option("--system", help="System prompt. [default: warmline's recipe default]")
+    str | None, typer.Option("--system", help="System prompt (default: warmline's recipe default).")
 ]
 
 
@@ -179,6 +179,7 @@ def chat(
     """Chat with a model in the terminal: replies stream to stdout, everything else goes to stderr.
 
     Commands: /reset starts over, /save FILE writes the conversation to FILE, /quit ends.
+
     Nothing is saved unless you ask. Crisis messages get a fixed reply with crisis resources.
     """
     _setup_logging(verbose)
@@ -219,8 +220,7 @@ def serve(
 ) -> None:
     """Serve a web chat (Gradio) with the AI notice, crisis resources and a /chat API endpoint.
 
-    Binds 127.0.0.1 by default, makes no share link, sends no analytics and stores no
-    conversations unless --save-transcripts is given.
+    Private by default: binds 127.0.0.1, no share link, no analytics, no stored conversations.
     """
     _setup_logging(verbose)
     from .recipe import DEFAULT_SYSTEM_PROMPT

@@ -145,9 +145,11 @@ def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: boo
 
     # --- final model --------------------------------------------------------------------
     final = run_dir / "final"
-    _publish_copy(Path(previous), final)
-    write_manifest(final, recipe=recipe, stages=stages, wall_time_s=time.time() - started,
-                   extra={"source_stage": Path(previous).name})  # fmt: skip
+    if _process_state().is_main_process:
+        _publish_copy(Path(previous), final)
+        write_manifest(final, recipe=recipe, stages=stages, wall_time_s=time.time() - started,
+                       extra={"source_stage": Path(previous).name})  # fmt: skip
+    _process_state().wait_for_everyone()
     _print_summary(forgetting, stages)
     logger.info("final model: %s (%.0f s)", final, time.time() - started)
     if samples:
@@ -236,6 +238,9 @@ def train_stage(
     )
     trainer.add_callback(metrics_logger)
     trainer.add_callback(CheckpointMarker(COMPLETE_MARKER))
+    waste = padding_waste([len(e.input_ids) for e in train_examples], t.micro_batch_size,
+                          padding_free=args.padding_free, pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
+    logger.info("stage '%s': padding waste %.1f%% of processed tokens", cfg.name, 100 * waste)
     checkpoint = latest_complete_checkpoint(work) if resume else None
     if checkpoint:
         logger.info("resuming stage '%s' from %s", cfg.name, checkpoint)
@@ -246,26 +251,46 @@ def train_stage(
     if t.lora.enabled:
         model = model.merge_and_unload()
     model.config.use_cache = True
-    tmp = run_dir / f".{stage.dirname}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    stats = stage.data.stats()
-    stats.update(train_examples=len(stage.train), replay_examples=len(replay),
-                 validation_examples=len(stage.validation), padding_waste=metrics_logger.padding_waste(prototype))  # fmt: skip
-    _write_json(tmp / "data_stats.json", stats)
-    if (run_dir / "metrics.jsonl").exists():
-        shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
-    write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=metrics_logger.elapsed_s(),
-                   extra={"stage": cfg.name, "init_from": init_from, "precision": precision})  # fmt: skip
-    out = stage_dir(run_dir, stage)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    # Under `accelerate launch` every process trains; only the main one writes the stage folder,
+    # and the others wait for it before the next stage loads it.
+    state = _process_state()
+    if state.is_main_process:
+        tmp = run_dir / f".{stage.dirname}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+        stats = stage.data.stats()
+        stats.update(train_examples=len(stage.train), replay_examples=len(replay),
+                     validation_examples=len(stage.validation), padding_waste=round(waste, 4))  # fmt: skip
+        _write_json(tmp / "data_stats.json", stats)
+        if (run_dir / "metrics.jsonl").exists():
+            shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
+        write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=metrics_logger.elapsed_s(),
+                       extra={"stage": cfg.name, "init_from": init_from, "precision": precision})  # fmt: skip
+        out = stage_dir(run_dir, stage)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    state.wait_for_everyone()
     shutil.rmtree(work, ignore_errors=True)
     return model
+
+
+def padding_waste(lengths: list[int], micro_batch_size: int, *, padding_free: bool,
+                  pad_to_multiple_of: int | None) -> float:  # fmt: skip
+    """Share of processed tokens that are padding (0 when padding-free; batches taken in order)."""
+    if padding_free or not lengths:
+        return 0.0
+    padded = 0
+    for i in range(0, len(lengths), micro_batch_size):
+        batch = lengths[i : i + micro_batch_size]
+        width = max(batch)
+        if pad_to_multiple_of:
+            width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+        padded += width * len(batch)
+    return 1.0 - sum(lengths) / padded
 
 
 def transformer_blocks(model):
@@ -331,7 +356,15 @@ def _has_tensorboard() -> bool:
     return True
 
 
+def _process_state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
 def _write_json(path: Path, data) -> None:
+    if not _process_state().is_main_process:
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
