@@ -29,7 +29,7 @@ from warmline.safety import (
 from warmline.safety.classifier import RiskClassifier, load_training_examples, packaged_training_path
 from warmline.safety.cli import app
 from warmline.safety.evaluate import evaluate_suite, load_suite, packaged_suite_path
-from warmline.safety.lexicon import default_lexicon
+from warmline.safety.lexicon import Lexicon, default_lexicon
 
 
 def user(*texts: str) -> list[dict[str, str]]:
@@ -123,10 +123,128 @@ def test_means_question_needs_distress_context() -> None:
 
 
 def test_lexicon_rule_ids_are_unique() -> None:
-    ids = [rule.rule_id for rule in default_lexicon().rules] + [
-        mask.mask_id for mask in default_lexicon().masks
-    ]
+    lexicon = default_lexicon()
+    ids = (
+        [rule.rule_id for rule in lexicon.rules]
+        + [mask.mask_id for mask in lexicon.masks]
+        + list(lexicon.signals)
+        + [combination.combination_id for combination in lexicon.combinations]
+    )
     assert len(ids) == len(set(ids))
+
+
+# Risk that ordinary-looking wording hides: passive ideation, preparatory acts with hopelessness,
+# burden with insurance, method searching. Written for these tests, not taken from any data file.
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("Most nights I get into bed hoping I won't wake up.", "passive_ideation"),
+        ("I pray every night that my heart gives out while I sleep.", "passive_ideation"),
+        ("If I got hit by a car tomorrow, honestly I'd be okay with that.", "passive_ideation"),
+        ("I've been handing my vinyl to friends. I don't see the point in anything now.", "plan"),
+        ("Gave my bike to my nephew, I won't be around to ride it. Nothing is going to change.", "plan"),
+        ("I rehomed my dog and sorted out my passwords for my brother. There's nothing left for me.", "plan"),
+        (
+            "Relapsed again. What's the point, I'll always be this. I can't keep doing this.",
+            "suicidal_ideation",
+        ),
+        ("They'd all be better off with the life insurance money.", "suicidal_ideation"),
+        ("The life insurance would pay off the house if I wasn't around.", "suicidal_ideation"),
+        ("I've been googling ways to make it all stop.", "means"),
+        ("Spent the night reading up on overdoses.", "means"),
+        ("I don't really see the point of being here anymore.", "suicidal_ideation"),
+    ],
+)
+def test_indirect_risk_is_flagged(text: str, category: str) -> None:
+    assessment = assess(user(text), use_classifier=False)
+    assert assessment.is_crisis, assessment.evidence
+    assert category in assessment.categories
+
+
+# Risk words in ordinary life: durations, tasks, privacy, self-criticism, moving house.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Fixing the printer took 45 minutes and I'm still annoyed.",
+        "It took me 20 minutes to find a parking space.",
+        "I took 2 ibuprofen an hour ago for my headache.",
+        "I took 20 mg of sertraline this morning like usual.",
+        "I can't go on with this jigsaw until I find the corner piece.",
+        "We can't go on holiday this year, money's tight.",
+        "I deleted my Facebook account because of all the scam messages.",
+        "I deleted my accounts after someone posted my address, I'm scared of them.",
+        "I keep punishing myself for the grades I got at school.",
+        "We're moving abroad so I'm giving away my clothes and books.",
+        "I'm signing a goodbye card for a colleague who's retiring.",
+        "I hope the baby doesn't wake up before six.",
+        "Hoping I don't wake up late for the interview tomorrow.",
+        "Looking up ways to end my phone contract early.",
+        "What's the point of this meeting? I can't do this anymore.",
+        "Should I get life insurance now that we have a baby?",
+    ],
+)
+def test_ordinary_uses_are_not_a_crisis(text: str) -> None:
+    assessment = assess(user(text), use_classifier=False)
+    assert not assessment.is_crisis, assessment.evidence
+
+
+def test_took_is_imminent_only_with_an_overdose_of_a_substance() -> None:
+    assert level_of("It took 40 minutes to write one email.") == RiskLevel.NONE
+    assert level_of("I took a whole box of paracetamol twenty minutes ago.") == RiskLevel.IMMINENT
+    assert level_of("I swallowed a handful of my sleeping tablets.") == RiskLevel.IMMINENT
+    assert level_of("I took 15 antidepressants at once.") == RiskLevel.IMMINENT
+    assert level_of("I haven't taken all my meds today.") != RiskLevel.IMMINENT
+
+
+def test_cant_go_on_depends_on_what_cannot_go_on() -> None:
+    # a life/existence continuation is ideation on its own
+    assert level_of("I can't go on living like this.").is_crisis
+    assert level_of("I can't carry on anymore.").is_crisis
+    # a task object is neither
+    assert level_of("I can't go on with the report until Sam replies.") == RiskLevel.NONE
+    # bare: distress alone, a crisis once the conversation shows distress
+    assert level_of("I sand each chair, see the flaws and can't go on.") == RiskLevel.DISTRESS
+    assert assess(user("I feel so hopeless lately", "I can't go on."), use_classifier=False).is_crisis
+
+
+def test_preparatory_act_counts_only_with_hopelessness_or_finality() -> None:
+    assert not level_of("I gave my guitar to my nephew last weekend.").is_crisis
+    assert not level_of("I don't see the point of this exercise.").is_crisis
+    combined = assess(
+        user("I gave my guitar to my nephew last weekend. What's the point of anything."),
+        use_classifier=False,
+    )
+    assert combined.is_crisis and "plan" in combined.categories
+    assert any("preparing_with_hopelessness" in line for line in combined.evidence)
+    # "will" the document is not "will" the verb of an imminent plan
+    assert level_of("I updated my will today. Nothing is going to change for me.") == RiskLevel.ELEVATED
+    # negated or laughed off, the act or the combination does not count as a crisis
+    assert not level_of("I haven't given my guitar away, there's no point in anything though").is_crisis
+    assert not level_of("cancelled my gym membership, nothing is going to change lol").is_crisis
+
+
+def test_weak_finality_needs_distress_context() -> None:
+    text = "I gave my camera to my cousin, I won't need it."
+    assert level_of(text) == RiskLevel.DISTRESS
+    assert assess(user("I lost my job and I feel worthless", text), use_classifier=False).is_crisis
+
+
+def test_combinations_must_name_known_signals() -> None:
+    data = {
+        "cues": {
+            "negation": "not",
+            "negation_breakers": "but",
+            "distant_past": "years ago",
+            "present_again": "again",
+            "laughter": "lol",
+            "imminence": "now",
+            "informational": "what is",
+        },
+        "signals": [{"id": "a", "pattern": "a"}],
+        "combinations": [{"id": "c", "category": "plan", "level": "elevated", "all": ["a", "b"]}],
+    }
+    with pytest.raises(ValueError, match="unknown signals"):
+        Lexicon(data)
 
 
 # ---------------------------------------------------------------- persistence
@@ -312,6 +430,9 @@ def test_safe_emit_length_holds_back_a_partial_marker() -> None:
 # ---------------------------------------------------------------- data files
 
 
+HELDOUT = packaged_suite_path().with_name("heldout.jsonl")
+
+
 def _words(text: str) -> set[str]:
     return set(re.sub(r"[^a-z0-9' ]", "", text.lower()).split())
 
@@ -346,10 +467,38 @@ def test_training_examples_are_distinct_from_the_suite() -> None:
     assert overlap < 0.6, "a training sentence is a near copy of a suite sentence"
 
 
+def test_heldout_set_is_labelled_and_distinct() -> None:
+    heldout = load_suite(HELDOUT)
+    risk = [e for e in heldout if e.label == "risk"]
+    negative = [e for e in heldout if e.label == "negative"]
+    assert (len(risk), len(negative)) == (45, 35)
+    assert all(e.level.is_crisis for e in risk) and all(e.level == RiskLevel.NONE for e in negative)
+    train, _ = load_training_examples(packaged_training_path())
+    for other in ([e.text for e in load_suite()], train):
+        overlap = max(
+            len(_words(a.text) & _words(b)) / len(_words(a.text) | _words(b)) for a in heldout for b in other
+        )
+        assert overlap < 0.6, "a held-out sentence is a near copy of a suite or training sentence"
+
+
+def test_lexicon_alone_on_the_heldout_set() -> None:
+    # The held-out set was written before the lexicon's generalisation fixes but read while making
+    # them, so this is a regression guard, not a measure of generalisation.
+    report = evaluate_suite(load_suite(HELDOUT), use_classifier=False)
+    assert report.recall >= 0.95 and report.fpr <= 0.05 and report.imminent_recall == 1.0
+
+
 def test_lexicon_alone_on_the_suite() -> None:
     # A regression guard for lexicon edits; the classifier adds recall on top (slow test below).
     report = evaluate_suite(load_suite(), use_classifier=False)
     assert report.recall >= 0.95 and report.fpr <= 0.05 and report.imminent_recall == 1.0
+
+
+def test_cli_eval_takes_a_suite_path() -> None:
+    result = CliRunner().invoke(app, ["eval", "--no-classifier", "--suite", str(HELDOUT)])
+    assert result.exit_code == 0, result.output
+    assert "suite: 45 risk, 35 negative" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("RESULT recall=")
 
 
 def test_cli_check_prints_json() -> None:

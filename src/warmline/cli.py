@@ -235,6 +235,46 @@ def serve(
     launch(web_app, host=host, port=port)
 
 
+@app.command("eval")
+@friendly_errors
+def evaluate(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN", help="A run folder (runs/NAME); with --compare, two run folders."),
+    ],
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Put two runs side by side in one report.")
+    ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, help="Held-out prompts per stage, and crisis prompts (default: all)."),
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply, in tokens.")] = 200,
+    seed: Annotated[int, typer.Option(help="Sampling seed: the same run and seed, the same replies.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report folder (default: RUN/report, or RUN_A/report-compare-<B> with --compare)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Evaluate a trained run and write a report: forgetting, training curves, reply quality, safety.
+
+    Writes report.md with PNG plots, metrics.json and replies.jsonl; everything runs offline.
+    With --compare RUN_A RUN_B, two runs go side by side in one report.
+    A run's own report/metrics.json is reused when it was made with the same settings and weights.
+    """
+    _setup_logging(verbose)
+    from .evaluate import EvalSettings, run_compare, run_eval
+
+    expected = 2 if compare else 1
+    if len(runs) != expected:
+        usage = "--compare RUN_A RUN_B" if compare else "RUN (or --compare RUN_A RUN_B)"
+        raise typer.BadParameter(f"expected {usage}, got {len(runs)} run folder(s)", param_hint="RUN")
+    settings = EvalSettings(limit=limit, max_new_tokens=max_new_tokens, seed=seed)
+    report = run_compare(*runs, settings, out=out) if compare else run_eval(runs[0], settings, out=out)
+    typer.echo(str(report))
+
+
 def _register_optional() -> None:
     """Sub-apps that live in their own modules."""
     try:

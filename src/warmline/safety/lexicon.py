@@ -1,6 +1,6 @@
 """Tiered phrase lexicon: fast, explainable detection of risk language in one message.
 
-The rules live in ``resources/safety/lexicon.yaml``. Matching runs on normalised text in three
+The rules live in ``resources/safety/lexicon.yaml``. Matching runs on normalised text in four
 passes, so that a benign use of a risk word never reaches the risk rules:
 
 1. masks remove hyperbole, idioms, technical and accidental uses ("this homework is killing
@@ -10,6 +10,11 @@ passes, so that a benign use of a risk word never reaches the risk rules:
    kill myself") or a distant-past, recovered frame ("I used to self-harm, clean for four
    years") discounts it, and laughter downgrades a hyperbolic self-statement to distress.
    Discounted hits are kept as evidence but do not raise the level.
+4. combinations: some phrases are ordinary alone but a warning sign together ("I gave my
+   guitar to my nephew" + "what's the point"). Each ``signal`` is matched on the masked text
+   and judged like a hit (negation, recovered history); a ``combination`` fires when its
+   signals all occur in the same message, and counts as one hit with its own category and
+   level. A signal may also count alone at ``distress``.
 """
 
 from __future__ import annotations
@@ -97,6 +102,31 @@ class Rule:
     context: bool = False
     """Only elevated when the conversation also shows distress; otherwise distress."""
     negatable: bool = True
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A phrase that is not risk on its own, only as part of a combination."""
+
+    signal_id: str
+    pattern: re.Pattern[str]
+    negatable: bool = True
+    alone: RiskLevel | None = None
+    """Level the signal counts at by itself (``distress`` or None: only in combinations)."""
+
+
+@dataclass(frozen=True)
+class Combination:
+    """Signals that are risk when they co-occur in one message."""
+
+    combination_id: str
+    category: str
+    level: RiskLevel
+    all_of: tuple[str, ...]
+    any_of: tuple[str, ...] = ()
+    """At least one of these must match too (empty: no extra condition)."""
+    context: bool = False
+    """As for rules: only elevated when the conversation also shows distress."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +227,35 @@ class Lexicon:
             )
             for entry in data.get("risk", [])
         ]
-        self._context_rules = {rule.rule_id for rule in self.rules if rule.context}
+        self.signals = {
+            entry["id"]: Signal(
+                signal_id=entry["id"],
+                pattern=compile_pattern(entry["pattern"], entry["id"]),
+                negatable=bool(entry.get("negatable", True)),
+                alone=RiskLevel(entry["alone"]) if "alone" in entry else None,
+            )
+            for entry in data.get("signals", [])
+        }
+        self.combinations = [
+            Combination(
+                combination_id=entry["id"],
+                category=entry["category"],
+                level=RiskLevel(entry["level"]),
+                all_of=tuple(entry["all"]),
+                any_of=tuple(entry.get("any", ())),
+                context=bool(entry.get("context", False)),
+            )
+            for entry in data.get("combinations", [])
+        ]
+        for combination in self.combinations:
+            unknown = set(combination.all_of + combination.any_of) - self.signals.keys()
+            if unknown:
+                raise ValueError(
+                    f"{source}: combination {combination.combination_id} names unknown signals {sorted(unknown)}"
+                )
+        self._context_rules = {rule.rule_id for rule in self.rules if rule.context} | {
+            combination.combination_id for combination in self.combinations if combination.context
+        }
         cues: dict[str, str] = data["cues"]
         self.negation = compile_pattern(cues["negation"], "cues.negation")
         self.negation_breakers = compile_pattern(cues["negation_breakers"], "cues.negation_breakers")
@@ -244,6 +302,8 @@ class Lexicon:
             if first_discounted is not None:
                 (hits if first_discounted.discount == "joking" else discounted).append(first_discounted)
 
+        hits += self._combinations(masked)
+
         hits = self._attribute_third_party(hits, masked)
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
         hits = [self._resolve_context(hit, context or distress_here) for hit in hits]
@@ -274,6 +334,55 @@ class Lexicon:
 
             text = mask.pattern.sub(blank, text)
         return text, list(dict.fromkeys(found))
+
+    def _combinations(self, text: str) -> list[Hit]:
+        """Hits for the signals that count alone and for the combinations that fire."""
+        found: dict[str, Hit] = {}
+        for signal in self.signals.values():
+            # Judged like a rule's hit (negation, recovered history). The "distress" category
+            # skips the laughter check here; laughter is judged for the combination below.
+            pseudo = Rule(
+                signal.signal_id, "distress", RiskLevel.DISTRESS, signal.pattern, negatable=signal.negatable
+            )
+            for match in signal.pattern.finditer(text):
+                phrase = match.group(0).strip()
+                if not phrase:
+                    continue
+                discount = self._discount(pseudo, text, match.start())
+                if discount is None:
+                    found[signal.signal_id] = Hit(
+                        signal.signal_id, "distress", RiskLevel.DISTRESS, phrase, None, match.start()
+                    )
+                    break
+        hits = [
+            replace(found[signal.signal_id], level=signal.alone)
+            for signal in self.signals.values()
+            if signal.alone is not None and signal.signal_id in found
+        ]
+        for combination in self.combinations:
+            if not all(name in found for name in combination.all_of):
+                continue
+            extra = [found[name] for name in combination.any_of if name in found]
+            if combination.any_of and not extra:
+                continue
+            parts = [found[name] for name in combination.all_of] + extra
+            hit = Hit(
+                combination.combination_id,
+                combination.category,
+                combination.level,
+                '" + "'.join(part.phrase for part in parts),  # describe() adds the outer quotes
+                None,
+                min(part.start for part in parts),
+            )
+            joking = any(
+                self.laughter.search(_sentence_of(text, part.start))
+                and not self.imminence.search(_sentence_of(text, part.start))
+                for part in parts
+            )
+            if joking and combination.category in SELF_CATEGORIES and combination.level.is_crisis:
+                hit = replace(hit, level=RiskLevel.DISTRESS, discount="joking")
+            hits.append(hit)
+        return hits
 
     def _discount(self, rule: Rule, text: str, start: int) -> Discount | None:
         """Why a hit should not count, judged from its clause and sentence."""
