@@ -345,15 +345,18 @@ class Generator:
             rng.manual_seed(seed)
         procs = self._processors(s)
         cache = DynamicCache(config=self.model.config)
-        all_ids = torch.tensor([prompt_ids], device=self.device)  # (1, seq): for the repetition penalty
-        next_input = all_ids  # the whole prompt first, then one token a step on top of the cache
+        # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
+        # also penalises the end-of-turn token that closes every earlier turn, and with it the
+        # model's ability to stop: replies then run to the token limit.
+        reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
+        next_input = torch.tensor([prompt_ids], device=self.device)  # the prompt, then one token a step
         new_ids: list[int] = []
         released = 0  # characters of `text` already yielded
         text = ""
         out.stop_reason = "max_new_tokens"
         for _ in range(max_new_tokens):
             logits = self.model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
-            scores = procs(all_ids, logits[:, -1, :].float())  # (1, vocab)
+            scores = procs(reply_ids, logits[:, -1, :].float())  # (1, vocab)
             if s.sampling:
                 token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
             else:
@@ -366,7 +369,7 @@ class Generator:
                 break
             new_ids.append(token_id)
             out.new_tokens = len(new_ids)
-            all_ids = torch.cat([all_ids, token], dim=1)
+            reply_ids = torch.cat([reply_ids, token], dim=1)
             next_input = token
             # Decode only the new tokens, every step: byte-level pieces combine into characters.
             text = self.tokenizer.decode(

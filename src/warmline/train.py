@@ -153,7 +153,7 @@ def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: boo
     _print_summary(forgetting, stages)
     logger.info("final model: %s (%.0f s)", final, time.time() - started)
     if samples:
-        print_sample_replies(final, samples)
+        print_sample_replies(final, samples, system_prompt=recipe.system_prompt)
     return final
 
 
@@ -402,14 +402,17 @@ def _print_summary(forgetting: dict, stages: list[PreparedStage]) -> None:
     print("\n".join(rows), flush=True)
 
 
-def print_sample_replies(model_dir: Path, n: int) -> None:
-    """Print n replies of the final model to fixed prompts (greedy-free, seeded)."""
+def print_sample_replies(model_dir: Path, n: int, *, system_prompt: str | None = None) -> None:
+    """Print n replies of the final model to fixed prompts (sampled with a fixed seed), with the
+    system prompt it was trained with."""
     from .generate import SAMPLE_PROMPTS, Generator
 
     gen = Generator.from_pretrained(str(model_dir))
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for prompt in SAMPLE_PROMPTS[:n]:
-        result = gen.generate([{"role": "user", "content": prompt}], seed=0)
-        print(f"\n> {prompt}\n{result.text}\n[{result.stop_reason}, {result.new_tokens} tokens]", flush=True)
+        result = gen.generate([*system, {"role": "user", "content": prompt}], seed=0)
+        print(f"\n> {prompt}\n{result.text}\n[stopped by {result.stop_reason} after {result.new_tokens} tokens]",
+              flush=True)  # fmt: skip
 
 
 __all__ = ["train_recipe", "train_stage", "latest_complete_checkpoint", "file_sha256"]
