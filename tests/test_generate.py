@@ -278,3 +278,32 @@ def test_distress_reply_gets_the_resources_note(gated_llama: Generator, monkeypa
     )
     assert result.text.startswith("That sounds heavy.\n\n") and "988" in result.text
     assert "".join(pieces) == result.text
+
+
+class TwoWayForward:
+    """A model forward whose next-token logits tie EOS with one content token, EOS a hair ahead."""
+
+    def __init__(self, model, content_id: int, eos_id: int):
+        self.original = model.forward
+        self.content_id, self.eos_id = content_id, eos_id
+
+    def __call__(self, *args, **kwargs):
+        out = self.original(*args, **kwargs)
+        logits = torch.full_like(out.logits, -1e4)
+        logits[..., self.content_id] = 5.0
+        logits[..., self.eos_id] = 5.1
+        out.logits = logits
+        return out
+
+
+def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, monkeypatch) -> None:
+    """EOS closes every earlier turn of the prompt; a penalty over the prompt would make the model
+    pick the content token here instead of stopping (the prototype's replies never ended)."""
+    content = text_ids(llama, "ok")[0]
+    monkeypatch.setattr(llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id))
+    conversation = [SYSTEM, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "ok"}]  # fmt: skip
+    prompt = llama.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    assert prompt.count(llama.tokenizer.eos_token) >= 3 and "ok" in prompt
+    result = llama.generate(conversation, temperature=0, repetition_penalty=1.5)
+    assert (result.stop_reason, result.new_tokens) == ("eos", 0)

@@ -264,6 +264,7 @@ def evaluate(
     A run's own report/metrics.json is reused when it was made with the same settings and weights.
     """
     _setup_logging(verbose)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs each tokenizer it builds
     from .evaluate import EvalSettings, run_compare, run_eval
 
     expected = 2 if compare else 1

@@ -141,7 +141,7 @@ def draw_forgetting(ax, forgetting: dict[str, Any], title: str) -> Any:
 def plot_forgetting(forgetting: dict[str, Any], path: Path, title: str) -> Path:
     plt = _pyplot()
     n_rows, n_cols = len(forgetting["rows"]), len(forgetting["columns"])
-    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * n_cols, 1.5 + 0.6 * n_rows), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.6 * n_cols, 1.5 + 0.6 * n_rows), layout="constrained")
     image = draw_forgetting(ax, forgetting, title)
     fig.colorbar(image, ax=ax, label="perplexity / best on that split")
     fig.savefig(path, dpi=120)
@@ -152,7 +152,7 @@ def plot_forgetting(forgetting: dict[str, Any], path: Path, title: str) -> Path:
 def plot_curves(curves: list[dict[str, Any]], path: Path, title: str) -> Path:
     """Train loss (lines) and validation loss (points) of every stage, epochs counted across stages."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
     colours = plt.get_cmap("tab10")
     for i, curve in enumerate(curves):
         colour = colours(i % 10)
@@ -177,8 +177,8 @@ def plot_curves(curves: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_xlabel("epochs (counted across stages)")
     ax.set_ylabel("loss (nats per labelled token)")
     ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, ncols=2)
+    if ax.get_legend_handles_labels()[0]:  # outside the axes: curves of later stages fill the corners
+        fig.legend(loc="outside right upper", fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -192,7 +192,7 @@ def plot_comparison(
     import numpy as np
 
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     x = np.arange(len(names))
     for offset, metrics, label in ((-0.2, a, labels[0]), (0.2, b, labels[1])):
         values = [(metrics["final_perplexity"].get(n) or {}).get("perplexity") for n in names]
@@ -397,7 +397,7 @@ def _both(
 def plot_forgetting_pair(a: dict[str, Any], b: dict[str, Any], path: Path, labels: tuple[str, str]) -> Path:
     plt = _pyplot()
     n = max(len(a["stages"]), len(b["stages"]))
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 3.2 * n, 2.1 + 0.6 * n), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 3.2 * n, 2.1 + 0.6 * n), layout="constrained")
     for ax, metrics, label in zip(axes, (a, b), labels, strict=True):
         image = draw_forgetting(ax, metrics["forgetting"], label)
         fig.colorbar(image, ax=ax, label="perplexity / best on that split")
