@@ -299,12 +299,12 @@ class TwoWayForward:
 def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, monkeypatch) -> None:
     """EOS closes every earlier turn of the prompt; a penalty over the prompt would make the model
     pick the content token here instead of stopping (the prototype's replies never ended)."""
-    content = text_ids(llama, "la")[0]
-    monkeypatch.setattr(llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id))
     conversation = [SYSTEM, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                     {"role": "user", "content": "ok"}]  # fmt: skip
     prompt = llama.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-    assert prompt.count(llama.tokenizer.eos_token) >= 3
-    assert content not in llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert prompt_ids.count(llama.tokenizer.eos_token_id) >= 3
+    content = next(i for i in range(3, len(llama.tokenizer)) if i not in prompt_ids)  # not penalised either way
+    monkeypatch.setattr(llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id))
     result = llama.generate(conversation, temperature=0, repetition_penalty=1.5)
     assert (result.stop_reason, result.new_tokens) == ("eos", 0)
