@@ -109,7 +109,9 @@ def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: boo
 
     # --- load ---------------------------------------------------------------------------
     tokenizer = load_tokenizer(recipe.base_model)
-    if not tokenizer.chat_template:
+    if not tokenizer.chat_template or recipe.baseline_prototype:
+        # The prototype trained and prompted with plain "Human/Assistant" text: its model folders
+        # carry that template so every tool prompts them the way they were trained.
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
 
     # --- prepare data (every stage up front: replay and the forgetting matrix need them all) --

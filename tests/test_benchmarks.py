@@ -1,0 +1,72 @@
+"""The benchmarks' accounting (FLOPs, useful tokens, RESULT lines); the timings themselves are never asserted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import _common  # noqa: E402
+import train_throughput as tt  # noqa: E402
+
+from warmline.tokenize import tokenize_conversation, tokenize_prototype  # noqa: E402
+
+ARCH = tt.Arch(layers=4, block_matmul_params=1000, head_params=500, attention_dim=8)
+CONV = [
+    {"role": "system", "content": "Be kind."},
+    {"role": "user", "content": "I feel lonely."},
+    {"role": "assistant", "content": "That sounds hard. What has your week been like?"},
+    {"role": "user", "content": "Work stress keeps me awake."},
+    {"role": "assistant", "content": "Try putting your phone in another room tonight."},
+]
+
+
+def test_full_training_is_three_forward_passes_and_six_flops_per_weight():
+    length = 64
+    assert tt.train_flops(length, ARCH, None) == pytest.approx(3 * tt.forward_flops(length, ARCH))
+    no_attention = tt.Arch(ARCH.layers, ARCH.block_matmul_params, ARCH.head_params, attention_dim=0)
+    n_params = ARCH.layers * ARCH.block_matmul_params + ARCH.head_params
+    assert tt.train_flops(length, no_attention, None) == pytest.approx(6 * n_params * length)
+
+
+def test_frozen_lower_blocks_skip_their_backward_and_the_head_weight_gradient():
+    length = 64
+    every_block = tt.train_flops(length, ARCH, ARCH.layers)
+    # Training every block with a frozen head saves only the head's weight gradient.
+    assert every_block == pytest.approx(tt.train_flops(length, ARCH, None) - 2 * length * ARCH.head_params)
+    assert tt.train_flops(length, ARCH, 1) < tt.train_flops(length, ARCH, 2) < every_block
+
+
+def test_executed_flops_count_padding_and_the_full_score_matrix():
+    exact = tt.train_flops(100, ARCH, None)
+    executed = tt.executed_train_flops(100, 1, ARCH, None)
+    assert executed > exact  # masked SDPA computes both halves of the scores
+    assert tt.executed_train_flops(128, 2, ARCH, None) > 2 * tt.executed_train_flops(100, 1, ARCH, None)
+
+
+def test_useful_tokens_count_reply_content_only(chatml_tokenizer):
+    ours = tokenize_conversation(chatml_tokenizer, CONV, 512)
+    eos = chatml_tokenizer.eos_token_id
+    labelled = sum(label != -100 for label in ours.labels)
+    assert tt.warmline_useful_tokens(ours.labels, eos) == labelled - 2  # one trained EOS per reply
+
+    ids, useful = tt.prototype_useful_tokens(chatml_tokenizer, CONV, 512)
+    assert ids == tokenize_prototype(chatml_tokenizer, CONV, 512).input_ids
+    replies = [t["content"] for t in CONV if t["role"] == "assistant"]
+    content_tokens = sum(len(chatml_tokenizer(r, add_special_tokens=False)["input_ids"]) for r in replies)
+    assert abs(useful - content_tokens) <= 2 * len(replies)  # token boundaries differ in context
+    assert useful < len(ids)  # the prompt text is trained on, but not useful
+
+
+def test_prototype_useful_tokens_respect_truncation(chatml_tokenizer):
+    first_user_tokens = len(chatml_tokenizer("Human: I feel lonely.", add_special_tokens=False)["input_ids"])
+    ids, useful = tt.prototype_useful_tokens(chatml_tokenizer, CONV, first_user_tokens)
+    assert len(ids) == first_user_tokens and useful == 0
+
+
+def test_result_line_has_plain_numbers():
+    line = _common.result_line(train_ratio=1.23456, ttft_ms=1234.5, name="x")
+    assert line == "RESULT train_ratio=1.23 ttft_ms=1234 name=x"
