@@ -243,3 +243,16 @@ def test_validation_loss_is_token_weighted(tiny_llama_dir):
         assert result["tokens"] == count
         assert result["loss"] == pytest.approx(total / count, rel=1e-4)
         assert result["perplexity"] == pytest.approx(torch.exp(torch.tensor(total / count)).item(), rel=1e-4)
+
+
+def test_lora_stage_merges_adapters_into_plain_weights(tmp_path, tiny_llama_dir):
+    """With LoRA on, each stage saves merged full weights that plain transformers loads."""
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.r=4",
+                                                              "stages.0.epochs=1", "stages.1.epochs=1"])  # fmt: skip
+    final = train_mod.train_recipe(recipe)
+    saved = _weights(final)
+    assert not any("lora" in name for name in saved), "adapters must be merged before saving"
+    base = _weights(tiny_llama_dir)
+    changed = [n for n in base if "proj" in n and not torch.equal(base[n], saved[n])]
+    assert changed, "merged LoRA updates must change the projection weights"
+    AutoModelForCausalLM.from_pretrained(final)
