@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -276,19 +275,9 @@ def evaluate(
     typer.echo(str(report))
 
 
-def _register_optional() -> None:
-    """Sub-apps that live in their own modules."""
-    try:
-        from .safety.cli import app as safety_app
-    except ImportError as err:  # pragma: no cover - only while a module is being built
-        if os.environ.get("WARMLINE_DEBUG"):
-            raise
-        logging.getLogger(__name__).debug("safety commands unavailable: %s", err)
-    else:
-        app.add_typer(safety_app, name="safety")
+from .safety.cli import app as safety_app  # noqa: E402 - registered after the commands above
 
-
-_register_optional()
+app.add_typer(safety_app, name="safety")
 
 if __name__ == "__main__":
     app()
