@@ -55,15 +55,27 @@ logger = logging.getLogger("generate_latency")
 
 BASE_MODEL = "packaged:smollm2-135m-instruct"
 OFFLINE_RECIPE = REPO / "recipes" / "offline.yaml"
-# variant -> (implementation, threads (None: torch's default), int8)
-VARIANTS: dict[str, tuple[str, int | None, bool]] = {
-    "prototype": ("hf", None, False),
-    "warmline": ("warmline", None, False),
-    "warmline-1thread": ("warmline", 1, False),
-    "warmline-int8": ("warmline", None, True),
-    "warmline-int8-1thread": ("warmline", 1, True),
+# int8 schemes for torch.ao.quantization.quantize_dynamic: int8 weights, activations quantised on
+# the fly (per tensor, per call). scheme -> (per-channel weight scales, Linear layers left in fp32)
+INT8_SCHEMES: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "all": (False, ()),  # quantize_dynamic(model, {nn.Linear}): its default, the output head included
+    "fp32-head": (True, ("lm_head",)),
+    "no-down-proj": (True, ("lm_head", "down_proj")),  # the MLP output sees the SwiGLU outliers
+    "attention": (True, ("lm_head", "mlp")),  # q, k, v, o projections only
 }
-QUICK_VARIANTS = ("prototype", "warmline", "warmline-1thread", "warmline-int8")
+# variant -> (implementation, threads (None: torch's default), int8 scheme or None for fp32)
+VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
+    "prototype": ("hf", None, None),
+    "warmline": ("warmline", None, None),
+    "warmline-1thread": ("warmline", 1, None),
+    "warmline-int8": ("warmline", None, "all"),
+    "warmline-int8-fp32head": ("warmline", None, "fp32-head"),
+    "warmline-int8-no-down-proj": ("warmline", None, "no-down-proj"),
+    "warmline-int8-attention": ("warmline", None, "attention"),
+    "warmline-int8-1thread": ("warmline", 1, "all"),
+}
+QUICK_VARIANTS = ("prototype", "warmline", "warmline-1thread", "warmline-int8", "warmline-int8-no-down-proj",
+                  "warmline-int8-attention")  # fmt: skip
 PROTOTYPE_SETTINGS = {
     "do_sample": True,
     "temperature": 0.7,
@@ -83,15 +95,21 @@ LONG_MESSAGE = (
 )
 
 
-def long_message(tokenizer, target_prompt_tokens: int = 100) -> str:
-    """The longest prefix (in words) of LONG_MESSAGE whose chat prompt has at most the target tokens."""
+def long_message(tokenizer, impl: str, target_prompt_tokens: int = 100) -> str:
+    """The longest prefix (in words) of LONG_MESSAGE whose prompt, as `impl` builds it (the
+    prototype's "Human/Assistant" text or warmline's chat template), has at most the target tokens."""
     from warmline.tokenize import encode_prompt
+
+    def prompt_tokens(text: str) -> int:
+        if impl == "hf":
+            return len(tokenizer(prototype_prompt(text))["input_ids"])
+        return len(encode_prompt(tokenizer, [{"role": "user", "content": text}]))
 
     words = LONG_MESSAGE.split()
     best = words[0]
     for n in range(1, len(words) + 1):
         text = " ".join(words[:n])
-        if len(encode_prompt(tokenizer, [{"role": "user", "content": text}])) > target_prompt_tokens:
+        if prompt_tokens(text) > target_prompt_tokens:
             break
         best = text
     return best
@@ -102,11 +120,18 @@ def prototype_prompt(message: str) -> str:
     return f"Human: {message}\nAssistant:"
 
 
-def quantize_int8(model):
-    """int8 weights for every nn.Linear (the tied output head included), activations quantised per call."""
+def quantize_int8(model, scheme: str):
+    """A copy of the model with int8 weights in its nn.Linear layers, as INT8_SCHEMES[scheme] says."""
     import torch
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    per_channel, keep_fp32 = INT8_SCHEMES[scheme]
+    if not per_channel and not keep_fp32:
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    spec = {name: qconfig for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in keep_fp32)}  # fmt: skip
+    return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +139,8 @@ def quantize_int8(model):
 
 
 def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) -> dict:
+    import copy
+
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -131,13 +158,17 @@ def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) ->
         def end(self):
             pass
 
+    # The prototype's settings; no EOS, so the reply runs to max_new_tokens (no EOS check per step:
+    # if anything, that flatters the prototype).
+    config = copy.deepcopy(model.generation_config)
+    config.update(**PROTOTYPE_SETTINGS, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                  eos_token_id=None)  # fmt: skip
     stamps = Stamps()
     torch.manual_seed(seed)
     started = time.perf_counter()
     inputs = tokenizer(prototype_prompt(message), return_tensors="pt")
     with torch.inference_mode():
-        out = model.generate(**inputs, **PROTOTYPE_SETTINGS, max_new_tokens=max_new_tokens,
-                             min_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id, streamer=stamps)  # fmt: skip
+        out = model.generate(**inputs, generation_config=config, streamer=stamps)
     new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
     t = stamps.times
     return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": int(new_tokens),
@@ -151,45 +182,70 @@ def _warmline_reply(gen, message: str, seed: int, max_new_tokens: int) -> dict:
             "ttft_ms": result.ttft_s * 1e3, "decode_tok_s": result.tokens_per_s}  # fmt: skip
 
 
-def latency_worker(variant: str, *, repeats: int, max_new_tokens: int) -> dict:
+def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) -> dict:
+    """Every variant in one process, interleaved: repetition r runs each variant in turn (starting
+    one further along each time), so load from other processes on a shared machine falls on all
+    variants alike instead of on whichever ran while it lasted."""
     import torch
 
     from warmline.generate import SAMPLE_PROMPTS, Generator
     from warmline.models import load_model, load_tokenizer
 
-    impl, threads, int8 = VARIANTS[variant]
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_model(BASE_MODEL).eval()
+    default_threads = torch.get_num_threads()
     tokenizer = load_tokenizer(BASE_MODEL)
-    if int8:
-        model = quantize_int8(model)
-    long_msg = long_message(tokenizer)
-    if impl == "hf":
+    models = {None: load_model(BASE_MODEL).eval()}
+    for scheme in {VARIANTS[v][2] for v in variants} - {None}:
+        models[scheme] = quantize_int8(models[None], scheme)
 
-        def reply(message, seed, n):
-            return _hf_reply(model, tokenizer, message, seed, n)
-
-    else:
+    def make_reply(variant: str):
+        impl, _, scheme = VARIANTS[variant]
+        model = models[scheme]
+        if impl == "hf":
+            return lambda message, seed, n: _hf_reply(model, tokenizer, message, seed, n)
         gen = Generator(model, tokenizer)
         gen.stop_token_ids = set()  # run every reply to max_new_tokens (see the module docstring)
+        return lambda message, seed, n: _warmline_reply(gen, message, seed, n)
 
-        def reply(message, seed, n):
-            return _warmline_reply(gen, message, seed, n)
-
-    reply(SAMPLE_PROMPTS[0], 0, 8)  # warm-up: first-call allocations and kernel selection
-    runs = []
+    replies = {v: make_reply(v) for v in variants}
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for variant in variants:  # warm-up: first-call allocations and kernel selection
+        torch.set_num_threads(VARIANTS[variant][1] or default_threads)
+        replies[variant](SAMPLE_PROMPTS[0], 0, 8)
     for r in range(repeats):
-        for kind, message in (("long", long_msg), ("short", SAMPLE_PROMPTS[r % len(SAMPLE_PROMPTS)])):
-            runs.append({"repeat": r, "prompt": kind, **reply(message, r, max_new_tokens)})
-            last = runs[-1]
-            logger.info("%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens", variant, kind,
-                        last["prompt_tokens"], last["ttft_ms"], last["decode_tok_s"], last["new_tokens"])  # fmt: skip
-    return {"variant": variant, "impl": impl, "threads": torch.get_num_threads(), "int8": int8, "runs": runs}
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            torch.set_num_threads(VARIANTS[variant][1] or default_threads)
+            long_msg = long_message(tokenizer, VARIANTS[variant][0])
+            for kind, message in (("long", long_msg), ("short", SAMPLE_PROMPTS[r % len(SAMPLE_PROMPTS)])):
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                measured = replies[variant](message, r, max_new_tokens)
+                # CPU seconds per wall second: below the thread count when other processes share the cores.
+                cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+                runs[variant].append({"repeat": r, "prompt": kind, **measured, "cpu_per_wall": cpu_per_wall,
+                                      "threads": torch.get_num_threads()})  # fmt: skip
+                last = runs[variant][-1]
+                logger.info("%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
+                            variant, kind, last["prompt_tokens"], last["ttft_ms"], last["decode_tok_s"],
+                            last["new_tokens"], cpu_per_wall)  # fmt: skip
+    return {"variants": {v: {"impl": VARIANTS[v][0], "threads": VARIANTS[v][1] or default_threads,
+                             "int8": VARIANTS[v][2], "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
+                             "runs": runs[v]} for v in variants}}  # fmt: skip
 
 
-def quality_worker(*, max_examples_per_stage: int) -> dict:
-    """fp32 vs int8, teacher-forced on validation conversations: loss and top-1 agreement on replies."""
+def _weight_gb(model) -> float:
+    """Bytes held by parameters and buffers, plus the int8 weights packed inside quantised Linear layers."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for module in model.modules():
+        if isinstance(module, DynamicQuantizedLinear):
+            weight = module.weight()
+            total += weight.numel() * weight.element_size()
+    return total / 1e9
+
+
+def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
+    """fp32 vs each int8 scheme, teacher-forced on validation conversations: token-weighted loss on
+    the reply tokens and how often the top-1 predictions agree there."""
     import os
 
     import torch
@@ -210,20 +266,24 @@ def quality_worker(*, max_examples_per_stage: int) -> dict:
             for c in data.validation[:max_examples_per_stage]
         ]
     fp32 = load_model(BASE_MODEL).eval()
-    int8 = quantize_int8(load_model(BASE_MODEL).eval())
-    totals = {"tokens": 0, "loss_fp32": 0.0, "loss_int8": 0.0, "agree": 0}
+    quantized = {scheme: quantize_int8(fp32, scheme) for scheme in schemes}
+    tokens, loss_fp32 = 0, 0.0
+    loss = dict.fromkeys(schemes, 0.0)
+    agree = dict.fromkeys(schemes, 0)
+    ce = torch.nn.functional.cross_entropy
     with torch.inference_mode():
         for ex in examples:
             ids = torch.tensor([ex.input_ids])
             targets = torch.tensor(ex.labels[1:])  # position t predicts token t+1
             keep = targets != IGNORE_INDEX
-            a = fp32(input_ids=ids).logits[0, :-1][keep]  # (labelled, vocab)
-            b = int8(input_ids=ids).logits[0, :-1][keep]
-            totals["tokens"] += int(keep.sum())
-            totals["loss_fp32"] += torch.nn.functional.cross_entropy(a, targets[keep], reduction="sum").item()
-            totals["loss_int8"] += torch.nn.functional.cross_entropy(b, targets[keep], reduction="sum").item()
-            totals["agree"] += int((a.argmax(-1) == b.argmax(-1)).sum())
-    n = max(totals["tokens"], 1)
+            reference = fp32(input_ids=ids).logits[0, :-1][keep]  # (labelled, vocab)
+            tokens += int(keep.sum())
+            loss_fp32 += ce(reference, targets[keep], reduction="sum").item()
+            for scheme, model in quantized.items():
+                logits = model(input_ids=ids).logits[0, :-1][keep]
+                loss[scheme] += ce(logits, targets[keep], reduction="sum").item()
+                agree[scheme] += int((logits.argmax(-1) == reference.argmax(-1)).sum())
+    n = max(tokens, 1)
 
     # Memory bandwidth: a decode step reads every weight once, so this bounds decode tokens/s.
     src = torch.empty(256 * 2**20 // 4, dtype=torch.float32).fill_(1.0)
@@ -235,8 +295,10 @@ def quality_worker(*, max_examples_per_stage: int) -> dict:
     copy_gb_s = 5 * 2 * src.numel() * 4 / (time.perf_counter() - started) / 1e9
     linear_params = sum(m.weight.numel() for m in fp32.modules() if isinstance(m, torch.nn.Linear))
     return {
-        "examples": len(examples), "tokens": totals["tokens"], "loss_fp32": totals["loss_fp32"] / n,
-        "loss_int8": totals["loss_int8"] / n, "top1_agreement": totals["agree"] / n, "copy_gb_s": copy_gb_s,
+        "examples": len(examples), "tokens": tokens, "loss_fp32": loss_fp32 / n,
+        "schemes": {s: {"loss": loss[s] / n, "loss_delta": (loss[s] - loss_fp32) / n, "top1_agreement": agree[s] / n}
+                    for s in schemes},
+        "copy_gb_s": copy_gb_s,
         "linear_params": linear_params, "fp32_weight_gb_per_token": linear_params * 4 / 1e9,
         "int8_weight_gb_per_token": linear_params / 1e9,
     }  # fmt: skip
@@ -246,9 +308,9 @@ def quality_worker(*, max_examples_per_stage: int) -> dict:
 # The parent
 
 
-def summarise(workers: dict[str, dict]) -> dict:
+def summarise(latency: dict) -> dict:
     out = {}
-    for name, w in workers.items():
+    for name, w in latency["variants"].items():
         long_runs = [r for r in w["runs"] if r["prompt"] == "long"]
         short_runs = [r for r in w["runs"] if r["prompt"] == "short"]
         decode = [r["decode_tok_s"] for r in w["runs"]]
@@ -259,7 +321,8 @@ def summarise(workers: dict[str, dict]) -> dict:
             "ttft_short_ms": median([r["ttft_ms"] for r in short_runs]),
             "decode_tok_s": median(decode), "decode_range": spread(decode),
             "new_tokens": median([r["new_tokens"] for r in w["runs"]]), "threads": w["threads"],
-            "int8": w["int8"], "peak_rss_gb": w["peak_rss_gb"],
+            "int8": w["int8"], "weights_gb": w["weights_gb"],
+            "cpu_per_wall": median([r["cpu_per_wall"] for r in w["runs"]]),
         }  # fmt: skip
     return out
 
@@ -268,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
-        "--quick", action="store_true", help="64 new tokens a reply, 4 variants, small quality set"
+        "--quick", action="store_true", help="64 new tokens a reply, 5 variants, small quality set"
     )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per variant (median)")
     parser.add_argument(
@@ -277,63 +340,66 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=None, help="comma-separated subset of " + ", ".join(VARIANTS))
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--worker", choices=("latency", "quality"), default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=tuple(VARIANTS), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--max-examples-per-stage", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     max_new_tokens = args.max_new_tokens or (64 if args.quick else 200)
+    variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    schemes = [scheme for scheme in INT8_SCHEMES if any(VARIANTS[v][2] == scheme for v in variants)]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
 
     if args.worker == "latency":
-        emit_worker_result(latency_worker(args.variant, repeats=args.repeats, max_new_tokens=max_new_tokens))
+        emit_worker_result(latency_worker(variants, repeats=args.repeats, max_new_tokens=max_new_tokens))
         return 0
     if args.worker == "quality":
-        emit_worker_result(quality_worker(max_examples_per_stage=args.max_examples_per_stage or 4))
+        emit_worker_result(
+            quality_worker(max_examples_per_stage=args.max_examples_per_stage or 4, schemes=schemes)
+        )
         return 0
 
     info = machine_info()
     script = Path(__file__).resolve()
-    variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
-    workers = {}
-    for variant in variants:
-        logger.info("variant %s", variant)
-        threads = VARIANTS[variant][1]
-        workers[variant] = run_worker(script, ["--worker", "latency", "--variant", variant, "--repeats",
-                                               str(args.repeats), "--max-new-tokens", str(max_new_tokens)],
-                                      threads=threads)  # fmt: skip
+    logger.info("variants %s, interleaved, %d repeats", ", ".join(variants), args.repeats)
+    latency = run_worker(script, ["--worker", "latency", "--variants", ",".join(variants), "--repeats",
+                                  str(args.repeats), "--max-new-tokens", str(max_new_tokens)])  # fmt: skip
     quality = None
-    if any(VARIANTS[v][2] for v in variants):
+    if schemes:
         logger.info("int8 quality check")
-        quality = run_worker(
-            script, ["--worker", "quality", "--max-examples-per-stage", "2" if args.quick else "8"]
-        )
-    summary = summarise(workers)
-    write_json(args.json, {"machine": info, "args": vars(args), "workers": workers, "quality": quality,
+        quality = run_worker(script, ["--worker", "quality", "--variants", ",".join(variants),
+                                      "--max-examples-per-stage", "2" if args.quick else "8"])  # fmt: skip
+    summary = summarise(latency)
+    write_json(args.json, {"machine": info, "args": vars(args), "latency": latency, "quality": quality,
                            "summary": summary})  # fmt: skip
 
-    print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | "
-          f"torch {info.get('torch')} | {max_new_tokens} new tokens a reply, {args.repeats} repeats")  # fmt: skip
-    print(
-        "variant                TTFT ~100-tok prompt ms [range]   TTFT short ms   decode tok/s [range]   RSS GB"
-    )
-    for name, s in summary.items():
-        print(f"  {name:21} {s['ttft_long_ms']:8.0f} [{s['ttft_long_range']:>11}] ({s['long_prompt_tokens']:3d} tok)"
-              f" {s['ttft_short_ms']:10.0f} {s['decode_tok_s']:12.1f} [{s['decode_range']:>11}] {s['peak_rss_gb']:8.2f}")  # fmt: skip
+    print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | torch {info.get('torch')}"
+          f" | {max_new_tokens} new tokens a reply, {args.repeats} repeats, variants interleaved in one process"
+          f" (peak RSS {latency['peak_rss_gb']:.2f} GB)")  # fmt: skip
+    print("variant                          TTFT ~100-tok prompt ms [range]  TTFT short ms  decode tok/s [range]"
+          "  weights GB  CPU/wall")  # fmt: skip
+    for name, v in summary.items():
+        print(f"  {name:30} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
+              f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
+              f" {v['cpu_per_wall']:9.2f}")  # fmt: skip
     if quality:
-        print(f"\nint8 vs fp32 on {quality['examples']} validation conversations ({quality['tokens']} reply tokens): "
-              f"loss {quality['loss_fp32']:.4f} -> {quality['loss_int8']:.4f} "
-              f"({quality['loss_int8'] - quality['loss_fp32']:+.4f}), top-1 agreement {quality['top1_agreement']:.1%}")  # fmt: skip
-        print(f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: decode bound by weight reads "
-              f"{quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s fp32, "
-              f"{quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} tok/s int8")  # fmt: skip
+        print(f"\nint8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
+              f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):")  # fmt: skip
+        for scheme, q in quality["schemes"].items():
+            print(
+                f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
+            )
+        print(f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: reading every Linear weight once per token bounds"
+              f" decode at {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s in fp32,"
+              f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} tok/s in int8")  # fmt: skip
     if "prototype" in summary and "warmline" in summary:
-        base = summary["warmline"]
+        base, proto = summary["warmline"], summary["prototype"]["decode_tok_s"]
         best = max(summary, key=lambda k: summary[k]["decode_tok_s"])
-        print(f"fastest decode: {best} ({summary[best]['decode_tok_s'] / summary['prototype']['decode_tok_s']:.2f}x "
-              f"the prototype); lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}")  # fmt: skip
-        print(result_line(decode_ratio=base["decode_tok_s"] / summary["prototype"]["decode_tok_s"],
-                          ttft_ms=base["ttft_long_ms"]))  # fmt: skip
+        print(f"fastest decode: {best} ({summary[best]['decode_tok_s'] / proto:.2f}x the prototype); "
+              f"lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}")  # fmt: skip
+        print(result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"]))
     else:
         print("prototype or warmline missing: no RESULT line")
     return 0

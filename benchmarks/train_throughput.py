@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -175,8 +176,6 @@ def prototype_useful_tokens(tokenizer, conv, max_length: int) -> tuple[list[int]
 
 def _conversation_pool(counsel_chat_rows: int):
     """(max_length, conversation) pairs: the offline recipe's training conversations + counsel-chat."""
-    import os
-
     from warmline.data import prepare_stage
     from warmline.recipe import StageConfig, load_recipe
 
@@ -251,7 +250,8 @@ def _make_timed_trainer(base, probe: _BatchProbe, warmup_steps: int, timed_steps
 
     class StepMarks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append({"step": state.global_step, "time": time.perf_counter(), **probe.snapshot()})
+            marks.append({"step": state.global_step, "time": time.perf_counter(), "cpu_s": time.process_time(),
+                          **probe.snapshot()})  # fmt: skip
             if state.global_step >= warmup_steps + timed_steps:
                 control.should_training_stop = True
             return control
@@ -280,6 +280,7 @@ def train_worker(
     from warmline.train import PreparedStage, train_stage
 
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix=f"warmline-bench-{config}-"))
     overrides = [f"output_dir={tmp}", "training.save_steps=1000000"]  # no checkpoint inside a window
     if config == "warmline-all":
@@ -353,6 +354,9 @@ def train_worker(
         a, b = marks[r * steps_per_repeat], marks[(r + 1) * steps_per_repeat]
         w = {key: b[key] - a[key] for key in probe.totals}
         w["seconds"] = b["time"] - a["time"]
+        # CPU seconds per wall second: the thread count when the process had the cores to itself;
+        # lower means other processes took CPU time from it (a shared machine).
+        w["cpu_per_wall"] = (b["cpu_s"] - a["cpu_s"]) / w["seconds"]
         w["steps"] = steps_per_repeat
         w["conversations"] = probe.conversations[a["n_conversations"] : b["n_conversations"]]
         windows.append(w)
@@ -366,7 +370,7 @@ def train_worker(
         "trainable_params": n_trainable, "params": n_params, "pool_conversations": len(examples),
         "warmup_s": marks[0]["time"] - train_started, "setup_s": setup_s, "windows": windows,
         "first_batch_lengths": probe.first_batch_lengths, "unmatched_sequences": probe.totals["unmatched"],
-        "arch": arch.__dict__,
+        "arch": arch.__dict__, "load_average_1m": [load_at_start, os.getloadavg()[0]],
     }  # fmt: skip
 
 
@@ -391,6 +395,7 @@ def gemm_worker(*, repeats: int, quick: bool, packed_lengths: list[int]) -> dict
     from warmline.hardware import configure_threads
 
     threads = configure_threads(None)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     min_s = 0.3 if quick else 1.0
     hidden, inter, vocab = 576, 1536, 49152
@@ -451,7 +456,8 @@ def gemm_worker(*, repeats: int, quick: bool, packed_lengths: list[int]) -> dict
         for name, fn in (("packed_fwd_ms", packed_fwd), ("packed_fwd_bwd_ms", packed_fwd_bwd),
                          ("split_fwd_ms", split_fwd), ("split_fwd_bwd_ms", split_fwd_bwd)):  # fmt: skip
             attention[name] = median([_time_op(fn, min_s) * 1e3 for _ in range(repeats)])
-    return {"threads": threads, "gemm": results, "attention": attention}
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    return {"threads": threads, "gemm": results, "attention": attention, "cpu_per_wall": cpu_per_wall}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -481,11 +487,15 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
             "useful_share": median([x["useful_tokens"] / x["tokens"] for x in win]),
             "peak_rss_gb": w["peak_rss_gb"], "precision": w["precision"], "threads": w["threads"],
             "trainable_params_m": w["trainable_params"] / 1e6, "warmup_s": w["warmup_s"],
+            "cpu_per_wall": median([x["cpu_per_wall"] for x in win]),
         }  # fmt: skip
     c = summary["configs"]
-    proto = c["prototype"]["useful_tok_s"]
-    summary["train_ratio"] = c["warmline"]["useful_tok_s"] / proto
-    summary["train_ratio_all_layers"] = c["warmline-all"]["useful_tok_s"] / proto
+    if "prototype" in c:
+        proto = c["prototype"]["useful_tok_s"]
+        summary["train_ratio"] = c["warmline"]["useful_tok_s"] / proto if "warmline" in c else float("nan")
+        summary["train_ratio_all_layers"] = (
+            c["warmline-all"]["useful_tok_s"] / proto if "warmline-all" in c else float("nan")
+        )
     # The same conversations in every window (quick mode: equal step sizes)?
     convs = {name: [x["conversations"] for x in w["windows"]] for name, w in workers.items()}
     summary["same_conversations_per_window"] = len({str(v) for v in convs.values()}) == 1
@@ -495,7 +505,7 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
 def print_report(info: dict, workers: dict, gemm: dict, summary: dict) -> None:
     print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | flags "
           f"{' '.join(info.get('cpu_flags', []))} | torch {info.get('torch')} ({info.get('torch_cpu_capability')})")  # fmt: skip
-    print("\nGEMM (median GFLOP/s over repeats):")
+    print(f"\nGEMM (median GFLOP/s over repeats; CPU/wall {gemm.get('cpu_per_wall', float('nan')):.2f}):")
     for g in gemm["gemm"]:
         print(
             f"  {g['dtype']:9} {g['shape']:22} {g['label']:12} {median(g['gflops']):8.2f}  [{spread(g['gflops'])}]"
@@ -505,16 +515,17 @@ def print_report(info: dict, workers: dict, gemm: dict, summary: dict) -> None:
         print(f"\nSDPA on one packed row of {att['lengths']} tokens (9 heads x 64), per layer:")
         print(f"  block-diagonal mask: fwd {att['packed_fwd_ms']:.1f} ms, fwd+bwd {att['packed_fwd_bwd_ms']:.1f} ms;"
               f" per example, is_causal: fwd {att['split_fwd_ms']:.1f} ms, fwd+bwd {att['split_fwd_bwd_ms']:.1f} ms")  # fmt: skip
-    print(
-        "\nconfig         useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU  peak RSS GB"
-    )
+    print("\nconfig         useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU  peak RSS GB"
+          "  CPU/wall")  # fmt: skip
     for name, s in summary["configs"].items():
         print(f"  {name:12} {s['useful_tok_s']:8.1f} [{s['useful_tok_s_range']:>13}] {s['tok_s']:8.1f} "
               f"{s['step_s']:7.1f} {s['useful_share']:6.0%} {s['padding_share']:5.0%} {s['mfu_fp32']:8.1%} "
-              f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f}")  # fmt: skip
-    print(f"\npeak GFLOP/s: fp32 {summary['peak_gflops']['float32']:.1f}, bf16 {summary['peak_gflops']['bfloat16']:.2f}"
-          f" (MFU vs the bf16 peak would be {summary['configs']['warmline']['mfu_vs_bf16_peak']:.0%}: bf16 is not a"
-          f" usable peak here)" if summary["peak_gflops"]["bfloat16"] < summary["peak_gflops"]["float32"] else "")  # fmt: skip
+              f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f} {s['cpu_per_wall']:9.2f}")  # fmt: skip
+    peaks = summary["peak_gflops"]
+    print(f"\npeak GFLOP/s: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.2f}")
+    for name, s in summary["configs"].items():
+        print(f"  {name}: MFU against the bf16 peak {s['mfu_vs_bf16_peak']:.0%}"
+              + (" (bf16 is slower than fp32 here: not a usable peak)" if peaks["bfloat16"] < peaks["float32"] else ""))  # fmt: skip
     print(f"same conversations in each configuration's windows: {summary['same_conversations_per_window']}")
 
 
@@ -566,16 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("GEMM and attention throughput")
     gemm = run_worker(script, ["--worker", "gemm", "--packed-lengths", ",".join(map(str, packed)), *common])
     record = {"machine": info, "args": vars(args), "workers": workers, "gemm": gemm}
+    write_json(args.json, record)  # the raw measurements first: nothing below can lose them
+    summary = summarise(workers, gemm)
+    record["summary"] = summary
+    write_json(args.json, record)
+    print_report(info, workers, gemm, summary)
     if set(CONFIGS) <= set(workers):
-        summary = summarise(workers, gemm)
-        record["summary"] = summary
-        write_json(args.json, record)
-        print_report(info, workers, gemm, summary)
         w = summary["configs"]["warmline"]
         print(result_line(train_ratio=summary["train_ratio"], train_ratio_all_layers=summary["train_ratio_all_layers"],
                           mfu_fp32=w["mfu_fp32"], peak_rss_gb=w["peak_rss_gb"]))  # fmt: skip
     else:
-        write_json(args.json, record)
         print("not every configuration ran: no RESULT line")
     return 0
 
