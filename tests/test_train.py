@@ -256,3 +256,25 @@ def test_lora_stage_merges_adapters_into_plain_weights(tmp_path, tiny_llama_dir)
     changed = [n for n in base if "proj" in n and not torch.equal(base[n], saved[n])]
     assert changed, "merged LoRA updates must change the projection weights"
     AutoModelForCausalLM.from_pretrained(final)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_activation_checkpointing_follows_the_recipe(tmp_path, tiny_llama_dir, monkeypatch, checkpointing):
+    """TRL's SFTConfig turns activation checkpointing on by default; the recipe's
+    `gradient_checkpointing` must decide (off by default: it costs ~1/3 more compute)."""
+    seen = {}
+
+    def fake_train(self, resume_from_checkpoint=None):
+        seen["args"] = self.args.activation_checkpointing
+        seen["model"] = self.model.is_gradient_checkpointing
+        raise RuntimeError("stop after setup")
+
+    import trl
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", fake_train)
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), [f"training.gradient_checkpointing={str(checkpointing).lower()}"])
+    with pytest.raises(RuntimeError, match="stop after setup"):
+        train_mod.train_recipe(recipe)
+    assert seen["args"] is checkpointing  # the Trainer enables it on the model when train() starts
+    if not checkpointing:
+        assert seen["model"] is False
