@@ -1,9 +1,9 @@
 """Helpers shared by the benchmarks: the machine, worker processes, medians, RESULT lines.
 
-Every configuration a benchmark compares runs in its own worker process (this script again, with
-`--worker ...`), one after another: each gets the machine to itself, its own thread setting, and
-its own peak resident memory (ru_maxrss), which a process that ran several configurations could
-not attribute.
+Measurements run in worker processes (the benchmark script again, with `--worker ...`) that
+report one JSON line back: training runs one configuration per process, one after another, so
+each gets its own thread setting and its own peak resident memory (ru_maxrss); generation runs
+its variants interleaved in one process (see generate_latency.py).
 """
 
 from __future__ import annotations

@@ -1,34 +1,47 @@
 """Generation latency: the prototype's `model.generate` against warmline's Generator, and what helps.
 
-    python benchmarks/generate_latency.py --quick          # about 3 minutes on 2 cores
-    python benchmarks/generate_latency.py --repeats 5
+    python benchmarks/generate_latency.py --quick          # about 4 minutes on 2 cores
+    python benchmarks/generate_latency.py --repeats 5      # 200 new tokens a reply, every variant
 
 Same model (the packaged SmolLM2-135M-Instruct, fp32 on CPU as `Generator.from_pretrained` loads
-it), same user messages, same machine, one run. Variants, each in its own process:
+it), same user messages, same machine, one run. The variants:
 
-  prototype         Hugging Face `model.generate` with the prototype's settings: do_sample,
-                    temperature 0.7, top_k 50, top_p 0.92, repetition_penalty 1.2,
-                    pad_token_id = EOS, on the "Human: ...\\nAssistant:" prompt
-  warmline          warmline's Generator (KV-cached streaming loop, the model's chat template),
-                    the same sampling settings, torch's default threads (one per core)
-  warmline-1thread  the same on 1 thread
-  warmline-int8     the same after torch.ao.quantization.quantize_dynamic (int8 Linear layers)
+  prototype            Hugging Face `model.generate` with the prototype's settings: do_sample,
+                       temperature 0.7, top_k 50, top_p 0.92, repetition_penalty 1.2,
+                       pad_token_id = EOS, on the "Human: ...\nAssistant:" prompt
+  warmline             warmline's Generator as `from_pretrained` makes it on a CPU (KV-cached
+                       streaming loop, the model's chat template; prompt read in fp32, tokens
+                       decoded by an fp16 copy), the same sampling settings, torch's default
+                       threads (2 here)
+  warmline-fp32        the same decoding in fp32 too
+  warmline-1thread     the same as warmline on 1 thread
+  warmline-int8*       the same after torch.ao.quantization.quantize_dynamic: every Linear
+                       (`int8`, its default), or per-channel scales leaving the output head
+                       (`-fp32head`), the head and the MLP down projections (`-no-down-proj`),
+                       or everything but the attention projections (`-attention`) in fp32
 
-Per repetition each variant answers a ~100-token prompt and a short one (SAMPLE_PROMPTS, in
-turn), after one untimed warm-up reply. Time to first token (TTFT) runs from the call (prompt
-tokenisation included) to the first sampled token; decode tokens/s counts the tokens after the
-first over the time after it. Replies run to max_new_tokens (200; 64 with --quick): EOS is
-suppressed (`min_new_tokens` for `generate`; no stop tokens or stop strings for the Generator),
-so every variant decodes the same number of tokens. Figures are medians over repetitions.
+Every variant runs in one worker process, interleaved: repetition r runs each variant in turn, so
+load from other processes on a shared machine falls on all of them alike. Each repetition
+answers a 100-token prompt (the user message is cut so that each implementation's own prompt
+format makes 100 tokens) and a short one (SAMPLE_PROMPTS, in turn), after one untimed warm-up
+reply per variant. Time to first token (TTFT) runs from the call (prompt tokenisation included)
+to the first sampled token; decode tokens/s counts the tokens after the first over the time
+after it. Replies run to max_new_tokens (200; 64 with --quick) so every variant decodes the same
+number of tokens: the prototype's generation config has no EOS, the Generator no stop tokens or
+stop strings. CPU/wall (process CPU seconds per wall second) shows whether a variant had its
+threads' cores to itself. Figures are medians over repetitions.
 
-A quality check runs the fp32 and int8 models teacher-forced on the offline recipe's validation
-conversations: token-weighted loss of each, and how often their top-1 predictions agree on the
-reply tokens. The last line is
+A quality check runs the fp32 model, the fp16 decode path and each int8 scheme teacher-forced on
+the offline recipe's validation conversations: token-weighted loss on the reply tokens, and how
+often the top-1 predictions agree with fp32 there. A scheme is within tolerance when the loss
+rises by at most MAX_LOSS_DELTA and top-1 agreement is at least MIN_TOP1_AGREEMENT (fp16's
+disagreements are near-ties; sampling at temperature 0.7 draws from nearly the same
+distribution). The last line is
 
     RESULT decode_ratio=... ttft_ms=...
 
-(warmline's decode tokens/s over the prototype's, and warmline's median TTFT for the
-~100-token prompt, both as shipped: fp32, default threads).
+(warmline's decode tokens/s over the prototype's, and warmline's median TTFT for the 100-token
+prompt, both as shipped: fp16 decode, default threads).
 """
 
 from __future__ import annotations
@@ -63,19 +76,23 @@ INT8_SCHEMES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "no-down-proj": (True, ("lm_head", "down_proj")),  # the MLP output sees the SwiGLU outliers
     "attention": (True, ("lm_head", "mlp")),  # q, k, v, o projections only
 }
-# variant -> (implementation, threads (None: torch's default), int8 scheme or None for fp32)
+# variant -> (implementation, threads (None: torch's default), weights: None for fp32, "fp16" for
+# fp32 prompt + fp16 decode (warmline's default on CPU), else an int8 scheme)
 VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
     "prototype": ("hf", None, None),
-    "warmline": ("warmline", None, None),
-    "warmline-1thread": ("warmline", 1, None),
+    "warmline": ("warmline", None, "fp16"),
+    "warmline-fp32": ("warmline", None, None),
+    "warmline-1thread": ("warmline", 1, "fp16"),
     "warmline-int8": ("warmline", None, "all"),
     "warmline-int8-fp32head": ("warmline", None, "fp32-head"),
     "warmline-int8-no-down-proj": ("warmline", None, "no-down-proj"),
     "warmline-int8-attention": ("warmline", None, "attention"),
     "warmline-int8-1thread": ("warmline", 1, "all"),
 }
-QUICK_VARIANTS = ("prototype", "warmline", "warmline-1thread", "warmline-int8", "warmline-int8-no-down-proj",
-                  "warmline-int8-attention")  # fmt: skip
+QUICK_VARIANTS = ("prototype", "warmline", "warmline-fp32", "warmline-1thread", "warmline-int8-no-down-proj")
+# What "does not change reply quality" means here (teacher-forced, reply tokens, against fp32).
+MAX_LOSS_DELTA = 0.01
+MIN_TOP1_AGREEMENT = 0.98
 PROTOTYPE_SETTINGS = {
     "do_sample": True,
     "temperature": 0.7,
@@ -186,6 +203,8 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
     """Every variant in one process, interleaved: repetition r runs each variant in turn (starting
     one further along each time), so load from other processes on a shared machine falls on all
     variants alike instead of on whichever ran while it lasted."""
+    import copy
+
     import torch
 
     from warmline.generate import SAMPLE_PROMPTS, Generator
@@ -194,15 +213,19 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
     default_threads = torch.get_num_threads()
     tokenizer = load_tokenizer(BASE_MODEL)
     models = {None: load_model(BASE_MODEL).eval()}
-    for scheme in {VARIANTS[v][2] for v in variants} - {None}:
+    for scheme in {VARIANTS[v][2] for v in variants} - {None, "fp16"}:
         models[scheme] = quantize_int8(models[None], scheme)
+    fp16 = Generator(models[None], tokenizer, decode_dtype=torch.float16) if any(
+        VARIANTS[v][2] == "fp16" for v in variants) else None  # fmt: skip
+    if fp16 is not None:
+        models["fp16"] = fp16.decode_model  # for the weights column: the decode copy
 
     def make_reply(variant: str):
         impl, _, scheme = VARIANTS[variant]
         model = models[scheme]
         if impl == "hf":
             return lambda message, seed, n: _hf_reply(model, tokenizer, message, seed, n)
-        gen = Generator(model, tokenizer)
+        gen = copy.copy(fp16) if scheme == "fp16" else Generator(model, tokenizer)
         gen.stop_token_ids = set()  # run every reply to max_new_tokens (see the module docstring)
         return lambda message, seed, n: _warmline_reply(gen, message, seed, n)
 
@@ -244,13 +267,20 @@ def _weight_gb(model) -> float:
 
 
 def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
-    """fp32 vs each int8 scheme, teacher-forced on validation conversations: token-weighted loss on
-    the reply tokens and how often the top-1 predictions agree there."""
+    """fp32 vs each scheme, teacher-forced on validation conversations: token-weighted loss on the
+    reply tokens and how often the top-1 predictions agree there.
+
+    "fp16" follows the Generator: the fp32 model reads everything up to the first reply token (so
+    it predicts that token), its KV cache is cast to fp16, and the fp16 copy reads the rest. The
+    int8 schemes read the whole conversation."""
+    import copy
     import os
 
     import torch
+    from transformers import DynamicCache
 
     from warmline.data import prepare_stage
+    from warmline.generate import _cast_cache
     from warmline.models import load_model, load_tokenizer
     from warmline.recipe import load_recipe
     from warmline.tokenize import IGNORE_INDEX, tokenize_conversation
@@ -266,7 +296,8 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
             for c in data.validation[:max_examples_per_stage]
         ]
     fp32 = load_model(BASE_MODEL).eval()
-    quantized = {scheme: quantize_int8(fp32, scheme) for scheme in schemes}
+    quantized = {scheme: copy.deepcopy(fp32).half() if scheme == "fp16" else quantize_int8(fp32, scheme)
+                 for scheme in schemes}  # fmt: skip
     tokens, loss_fp32 = 0, 0.0
     loss = dict.fromkeys(schemes, 0.0)
     agree = dict.fromkeys(schemes, 0)
@@ -279,8 +310,16 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
             reference = fp32(input_ids=ids).logits[0, :-1][keep]  # (labelled, vocab)
             tokens += int(keep.sum())
             loss_fp32 += ce(reference, targets[keep], reduction="sum").item()
+            first_reply = ex.labels.index(next(x for x in ex.labels if x != IGNORE_INDEX))
             for scheme, model in quantized.items():
-                logits = model(input_ids=ids).logits[0, :-1][keep]
+                if scheme == "fp16":
+                    cache = DynamicCache(config=fp32.config)
+                    head = fp32(input_ids=ids[:, :first_reply], cache=cache, use_cache=True).logits
+                    _cast_cache(cache, torch.float16)
+                    rest = model(input_ids=ids[:, first_reply:], cache=cache, use_cache=True).logits
+                    logits = torch.cat([head, rest.float()], dim=1)[0, :-1][keep]
+                else:
+                    logits = model(input_ids=ids).logits[0, :-1][keep]
                 loss[scheme] += ce(logits, targets[keep], reduction="sum").item()
                 agree[scheme] += int((logits.argmax(-1) == reference.argmax(-1)).sum())
     n = max(tokens, 1)
@@ -331,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
-        "--quick", action="store_true", help="64 new tokens a reply, 5 variants, small quality set"
+        "--quick", action="store_true", help="64 new tokens a reply, 6 variants, small quality set"
     )
     parser.add_argument("--repeats", type=int, default=3, help="repetitions per variant (median)")
     parser.add_argument(
@@ -347,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    schemes = [scheme for scheme in INT8_SCHEMES if any(VARIANTS[v][2] == scheme for v in variants)]
+    schemes = [scheme for scheme in ("fp16", *INT8_SCHEMES) if any(VARIANTS[v][2] == scheme for v in variants)]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -385,15 +424,21 @@ def main(argv: list[str] | None = None) -> int:
               f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
               f" {v['cpu_per_wall']:9.2f}")  # fmt: skip
     if quality:
-        print(f"\nint8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
+        print(f"\nfp16 decode and int8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
               f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):")  # fmt: skip
         for scheme, q in quality["schemes"].items():
-            print(
-                f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
-            )
+            within = q["loss_delta"] <= MAX_LOSS_DELTA and q["top1_agreement"] >= MIN_TOP1_AGREEMENT
+            print(f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
+                  f" -> {'within' if within else 'OUTSIDE'} tolerance (loss +{MAX_LOSS_DELTA}, agreement"
+                  f" {MIN_TOP1_AGREEMENT:.0%})")  # fmt: skip
         print(f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: reading every Linear weight once per token bounds"
               f" decode at {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s in fp32,"
-              f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} tok/s in int8")  # fmt: skip
+              f" {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token'] * 2:.0f} in fp16,"
+              f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} in int8")  # fmt: skip
+    contended = [f"{n} (got {v['cpu_per_wall'] / v['threads']:.0%} of its threads' time)"
+                 for n, v in summary.items() if v["cpu_per_wall"] < 0.8 * v["threads"]]  # fmt: skip
+    if contended:
+        print("WARNING: other processes took CPU time from " + ", ".join(contended) + "; run again")
     if "prototype" in summary and "warmline" in summary:
         base, proto = summary["warmline"], summary["prototype"]["decode_tok_s"]
         best = max(summary, key=lambda k: summary[k]["decode_tok_s"])

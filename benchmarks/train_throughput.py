@@ -1,16 +1,20 @@
 """Training throughput: the prototype's recipe against warmline's trainer, in useful tokens/s.
 
-    python benchmarks/train_throughput.py --quick          # a few minutes on 2 cores
-    python benchmarks/train_throughput.py --repeats 5      # the recipes' real batch sizes
+    python benchmarks/train_throughput.py --quick          # about 7 minutes on 2 cores
+    python benchmarks/train_throughput.py --repeats 5      # the recipes' real batch sizes, 2 steps a window
 
 Same base model (recipes' `base_model`, the packaged SmolLM2-135M-Instruct), same conversations,
 same machine, one run. The configurations:
 
-  prototype     recipes/baseline-prototype.yaml: every example padded to 512 tokens, loss on
-                every token, fp32, all layers trained (TRL SFTTrainer in prototype mode)
+  prototype     recipes/baseline-prototype.yaml with all layers trained, as the prototype did
+                (the recipe trains the top 10 blocks so that its quality comparison matches
+                offline.yaml): every example padded to 512 tokens, loss on every token, fp32,
+                no activation checkpointing (TRL SFTTrainer in prototype mode)
   warmline      recipes/offline.yaml as it is: padding-free batches, precision `auto`, top 10
                 of 30 blocks trained
-  warmline-all  the same with every layer trained: the packing/precision work alone
+  warmline-all  the same with every layer trained: like for like with the prototype
+  warmline-ckpt offline.yaml with activation checkpointing on (what TRL's SFTConfig does by
+                default, and what warmline did until train_stage passed the recipe's setting)
   warmline-mbs1 offline.yaml with micro_batch_size 1 (global batch still 4): a recipe change
                 this benchmark tries, since attention over a packed row is masked and quadratic
                 in the whole row (not part of the RESULT line)
@@ -31,8 +35,15 @@ SFTTrainer path, callbacks included) on a temporary run folder: one warm-up opti
 --repeats timed windows of --steps-per-repeat optimizer steps; each figure is the median over the
 windows. A callback stops the Trainer after the last window (train_stage has no max-steps
 setting). Forward pre-hooks see every micro-batch, so tokens are attributed to the step that
-trained them. `--quick` sets the prototype's global batch to its micro batch (4) so one optimizer
-step is one forward/backward for every configuration, and times 1 step per window.
+trained them. `--quick` sets the prototype's global batch to its micro batch (4) so every
+configuration trains the same 4 conversations per optimizer step, and times 1 step per window.
+When window r of every configuration holds the same conversations (checked, and always so with
+--quick), the ratios are medians of per-window paired ratios; otherwise ratios of medians.
+
+On a shared machine other processes can take CPU time from a configuration, and a 2-thread
+torch process that loses a core slows down far more than 2x. Every window records CPU seconds
+per wall second; a configuration that got under 80% of its threads' time is run again (once, by
+default) and the report warns about any that stayed contended.
 
 The same run measures the CPU's fp32 and bf16 GEMM throughput on training shapes, and reports
 model FLOPs utilisation (MFU) against the fp32 peak (and the bf16 one; see `train_flops`).
@@ -72,8 +83,8 @@ logger = logging.getLogger("train_throughput")
 OFFLINE_RECIPE = REPO / "recipes" / "offline.yaml"
 PROTOTYPE_RECIPE = REPO / "recipes" / "baseline-prototype.yaml"
 COUNSEL_CHAT = REPO.parent / "shared" / "datasets" / "counsel_chat" / "counsel_chat_amod_format.jsonl"
-CONFIGS = ("prototype", "warmline", "warmline-all", "warmline-mbs1")
-REQUIRED_CONFIGS = CONFIGS[:3]  # the RESULT line's; warmline-mbs1 tries a recipe change
+CONFIGS = ("prototype", "warmline", "warmline-all", "warmline-ckpt", "warmline-mbs1")
+REQUIRED_CONFIGS = CONFIGS[:3]  # the RESULT line's; the others measure one setting each
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +222,7 @@ class _BatchProbe:
                        "executed_flops": 0.0, "micro_batches": 0, "unmatched": 0}  # fmt: skip
         self.conversations: list[int] = []
         self.first_batch_lengths: list[int] | None = None
+        self.activation_checkpointing: bool | None = None  # as the Trainer's arguments resolved it
 
     def __call__(self, module, args, kwargs):
         if not module.training:
@@ -265,6 +277,7 @@ def _make_timed_trainer(base, probe: _BatchProbe, warmup_steps: int, timed_steps
             super().__init__(*args, **kwargs)
             self.model.register_forward_pre_hook(probe, with_kwargs=True)
             self.add_callback(StepMarks())
+            probe.activation_checkpointing = bool(self.args.activation_checkpointing)
 
     return TimedSFTTrainer
 
@@ -287,8 +300,10 @@ def train_worker(
     load_at_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix=f"warmline-bench-{config}-"))
     overrides = [f"output_dir={tmp}", "training.save_steps=1000000"]  # no checkpoint inside a window
-    if config == "warmline-all":
+    if config in ("warmline-all", "prototype"):
         overrides.append("training.trainable_layers=null")
+    if config == "warmline-ckpt":
+        overrides.append("training.gradient_checkpointing=true")
     if config == "warmline-mbs1":
         # One conversation per forward pass (the same 4 per optimizer step): an unpacked row gets
         # causal attention without a mask, instead of masked attention over the whole packed row.
@@ -372,7 +387,7 @@ def train_worker(
 
     shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "config": config, "recipe": str(recipe_path.relative_to(REPO)), "precision": precision, "threads": threads,
+        "config": config, "activation_checkpointing": probe.activation_checkpointing, "recipe": str(recipe_path.relative_to(REPO)), "precision": precision, "threads": threads,
         "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
         "padding_free": t.packing and not recipe.baseline_prototype, "trainable_layers": trained_blocks,
         "trainable_params": n_trainable, "params": n_params, "pool_conversations": len(examples),
@@ -472,6 +487,12 @@ def gemm_worker(*, repeats: int, quick: bool, packed_lengths: list[int]) -> dict
 # The parent: run the workers, summarise, print the RESULT line
 
 
+def contended_share(worker: dict, threshold: float = 0.8) -> float | None:
+    """The median share of its threads' CPU time a configuration got, when under the threshold."""
+    share = median([w["cpu_per_wall"] for w in worker["windows"]]) / worker["threads"]
+    return share if share < threshold else None
+
+
 def summarise(workers: dict[str, dict], gemm: dict) -> dict:
     """Medians over windows, ratios to the prototype, MFU against the measured GEMM peaks."""
     peaks = {}
@@ -496,17 +517,40 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
             "peak_rss_gb": w["peak_rss_gb"], "precision": w["precision"], "threads": w["threads"],
             "trainable_params_m": w["trainable_params"] / 1e6, "warmup_s": w["warmup_s"],
             "cpu_per_wall": median([x["cpu_per_wall"] for x in win]),
+            "activation_checkpointing": w.get("activation_checkpointing"),
         }  # fmt: skip
-    c = summary["configs"]
-    if "prototype" in c:
-        proto = c["prototype"]["useful_tok_s"]
-        summary["train_ratio"] = c["warmline"]["useful_tok_s"] / proto if "warmline" in c else float("nan")
-        summary["train_ratio_all_layers"] = (
-            c["warmline-all"]["useful_tok_s"] / proto if "warmline-all" in c else float("nan")
-        )
-    # The same conversations in every window (quick mode: equal step sizes)?
+    # The same conversations in every window (quick mode: equal step sizes)? Then window r of one
+    # configuration and window r of the prototype did the same work, and their ratio is a paired
+    # measurement: immune to how long window r's conversations happen to be.
     convs = {name: [x["conversations"] for x in w["windows"]] for name, w in workers.items()}
-    summary["same_conversations_per_window"] = len({str(v) for v in convs.values()}) == 1
+    paired = len({str(v) for v in convs.values()}) == 1
+    summary["same_conversations_per_window"] = paired
+    summary["ratios"] = {}
+    for name, w in workers.items():
+        baseline = "prototype"
+        if name == baseline or baseline not in workers:
+            continue
+        proto, ours = workers[baseline]["windows"], w["windows"]
+        total = (sum(x["useful_tokens"] for x in ours) / sum(x["seconds"] for x in ours)) / (
+            sum(x["useful_tokens"] for x in proto) / sum(x["seconds"] for x in proto)
+        )
+        per_window = [(a["useful_tokens"] / a["seconds"]) / (b["useful_tokens"] / b["seconds"])
+                      for a, b in zip(ours, proto, strict=False)]  # fmt: skip
+        summary["ratios"][name] = {
+            "baseline": baseline,
+            "median_of_paired_windows": median(per_window) if paired else float("nan"),
+            "paired_windows": per_window if paired else [],
+            "of_medians": summary["configs"][name]["useful_tok_s"] / summary["configs"][baseline]["useful_tok_s"],
+            "of_totals": total,
+        }  # fmt: skip
+        # The headline: the paired median where windows pair up, else the ratio of medians.
+        summary["ratios"][name]["headline"] = summary["ratios"][name][
+            "median_of_paired_windows" if paired else "of_medians"
+        ]
+    summary["train_ratio"] = summary["ratios"].get("warmline", {}).get("headline", float("nan"))
+    summary["train_ratio_all_layers"] = (
+        summary["ratios"].get("warmline-all", {}).get("headline", float("nan"))
+    )
     return summary
 
 
@@ -523,18 +567,25 @@ def print_report(info: dict, workers: dict, gemm: dict, summary: dict) -> None:
         print(f"\nSDPA on one packed row of {att['lengths']} tokens (9 heads x 64), per layer:")
         print(f"  block-diagonal mask: fwd {att['packed_fwd_ms']:.1f} ms, fwd+bwd {att['packed_fwd_bwd_ms']:.1f} ms;"
               f" per example, is_causal: fwd {att['split_fwd_ms']:.1f} ms, fwd+bwd {att['split_fwd_bwd_ms']:.1f} ms")  # fmt: skip
-    print("\nconfig         useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU  peak RSS GB"
-          "  CPU/wall")  # fmt: skip
+    print("\nconfig                 useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU"
+          "  peak RSS GB  CPU/wall  act. ckpt")  # fmt: skip
     for name, s in summary["configs"].items():
-        print(f"  {name:12} {s['useful_tok_s']:8.1f} [{s['useful_tok_s_range']:>13}] {s['tok_s']:8.1f} "
+        print(f"  {name:20} {s['useful_tok_s']:8.1f} [{s['useful_tok_s_range']:>13}] {s['tok_s']:8.1f} "
               f"{s['step_s']:7.1f} {s['useful_share']:6.0%} {s['padding_share']:5.0%} {s['mfu_fp32']:8.1%} "
-              f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f} {s['cpu_per_wall']:9.2f}")  # fmt: skip
+              f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f} {s['cpu_per_wall']:9.2f}  {s['activation_checkpointing']}")  # fmt: skip
     peaks = summary["peak_gflops"]
     print(f"\npeak GFLOP/s: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.2f}")
     for name, s in summary["configs"].items():
         print(f"  {name}: MFU against the bf16 peak {s['mfu_vs_bf16_peak']:.0%}"
               + (" (bf16 is slower than fp32 here: not a usable peak)" if peaks["bfloat16"] < peaks["float32"] else ""))  # fmt: skip
     print(f"same conversations in each configuration's windows: {summary['same_conversations_per_window']}")
+    if summary["ratios"]:
+        print("useful tokens/s against the prototype: median of paired windows [each window] | ratio of medians"
+              " | ratio of totals")  # fmt: skip
+        for name, r in summary["ratios"].items():
+            windows = ", ".join(f"{x:.2f}" for x in r["paired_windows"])
+            print(f"  {name:20} vs {r['baseline']:16} {r['median_of_paired_windows']:5.2f} [{windows}] |"
+                  f" {r['of_medians']:.2f} | {r['of_totals']:.2f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,9 +600,13 @@ def main(argv: list[str] | None = None) -> int:
         "--counsel-chat-rows", type=int, default=96, help="counsel-chat conversations in the pool (0: none)"
     )
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS)
+        "--configs",
+        default=",".join(CONFIGS),
+        help="comma-separated, from " + ", ".join(CONFIGS),
     )
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
+    parser.add_argument("--contention-retries", type=int, default=1,
+                        help="re-run a configuration whose windows got under 80%% of its threads' CPU time")  # fmt: skip
     parser.add_argument("--worker", choices=("train", "gemm"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", choices=CONFIGS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--packed-lengths", default="", help=argparse.SUPPRESS)
@@ -575,21 +630,42 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--repeats", str(args.repeats), "--steps-per-repeat", str(steps),
               "--counsel-chat-rows", str(args.counsel_chat_rows)] + (["--quick"] if args.quick else [])  # fmt: skip
     configs = [c for c in args.configs.split(",") if c]
-    workers = {}
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        parser.error(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    workers, discarded = {}, []
     for config in configs:
-        logger.info(
-            "configuration %s: %d warm-up + %d x %d timed optimizer steps", config, 1, args.repeats, steps
-        )
-        workers[config] = run_worker(script, ["--worker", "train", "--config", config, *common])
+        for attempt in range(1 + args.contention_retries):
+            logger.info(
+                "configuration %s: %d warm-up + %d x %d timed optimizer steps", config, 1, args.repeats, steps
+            )
+            result = run_worker(script, ["--worker", "train", "--config", config, *common])
+            share = contended_share(result)
+            if share is None or attempt == args.contention_retries:
+                break
+            logger.warning("configuration %s got %.0f%% of its threads' CPU time (other processes on the machine):"
+                           " measuring it again", config, 100 * share)  # fmt: skip
+            discarded.append(result)
+        workers[config] = result
     packed = workers.get("warmline", {}).get("first_batch_lengths") or []
     logger.info("GEMM and attention throughput")
     gemm = run_worker(script, ["--worker", "gemm", "--packed-lengths", ",".join(map(str, packed)), *common])
-    record = {"machine": info, "args": vars(args), "workers": workers, "gemm": gemm}
+    record = {
+        "machine": info,
+        "args": vars(args),
+        "workers": workers,
+        "gemm": gemm,
+        "discarded_contended": discarded,
+    }
     write_json(args.json, record)  # the raw measurements first: nothing below can lose them
     summary = summarise(workers, gemm)
     record["summary"] = summary
     write_json(args.json, record)
     print_report(info, workers, gemm, summary)
+    contended = {name: share for name, w in workers.items() if (share := contended_share(w)) is not None}
+    if contended:
+        print("WARNING: other processes took CPU time from " + ", ".join(f"{n} (got {s:.0%} of its threads' time)"
+              for n, s in contended.items()) + "; its figures are low and the ratios unreliable: run again")  # fmt: skip
     if set(REQUIRED_CONFIGS) <= set(workers):
         w = summary["configs"]["warmline"]
         print(result_line(train_ratio=summary["train_ratio"], train_ratio_all_layers=summary["train_ratio_all_layers"],

@@ -37,8 +37,8 @@ class ScriptedForward:
         self.input_lengths: list[int] = []
         self.cache_passed: list[bool] = []
 
-    def __call__(self, *args, **kwargs):
-        out = self.original(*args, **kwargs)
+    def __call__(self, *args, original=None, **kwargs):
+        out = (original or self.original)(*args, **kwargs)
         step = len(self.input_lengths)
         self.input_lengths.append(kwargs["input_ids"].shape[1])
         self.cache_passed.append(kwargs.get("cache") is not None)
@@ -51,6 +51,10 @@ class ScriptedForward:
 def script(monkeypatch, generator: Generator, ids: list[int]) -> ScriptedForward:
     scripted = ScriptedForward(generator.model, ids)
     monkeypatch.setattr(generator.model, "forward", scripted)
+    if generator.decode_model is not generator.model:  # the fp16 copy that decodes: same script
+        decode_forward = generator.decode_model.forward
+        monkeypatch.setattr(generator.decode_model, "forward",
+                            lambda *a, **k: scripted(*a, original=decode_forward, **k))  # fmt: skip
     return scripted
 
 
@@ -287,8 +291,8 @@ class TwoWayForward:
         self.original = model.forward
         self.content_id, self.eos_id = content_id, eos_id
 
-    def __call__(self, *args, **kwargs):
-        out = self.original(*args, **kwargs)
+    def __call__(self, *args, original=None, **kwargs):
+        out = (original or self.original)(*args, **kwargs)
         logits = torch.full_like(out.logits, -1e4)
         logits[..., self.content_id] = 5.0
         logits[..., self.eos_id] = 5.1
@@ -308,3 +312,54 @@ def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, m
     monkeypatch.setattr(llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id))
     result = llama.generate(conversation, temperature=0, repetition_penalty=1.5)
     assert (result.stop_reason, result.new_tokens) == ("eos", 0)
+
+
+def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatch) -> None:
+    """On a CPU, from_pretrained reads the prompt with the fp32 weights and decodes with an fp16 copy."""
+    assert next(llama.model.parameters()).dtype == torch.float32
+    assert next(llama.decode_model.parameters()).dtype == torch.float16
+    calls = []
+    for name, model in (("fp32", llama.model), ("fp16", llama.decode_model)):
+        hook = model.register_forward_pre_hook(
+            lambda m, args, kwargs, name=name: calls.append((name, kwargs["input_ids"].shape[1])), with_kwargs=True
+        )
+        monkeypatch.setattr(model, "_test_hook", hook, raising=False)
+    try:
+        conv = ask("I feel lonely.")
+        result = llama.generate(conv, seed=0, max_new_tokens=5, stop_strings=())
+    finally:
+        llama.model._test_hook.remove()
+        llama.decode_model._test_hook.remove()
+    prompt = len(llama.prompt_ids(conv))
+    assert calls[0] == ("fp32", prompt)
+    assert calls[1:] and all(c == ("fp16", 1) for c in calls[1:])
+    assert len(calls) == result.new_tokens + (result.stop_reason == "eos")
+
+
+def test_fp16_decode_step_matches_fp32_after_the_cache_is_cast(tiny_llama_dir: Path) -> None:
+    """The fp32 prompt cache, cast to fp16, gives the fp16 copy the same next-token logits as fp32
+    (to fp16 rounding); a cache the fp16 model could not use would not."""
+    from transformers import DynamicCache
+
+    from warmline.generate import _cast_cache
+
+    gen = Generator.from_pretrained(str(tiny_llama_dir))
+    ids = torch.tensor([gen.prompt_ids(ask("My sister and I argue every day about small things."))])
+    with torch.inference_mode():
+        caches = [DynamicCache(config=gen.model.config) for _ in range(2)]
+        for cache in caches:
+            gen.model(input_ids=ids, cache=cache, use_cache=True)
+        _cast_cache(caches[1], torch.float16)
+        step = ids[:, -1:]
+        fp32 = gen.model(input_ids=step, cache=caches[0], use_cache=True).logits.float()
+        fp16 = gen.decode_model(input_ids=step, cache=caches[1], use_cache=True).logits.float()
+        # the same token without the prompt: what a cache that was lost would give
+        alone = gen.model(input_ids=step).logits.float()
+    tolerance = 1e-2 * fp32.abs().max()
+    assert (fp16 - fp32).abs().max() < tolerance
+    assert (alone - fp32).abs().max() > tolerance
+
+
+def test_fp32_decode_on_request(tiny_llama_dir: Path) -> None:
+    gen = Generator.from_pretrained(str(tiny_llama_dir), fp16_decode=False)
+    assert gen.decode_model is gen.model

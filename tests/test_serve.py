@@ -139,10 +139,10 @@ def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Pat
     script = generator.tokenizer("I see. You have bipolar disorder. Rest now.", add_special_tokens=False)[
         "input_ids"
     ]
-    original = generator.model.forward
+    originals = {id(m): m.forward for m in (generator.model, generator.decode_model)}
 
-    def scripted(*args, **kwargs):  # the real forward, then the scripted token wins
-        out = original(*args, **kwargs)
+    def scripted(*args, model=generator.model, **kwargs):  # the real forward, then the scripted token wins
+        out = originals[id(model)](*args, **kwargs)
         step = len(calls)
         calls.append(step)
         logits = torch.full_like(out.logits, -1e4)
@@ -152,6 +152,7 @@ def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Pat
 
     calls: list[int] = []
     monkeypatch.setattr(generator.model, "forward", scripted)
+    monkeypatch.setattr(generator.decode_model, "forward", lambda *a, **k: scripted(*a, model=generator.decode_model, **k))
     url = served(build_app(generator))
     chunks = list(Client(url, verbose=False).submit("I can't sleep", api_name="/chat"))
     assert chunks[0] == "I see."  # the safe sentence streamed first

@@ -16,6 +16,7 @@ encoder the safety classifier uses.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -381,9 +382,8 @@ def crisis_prompts(limit: int | None) -> list:
 
 def evaluate_safety(generator, gate, settings: EvalSettings) -> dict[str, Any]:
     """Share of crisis prompts answered with the fixed crisis reply, through the safety gate."""
-    from .generate import Generator
-
-    gated = Generator(generator.model, generator.tokenizer, gate=gate, settings=generator.settings)
+    gated = copy.copy(generator)  # the same weights (and decode copy), behind the gate
+    gated.gate = gate
     examples = crisis_prompts(settings.limit)
     missed, reasons = [], Counter()
     for example in tqdm(examples, desc="safety: crisis prompts", unit="prompt"):

@@ -3,7 +3,13 @@
 It builds the prompt with the model's chat template (or the plain "Human/Assistant" one), keeps
 the most recent turns that fit a token budget (always the system turn and the newest user turn),
 streams tokens from a KV-cached decode loop, stops on EOS or a stop string, and decodes only the
-new tokens. An optional safety gate answers crisis messages itself and screens every reply:
+new tokens.
+
+On a CPU, `from_pretrained` reads the prompt with the fp32 weights and decodes with an fp16 copy
+(`decode_dtype`). A decode step multiplies one token by every weight, so it is bound by reading
+them from memory: half the bytes gave 1.5x the tokens/s on a 2-core AVX2 EPYC, while fp16 matrix
+products over a whole prompt are slower than fp32 there, hence the split (benchmarks/RESULTS.md
+has the figures and the agreement with fp32). It costs a second, half-size copy of the weights. An optional safety gate answers crisis messages itself and screens every reply:
 
     gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
     result = GenerationResult()
@@ -14,6 +20,7 @@ new tokens. An optional safety gate answers crisis messages itself and screens e
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import time
@@ -210,6 +217,15 @@ def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
     return longest
 
 
+def _cast_cache(cache, dtype: torch.dtype) -> None:
+    """Convert a KV cache's keys and values to `dtype` in place (prompt read in fp32, decode in fp16)."""
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                setattr(layer, name, tensor.to(dtype))
+
+
 class Generator:
     """Streaming replies from a causal LM; see the module docstring.
 
@@ -217,8 +233,14 @@ class Generator:
     per-conversation state, and every call gets its own KV cache and random generator.
     """
 
-    def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None):
+    def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None,
+                 decode_dtype: torch.dtype | None = None):  # fmt: skip
+        """`decode_dtype`: decode (every token after the first) with a copy of the model in this
+        dtype; the prompt is still read by `model`. None: `model` does everything."""
         self.model = model.eval()
+        self.decode_model = self.model
+        if decode_dtype is not None and decode_dtype != next(model.parameters()).dtype:
+            self.decode_model = copy.deepcopy(model).to(decode_dtype).eval()
         self.tokenizer = tokenizer
         self.gate = gate
         self.settings = settings or GenerationSettings()
@@ -228,17 +250,22 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, reference: str, *, gate=None, settings: GenerationSettings | None = None,
-                        device: str | None = None) -> Generator:  # fmt: skip
-        """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one."""
+                        device: str | None = None, fp16_decode: bool = True) -> Generator:  # fmt: skip
+        """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one.
+
+        On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see the
+        module docstring). On a GPU the model loads in bf16 (fp16 without bf16 support)."""
         from .models import load_model, load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = None  # fp32 on CPU
+        decode_dtype = torch.float16 if fp16_decode and device == "cpu" else None
         if device.startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         model = load_model(reference, dtype=dtype).to(device)
-        logger.info("loaded %s on %s (%s)", reference, device, next(model.parameters()).dtype)
-        return cls(model, load_tokenizer(reference), gate=gate, settings=settings)
+        logger.info("loaded %s on %s (%s; decode in %s)", reference, device, next(model.parameters()).dtype,
+                    decode_dtype or next(model.parameters()).dtype)  # fmt: skip
+        return cls(model, load_tokenizer(reference), gate=gate, settings=settings, decode_dtype=decode_dtype)
 
     def prompt_budget(self, s: GenerationSettings) -> int:
         """Prompt tokens allowed: the settings' budget, leaving room for the reply in the context."""
@@ -354,8 +381,12 @@ class Generator:
         released = 0  # characters of `text` already yielded
         text = ""
         out.stop_reason = "max_new_tokens"
+        model = self.model  # reads the prompt; then the decode model (maybe another dtype)
         for _ in range(max_new_tokens):
-            logits = self.model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
+            if model is not self.decode_model:
+                model = self.decode_model
+                _cast_cache(cache, next(model.parameters()).dtype)
             scores = procs(reply_ids, logits[:, -1, :].float())  # (1, vocab)
             if s.sampling:
                 token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
