@@ -31,6 +31,11 @@ number of tokens: the prototype's generation config has no EOS, the Generator no
 stop strings. CPU/wall (process CPU seconds per wall second) shows whether a variant had its
 threads' cores to itself. Figures are medians over repetitions.
 
+These variants run without warmline's PromptCache (each repetition asks the same 100-token
+prompt, which the cache would answer without reading it). The cache is measured on its own: one
+chat of five turns (MULTITURN_MESSAGES, warmline's system prompt, natural replies up to 64
+tokens), each turn's time to first token without and with it, same prompts.
+
 A quality check runs the fp32 model, the fp16 decode path and each int8 scheme teacher-forced on
 the offline recipe's validation conversations: token-weighted loss on the reply tokens, and how
 often the top-1 predictions agree with fp32 there. A scheme is within tolerance when the loss
@@ -38,10 +43,11 @@ rises by at most MAX_LOSS_DELTA and top-1 agreement is at least MIN_TOP1_AGREEME
 disagreements are near-ties; sampling at temperature 0.7 draws from nearly the same
 distribution). The last line is
 
-    RESULT decode_ratio=... ttft_ms=...
+    RESULT decode_ratio=... ttft_ms=... ttft_last_turn_ms=...
 
 (warmline's decode tokens/s over the prototype's, and warmline's median TTFT for the 100-token
-prompt, both as shipped: fp16 decode, default threads).
+prompt, both as shipped: fp16 decode, default threads; the last chat turn's TTFT with the
+PromptCache).
 """
 
 from __future__ import annotations
@@ -100,6 +106,14 @@ PROTOTYPE_SETTINGS = {
     "top_p": 0.92,
     "repetition_penalty": 1.2,
 }
+# One chat, turn by turn, for the PromptCache's time to first token.
+MULTITURN_MESSAGES = (
+    "I've been so stressed at work that I can't sleep.",
+    "It's been like this for about a month now.",
+    "My manager keeps adding projects and I don't know how to say no.",
+    "I'll try talking to her on Monday. How do I start?",
+    "Thanks. I think I also need to stop checking email at night.",
+)
 # Padding text for the ~100-token prompt: a long user message of the kind the chat gets.
 LONG_MESSAGE = (
     "I have been feeling really overwhelmed for the past few weeks. My job has become much more "
@@ -249,9 +263,45 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
                 logger.info("%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
                             variant, kind, last["prompt_tokens"], last["ttft_ms"], last["decode_tok_s"],
                             last["new_tokens"], cpu_per_wall)  # fmt: skip
+    multiturn_runs = []
+    if fp16 is not None:
+        torch.set_num_threads(default_threads)
+        for r in range(repeats):
+            multiturn_runs.append(multiturn_ttft(models[None], tokenizer, seed=r))
     return {"variants": {v: {"impl": VARIANTS[v][0], "threads": VARIANTS[v][1] or default_threads,
                              "int8": VARIANTS[v][2], "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
-                             "runs": runs[v]} for v in variants}}  # fmt: skip
+                             "runs": runs[v]} for v in variants},
+            "multiturn": multiturn_runs}  # fmt: skip
+
+
+def multiturn_ttft(model, tokenizer, *, seed: int) -> list[dict]:
+    """TTFT turn by turn in one chat (warmline's system prompt, MULTITURN_MESSAGES, natural replies
+    up to 64 tokens), with the PromptCache (as `warmline chat` and `serve` run) and without: the
+    same prompts, so the only difference is how much of each the model reads."""
+    import copy
+
+    import torch
+
+    from warmline.generate import Generator
+    from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+
+    cached = Generator(model, tokenizer, decode_dtype=torch.float16, prompt_cache_tokens=4096)
+    cold = copy.copy(cached)
+    cold.prompt_cache = None
+    conv = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
+    rows = []
+    for turn, message in enumerate(MULTITURN_MESSAGES, 1):
+        conv.append({"role": "user", "content": message})
+        without = cold.generate(conv, seed=seed, max_new_tokens=64)
+        with_cache = cached.generate(conv, seed=seed, max_new_tokens=64)
+        rows.append({"turn": turn, "prompt_tokens": with_cache.prompt_tokens,
+                     "reused_prompt_tokens": with_cache.reused_prompt_tokens,
+                     "ttft_cold_ms": without.ttft_s * 1e3, "ttft_cached_ms": with_cache.ttft_s * 1e3})  # fmt: skip
+        logger.info("multi-turn %d: %d prompt tokens (%d from the cache): TTFT %.0f ms cold, %.0f ms cached",
+                    turn, rows[-1]["prompt_tokens"], rows[-1]["reused_prompt_tokens"], rows[-1]["ttft_cold_ms"],
+                    rows[-1]["ttft_cached_ms"])  # fmt: skip
+        conv.append({"role": "assistant", "content": with_cache.text})
+    return rows
 
 
 def _weight_gb(model) -> float:
@@ -366,6 +416,19 @@ def summarise(latency: dict) -> dict:
     return out
 
 
+def summarise_multiturn(runs: list[list[dict]]) -> list[dict]:
+    """Per turn, medians over repetitions."""
+    turns = sorted({row["turn"] for run in runs for row in run})
+    out = []
+    for turn in turns:
+        rows = [row for run in runs for row in run if row["turn"] == turn]
+        out.append({"turn": turn, "prompt_tokens": median([r["prompt_tokens"] for r in rows]),
+                    "reused_prompt_tokens": median([r["reused_prompt_tokens"] for r in rows]),
+                    "ttft_cold_ms": median([r["ttft_cold_ms"] for r in rows]),
+                    "ttft_cached_ms": median([r["ttft_cached_ms"] for r in rows])})  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -411,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         quality = run_worker(script, ["--worker", "quality", "--variants", ",".join(variants),
                                       "--max-examples-per-stage", "2" if args.quick else "8"])  # fmt: skip
     summary = summarise(latency)
+    multiturn = summarise_multiturn(latency.get("multiturn") or [])
     write_json(args.json, {"machine": info, "args": vars(args), "latency": latency, "quality": quality,
-                           "summary": summary})  # fmt: skip
+                           "summary": summary, "multiturn": multiturn})  # fmt: skip
 
     print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | torch {info.get('torch')}"
           f" | {max_new_tokens} new tokens a reply, {args.repeats} repeats, variants interleaved in one process"
@@ -423,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:30} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
               f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
               f" {v['cpu_per_wall']:9.2f}")  # fmt: skip
+    if multiturn:
+        print("\none chat turn by turn (warmline, system prompt, replies up to 64 tokens): TTFT ms without | with"
+              " the PromptCache")  # fmt: skip
+        for row in multiturn:
+            print(f"  turn {row['turn']}: {row['prompt_tokens']:5.0f} prompt tokens, {row['reused_prompt_tokens']:5.0f}"
+                  f" from the cache: {row['ttft_cold_ms']:6.0f} | {row['ttft_cached_ms']:6.0f}")  # fmt: skip
     if quality:
         print(f"\nfp16 decode and int8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
               f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):")  # fmt: skip
@@ -444,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         best = max(summary, key=lambda k: summary[k]["decode_tok_s"])
         print(f"fastest decode: {best} ({summary[best]['decode_tok_s'] / proto:.2f}x the prototype); "
               f"lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}")  # fmt: skip
-        print(result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"]))
+        last_turn = {"ttft_last_turn_ms": multiturn[-1]["ttft_cached_ms"]} if multiturn else {}
+        print(result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"], **last_turn))
     else:
         print("prototype or warmline missing: no RESULT line")
     return 0

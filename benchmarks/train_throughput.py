@@ -10,14 +10,14 @@ same machine, one run. The configurations:
                 (the recipe trains the top 10 blocks so that its quality comparison matches
                 offline.yaml): every example padded to 512 tokens, loss on every token, fp32,
                 no activation checkpointing (TRL SFTTrainer in prototype mode)
-  warmline      recipes/offline.yaml as it is: padding-free batches, precision `auto`, top 10
-                of 30 blocks trained
-  warmline-all  the same with every layer trained: like for like with the prototype
-  warmline-ckpt offline.yaml with activation checkpointing on (what TRL's SFTConfig does by
-                default, and what warmline did until train_stage passed the recipe's setting)
-  warmline-mbs1 offline.yaml with micro_batch_size 1 (global batch still 4): a recipe change
-                this benchmark tries, since attention over a packed row is masked and quadratic
-                in the whole row (not part of the RESULT line)
+  warmline        recipes/offline.yaml as it is: one conversation per forward pass (no
+                  padding, plain causal attention), 4 per optimizer step, precision `auto`,
+                  top 10 of 30 blocks trained
+  warmline-all    the same with every layer trained: like for like with the prototype
+  warmline-packed offline.yaml with 4 conversations packed into one padding-free row per
+                  forward pass (per-example position ids, block-diagonal attention mask)
+  warmline-ckpt   offline.yaml with activation checkpointing on (what TRL's SFTConfig does by
+                  default, and what warmline did until train_stage passed the recipe's setting)
 
 Useful tokens are assistant-reply tokens, counted the same way for every configuration: the
 content tokens of assistant turns that are in the trained sequence (after truncation). The
@@ -83,7 +83,7 @@ logger = logging.getLogger("train_throughput")
 OFFLINE_RECIPE = REPO / "recipes" / "offline.yaml"
 PROTOTYPE_RECIPE = REPO / "recipes" / "baseline-prototype.yaml"
 COUNSEL_CHAT = REPO.parent / "shared" / "datasets" / "counsel_chat" / "counsel_chat_amod_format.jsonl"
-CONFIGS = ("prototype", "warmline", "warmline-all", "warmline-ckpt", "warmline-mbs1")
+CONFIGS = ("prototype", "warmline", "warmline-all", "warmline-packed", "warmline-ckpt")
 REQUIRED_CONFIGS = CONFIGS[:3]  # the RESULT line's; the others measure one setting each
 
 
@@ -304,10 +304,8 @@ def train_worker(
         overrides.append("training.trainable_layers=null")
     if config == "warmline-ckpt":
         overrides.append("training.gradient_checkpointing=true")
-    if config == "warmline-mbs1":
-        # One conversation per forward pass (the same 4 per optimizer step): an unpacked row gets
-        # causal attention without a mask, instead of masked attention over the whole packed row.
-        overrides.append("training.micro_batch_size=1")
+    if config == "warmline-packed":
+        overrides.append("training.micro_batch_size=4")  # the same 4 conversations a step, packed
     prototype = config == "prototype"
     recipe_path = PROTOTYPE_RECIPE if prototype else OFFLINE_RECIPE
     if quick and prototype:
@@ -647,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
                            " measuring it again", config, 100 * share)  # fmt: skip
             discarded.append(result)
         workers[config] = result
-    packed = workers.get("warmline", {}).get("first_batch_lengths") or []
+    packed = (workers.get("warmline-packed") or workers.get("warmline") or {}).get("first_batch_lengths") or []
     logger.info("GEMM and attention throughput")
     gemm = run_worker(script, ["--worker", "gemm", "--packed-lengths", ",".join(map(str, packed)), *common])
     record = {

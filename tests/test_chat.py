@@ -35,7 +35,12 @@ class EchoGenerator:
 @pytest.fixture
 def echo(monkeypatch) -> EchoGenerator:
     generator = EchoGenerator()
-    monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings: generator)
+
+    def load(model, locale, settings, fp16_decode=True):
+        generator.fp16_decode = fp16_decode
+        return generator
+
+    monkeypatch.setattr(cli, "_load_generator", load)
     return generator
 
 
@@ -107,3 +112,10 @@ def test_real_model_behind_the_safety_gate(tiny_llama_dir: Path, monkeypatch) ->
 def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli.app, ["chat", str(tmp_path / "nope")], input="")
     assert result.exit_code == 2 and "model folder not found" in result.stderr
+
+
+def test_fp16_decode_is_the_default_and_can_be_turned_off(echo: EchoGenerator) -> None:
+    run(["/quit"])
+    assert echo.fp16_decode is True
+    run(["/quit"], "--fp32-decode")
+    assert echo.fp16_decode is False

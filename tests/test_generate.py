@@ -58,6 +58,20 @@ def script(monkeypatch, generator: Generator, ids: list[int]) -> ScriptedForward
     return scripted
 
 
+_SHARED: list[Generator] = []  # the module-scoped generators below
+
+
+@pytest.fixture(autouse=True)
+def _empty_prompt_caches():
+    """Tests share the module's generators; a prompt cached by one (maybe with scripted logits)
+    must not answer another's."""
+    for gen in _SHARED:
+        gen.prompt_cache.clear()
+    yield
+    for gen in _SHARED:
+        gen.prompt_cache.clear()
+
+
 def text_ids(generator: Generator, text: str) -> list[int]:
     return generator.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -65,17 +79,21 @@ def text_ids(generator: Generator, text: str) -> list[int]:
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir: Path) -> Generator:
     """The tiny Llama with a ChatML template, no gate."""
-    return Generator.from_pretrained(str(tiny_llama_dir), settings=GenerationSettings(max_new_tokens=40))
+    gen = Generator.from_pretrained(str(tiny_llama_dir), settings=GenerationSettings(max_new_tokens=40))
+    _SHARED.append(gen)
+    return gen
 
 
 @pytest.fixture(scope="module")
 def gated_llama(tiny_llama_dir: Path) -> Generator:
     """The tiny Llama behind the safety gate (lexicon only: no classifier load)."""
-    return Generator.from_pretrained(
+    gen = Generator.from_pretrained(
         str(tiny_llama_dir),
         gate=SafetyGate(use_classifier=False),
         settings=GenerationSettings(max_new_tokens=40),
     )
+    _SHARED.append(gen)
+    return gen
 
 
 def test_defaults_are_the_reference_recipe() -> None:
@@ -363,3 +381,58 @@ def test_fp16_decode_step_matches_fp32_after_the_cache_is_cast(tiny_llama_dir: P
 def test_fp32_decode_on_request(tiny_llama_dir: Path) -> None:
     gen = Generator.from_pretrained(str(tiny_llama_dir), fp16_decode=False)
     assert gen.decode_model is gen.model
+
+
+def test_the_next_turn_reads_only_its_new_tokens(llama: Generator, monkeypatch) -> None:
+    """The PromptCache holds the first turn's prompt; the second turn's prompt starts with it."""
+    first = ask("I had a rough day at work.")
+    reply = llama.generate(first, seed=0, max_new_tokens=6)
+    assert reply.reused_prompt_tokens == 0
+    second = first + [{"role": "assistant", "content": reply.text}, {"role": "user", "content": "Thanks."}]
+    scripted = script(monkeypatch, llama, text_ids(llama, "ok"))
+    result = llama.generate(second, seed=0, max_new_tokens=2, stop_strings=())
+    assert result.reused_prompt_tokens == len(llama.prompt_ids(first))
+    assert scripted.input_lengths[0] == len(llama.prompt_ids(second)) - result.reused_prompt_tokens
+
+
+def test_a_reused_prompt_gives_the_reply_a_cold_read_gives(tiny_llama_dir: Path) -> None:
+    cold = Generator.from_pretrained(str(tiny_llama_dir), prompt_cache_tokens=0)
+    warm = Generator.from_pretrained(str(tiny_llama_dir))
+    assert cold.prompt_cache is None
+    first = ask("My flatmate never cleans up.")
+    reply = warm.generate(first, temperature=0, max_new_tokens=8).text
+    second = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "What should I say?"}]
+    warm_result = warm.generate(second, temperature=0, max_new_tokens=12)
+    assert warm_result.reused_prompt_tokens > 0
+    assert warm_result.text == cold.generate(second, temperature=0, max_new_tokens=12).text
+
+
+def test_the_same_prompt_again_skips_reading_it(llama: Generator, monkeypatch) -> None:
+    conv = ask("I keep worrying about my exams.")
+    first = llama.generate(conv, seed=5, max_new_tokens=8)
+    calls = []
+    hook = llama.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        again = llama.generate(conv, seed=5, max_new_tokens=8)
+    finally:
+        hook.remove()
+    assert again.reused_prompt_tokens == len(llama.prompt_ids(conv))
+    assert calls == []  # the fp32 model read nothing: the fp16 copy decoded from the cached state
+    assert again.text == first.text
+
+
+def test_prompt_cache_keeps_the_longest_prefix_and_evicts_the_oldest() -> None:
+    from warmline.generate import PromptCache
+
+    cache = PromptCache(max_tokens=10)
+    logits = torch.zeros(1, 1, 3)
+    cache.store([1, 2, 3], "abc", logits)
+    cache.store([1, 2, 3, 4, 5], "abcde", logits)
+    assert cache.lookup([1, 2, 3, 4, 5, 6])[:2] == (5, "abcde")
+    assert cache.lookup([1, 2, 3, 9])[:2] == (3, "abc")
+    assert cache.lookup([7, 1, 2, 3])[:2] == (0, None)
+    cache.store([8, 8, 8, 8], "x", logits)  # 12 tokens in all: the least recently used goes
+    assert cache.lookup([1, 2, 3, 4, 5])[0] == 3  # the 5-token entry was evicted
+    assert cache.lookup([8, 8, 8, 8])[0] == 4
+    cache.store(list(range(11)), "too long", logits)
+    assert cache.lookup(list(range(11)))[0] == 0

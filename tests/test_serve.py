@@ -214,7 +214,7 @@ def test_history_from_the_browser_is_reduced_to_text_turns() -> None:
 
 def test_serve_command_binds_localhost_by_default(monkeypatch) -> None:
     seen = {}
-    monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings: CountingGenerator())
+    monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings, fp16_decode=True: CountingGenerator())
     monkeypatch.setattr("warmline.serve.launch", lambda app, **kwargs: seen.update(kwargs, app=app))
     result = CliRunner().invoke(cli.app, ["serve", "some-model", "--temperature", "0.5"])
     assert result.exit_code == 0, result.output

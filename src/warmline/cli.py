@@ -126,18 +126,26 @@ Seed = Annotated[
     int | None, typer.Option(help="Seed for sampling: the same conversation gets the same reply.")
 ]
 Locale = Annotated[str, typer.Option(help="Crisis resources to give: us, uk, ie or default.")]
+Fp16Decode = Annotated[
+    bool,
+    typer.Option(
+        "--fp16-decode/--fp32-decode",
+        help="On a CPU, decode with an fp16 copy of the weights (about 1.6x the tokens/s; the prompt is"
+        " still read in fp32).",
+    ),
+]
 SystemPrompt = Annotated[
     str | None, typer.Option("--system", help="System prompt (default: warmline's recipe default).")
 ]
 
 
-def _load_generator(model: str, locale: str, settings: GenerationSettings) -> Generator:
+def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_decode: bool = True) -> Generator:
     """The streaming generator behind a safety gate (the gate is always on)."""
     from .generate import Generator
     from .safety import SafetyGate
 
     gate = SafetyGate(locale=locale)
-    generator = Generator.from_pretrained(model, gate=gate, settings=settings)
+    generator = Generator.from_pretrained(model, gate=gate, settings=settings, fp16_decode=fp16_decode)
     if gate.use_classifier:  # load (or train, once) now rather than on the first message
         from .safety.classifier import default_classifier
 
@@ -170,6 +178,7 @@ def chat(
     max_new_tokens: MaxNewTokens = 200,
     seed: Seed = None,
     locale: Locale = "us",
+    fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Timings on stderr after each reply.")
@@ -188,7 +197,7 @@ def chat(
     from .recipe import DEFAULT_SYSTEM_PROMPT
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
-    generator = _load_generator(model, locale, settings)
+    generator = _load_generator(model, locale, settings, fp16_decode)
     run_chat(
         generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, seed=seed,
         model_name=model, locale=locale, verbose=verbose,
@@ -214,6 +223,7 @@ def serve(
     repetition_penalty: RepetitionPenalty = 1.2,
     max_new_tokens: MaxNewTokens = 200,
     locale: Locale = "us",
+    fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -226,7 +236,7 @@ def serve(
     from .serve import build_app, launch
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
-    generator = _load_generator(model, locale, settings)
+    generator = _load_generator(model, locale, settings, fp16_decode)
     web_app = build_app(
         generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, locale=locale,
         transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,

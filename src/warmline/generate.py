@@ -9,7 +9,13 @@ On a CPU, `from_pretrained` reads the prompt with the fp32 weights and decodes w
 (`decode_dtype`). A decode step multiplies one token by every weight, so it is bound by reading
 them from memory: half the bytes gave 1.5x the tokens/s on a 2-core AVX2 EPYC, while fp16 matrix
 products over a whole prompt are slower than fp32 there, hence the split (benchmarks/RESULTS.md
-has the figures and the agreement with fp32). It costs a second, half-size copy of the weights. An optional safety gate answers crisis messages itself and screens every reply:
+has the figures and the agreement with fp32). It costs a second, half-size copy of the weights.
+
+`from_pretrained` also keeps a `PromptCache`: the KV cache of each recent prompt, right after the
+model read it. The next turn of a conversation starts with the previous turn's prompt, so only
+the reply and the new message are read: time to first token stays flat as a chat grows. The
+cache lives in memory only, never on disk, bounded in tokens; the same prompt gives the same
+keys and values, so sharing entries between conversations reveals nothing they do not share. An optional safety gate answers crisis messages itself and screens every reply:
 
     gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
     result = GenerationResult()
@@ -23,7 +29,9 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -111,6 +119,8 @@ class GenerationResult:
     stop_reason: StopReason = ""
     new_tokens: int = 0
     prompt_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values came from the PromptCache (not read again)."""
     ttft_s: float = 0.0
     """Seconds from the call to the first generated token."""
     duration_s: float = 0.0
@@ -217,6 +227,52 @@ def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
     return longest
 
 
+class PromptCache:
+    """KV caches of recent prompts (as the model left them after reading the prompt), least
+    recently used dropped first once they hold more than `max_tokens` tokens in all.
+
+    `lookup` returns a private copy of the longest entry whose tokens begin the new prompt, with
+    the next-token logits stored beside it (used when the prompt is the whole entry). Safe to
+    share between threads.
+    """
+
+    def __init__(self, max_tokens: int = 4096):
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def lookup(self, prompt_ids: list[int]) -> tuple[int, Any, torch.Tensor | None]:
+        """(tokens reused, a copy of their cache, the logits after them); (0, None, None) on a miss."""
+        with self._lock:
+            best: tuple[int, ...] | None = None
+            for key in self._entries:
+                if len(best or ()) < len(key) <= len(prompt_ids) and tuple(prompt_ids[: len(key)]) == key:
+                    best = key
+            if best is None:
+                return 0, None, None
+            self._entries.move_to_end(best)
+            cache, logits = self._entries[best]
+            return len(best), copy.deepcopy(cache), logits
+
+    def store(self, prompt_ids: list[int], cache, logits: torch.Tensor) -> None:
+        """Keep a copy of `cache` (which holds exactly `prompt_ids`) and the logits after it."""
+        if len(prompt_ids) > self.max_tokens:
+            return
+        entry = (copy.deepcopy(cache), logits.detach().clone())
+        with self._lock:
+            self._entries[tuple(prompt_ids)] = entry
+            self._entries.move_to_end(tuple(prompt_ids))
+            while sum(map(len, self._entries)) > self.max_tokens:
+                self._entries.popitem(last=False)
+
+
 def _cast_cache(cache, dtype: torch.dtype) -> None:
     """Convert a KV cache's keys and values to `dtype` in place (prompt read in fp32, decode in fp16)."""
     for layer in cache.layers:
@@ -234,10 +290,12 @@ class Generator:
     """
 
     def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None,
-                 decode_dtype: torch.dtype | None = None):  # fmt: skip
+                 decode_dtype: torch.dtype | None = None, prompt_cache_tokens: int = 0):  # fmt: skip
         """`decode_dtype`: decode (every token after the first) with a copy of the model in this
-        dtype; the prompt is still read by `model`. None: `model` does everything."""
+        dtype; the prompt is still read by `model`. None: `model` does everything.
+        `prompt_cache_tokens`: the PromptCache's size in tokens (0: no cache)."""
         self.model = model.eval()
+        self.prompt_cache = PromptCache(prompt_cache_tokens) if prompt_cache_tokens > 0 else None
         self.decode_model = self.model
         if decode_dtype is not None and decode_dtype != next(model.parameters()).dtype:
             self.decode_model = copy.deepcopy(model).to(decode_dtype).eval()
@@ -250,11 +308,13 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, reference: str, *, gate=None, settings: GenerationSettings | None = None,
-                        device: str | None = None, fp16_decode: bool = True) -> Generator:  # fmt: skip
+                        device: str | None = None, fp16_decode: bool = True,
+                        prompt_cache_tokens: int = 4096) -> Generator:  # fmt: skip
         """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one.
 
         On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see the
-        module docstring). On a GPU the model loads in bf16 (fp16 without bf16 support)."""
+        module docstring). On a GPU the model loads in bf16 (fp16 without bf16 support).
+        `prompt_cache_tokens`: size of the PromptCache (0 turns it off)."""
         from .models import load_model, load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -265,7 +325,8 @@ class Generator:
         model = load_model(reference, dtype=dtype).to(device)
         logger.info("loaded %s on %s (%s; decode in %s)", reference, device, next(model.parameters()).dtype,
                     decode_dtype or next(model.parameters()).dtype)  # fmt: skip
-        return cls(model, load_tokenizer(reference), gate=gate, settings=settings, decode_dtype=decode_dtype)
+        return cls(model, load_tokenizer(reference), gate=gate, settings=settings, decode_dtype=decode_dtype,
+                   prompt_cache_tokens=prompt_cache_tokens)  # fmt: skip
 
     def prompt_budget(self, s: GenerationSettings) -> int:
         """Prompt tokens allowed: the settings' budget, leaving room for the reply in the context."""
@@ -371,19 +432,30 @@ class Generator:
         else:
             rng.manual_seed(seed)
         procs = self._processors(s)
-        cache = DynamicCache(config=self.model.config)
+        reused, cache, cached_logits = 0, None, None
+        if self.prompt_cache is not None:
+            reused, cache, cached_logits = self.prompt_cache.lookup(prompt_ids)
+        if cache is None:
+            cache = DynamicCache(config=self.model.config)
+        out.reused_prompt_tokens = reused
         # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
         # also penalises the end-of-turn token that closes every earlier turn, and with it the
         # model's ability to stop: replies then run to the token limit.
         reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
-        next_input = torch.tensor([prompt_ids], device=self.device)  # the prompt, then one token a step
+        # The prompt (what the cache does not hold yet), then one token a step
+        next_input = torch.tensor([prompt_ids[reused:]], device=self.device)
         new_ids: list[int] = []
         released = 0  # characters of `text` already yielded
         text = ""
         out.stop_reason = "max_new_tokens"
         model = self.model  # reads the prompt; then the decode model (maybe another dtype)
         for _ in range(max_new_tokens):
-            logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
+            if next_input.shape[1] == 0:  # the whole prompt came from the PromptCache
+                logits = cached_logits
+            else:
+                logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
+            if not new_ids and self.prompt_cache is not None and next_input.shape[1] > 0:
+                self.prompt_cache.store(prompt_ids, cache, logits)  # before decoding adds to it
             if model is not self.decode_model:
                 model = self.decode_model
                 _cast_cache(cache, next(model.parameters()).dtype)

@@ -222,7 +222,8 @@ def train_stage(
         # TRL's SFTConfig turns activation checkpointing ON by default (transformers' does not):
         # the recipe decides. Recomputing activations saves memory and costs ~1/3 more compute.
         activation_checkpointing=t.gradient_checkpointing,
-        padding_free=t.packing and not prototype,
+        # One example per micro-batch needs neither padding nor packing.
+        padding_free=t.packing and not prototype and t.micro_batch_size > 1,
         pad_to_multiple_of=512 if prototype else None,
         packing=False,
         dataset_num_proc=None,
