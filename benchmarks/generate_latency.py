@@ -321,16 +321,15 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
     reply tokens and how often the top-1 predictions agree there.
 
     "fp16" follows the Generator: the fp32 model reads everything up to the first reply token (so
-    it predicts that token), its KV cache is cast to fp16, and the fp16 copy reads the rest. The
-    int8 schemes read the whole conversation."""
-    import copy
+    it predicts that token), and the copy with fp16 Linear weights reads the rest from its KV
+    cache. The int8 schemes read the whole conversation."""
     import os
 
     import torch
     from transformers import DynamicCache
 
     from warmline.data import prepare_stage
-    from warmline.generate import _cast_cache
+    from warmline.generate import half_weight_copy
     from warmline.models import load_model, load_tokenizer
     from warmline.recipe import load_recipe
     from warmline.tokenize import IGNORE_INDEX, tokenize_conversation
@@ -346,7 +345,7 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
             for c in data.validation[:max_examples_per_stage]
         ]
     fp32 = load_model(BASE_MODEL).eval()
-    quantized = {scheme: copy.deepcopy(fp32).half() if scheme == "fp16" else quantize_int8(fp32, scheme)
+    quantized = {scheme: half_weight_copy(fp32) if scheme == "fp16" else quantize_int8(fp32, scheme)
                  for scheme in schemes}  # fmt: skip
     tokens, loss_fp32 = 0, 0.0
     loss = dict.fromkeys(schemes, 0.0)
@@ -365,9 +364,8 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
                 if scheme == "fp16":
                     cache = DynamicCache(config=fp32.config)
                     head = fp32(input_ids=ids[:, :first_reply], cache=cache, use_cache=True).logits
-                    _cast_cache(cache, torch.float16)
                     rest = model(input_ids=ids[:, first_reply:], cache=cache, use_cache=True).logits
-                    logits = torch.cat([head, rest.float()], dim=1)[0, :-1][keep]
+                    logits = torch.cat([head, rest], dim=1)[0, :-1][keep]
                 else:
                     logits = model(input_ids=ids).logits[0, :-1][keep]
                 loss[scheme] += ce(logits, targets[keep], reduction="sum").item()

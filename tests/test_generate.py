@@ -333,9 +333,15 @@ def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, m
 
 
 def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatch) -> None:
-    """On a CPU, from_pretrained reads the prompt with the fp32 weights and decodes with an fp16 copy."""
+    """On a CPU, from_pretrained reads the prompt with the fp32 weights and decodes with a copy
+    whose Linear weights (the output head included) are fp16."""
+    from warmline.generate import HalfWeightLinear
+
     assert next(llama.model.parameters()).dtype == torch.float32
-    assert next(llama.decode_model.parameters()).dtype == torch.float16
+    half = [m for m in llama.decode_model.modules() if isinstance(m, HalfWeightLinear)]
+    assert half and all(m.weight.dtype == torch.float16 for m in half)
+    assert not any(isinstance(m, torch.nn.Linear) for m in llama.decode_model.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in llama.model.modules())  # the original is untouched
     calls = []
     for name, model in (("fp32", llama.model), ("fp16", llama.decode_model)):
         hook = model.register_forward_pre_hook(
@@ -354,20 +360,19 @@ def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatc
     assert len(calls) == result.new_tokens + (result.stop_reason == "eos")
 
 
-def test_fp16_decode_step_matches_fp32_after_the_cache_is_cast(tiny_llama_dir: Path) -> None:
-    """The fp32 prompt cache, cast to fp16, gives the fp16 copy the same next-token logits as fp32
-    (to fp16 rounding); a cache the fp16 model could not use would not."""
-    from transformers import DynamicCache
+def test_fp16_decode_step_matches_fp32_on_the_fp32_prompt_cache(tiny_llama_dir: Path) -> None:
+    """After the fp32 model read the prompt, the fp16-weight copy continues from its cache with the
+    same next-token logits as fp32 (to fp16 rounding); without the prompt they would differ."""
+    import copy
 
-    from warmline.generate import _cast_cache
+    from transformers import DynamicCache
 
     gen = Generator.from_pretrained(str(tiny_llama_dir))
     ids = torch.tensor([gen.prompt_ids(ask("My sister and I argue every day about small things."))])
     with torch.inference_mode():
-        caches = [DynamicCache(config=gen.model.config) for _ in range(2)]
-        for cache in caches:
-            gen.model(input_ids=ids, cache=cache, use_cache=True)
-        _cast_cache(caches[1], torch.float16)
+        caches = [DynamicCache(config=gen.model.config)]
+        gen.model(input_ids=ids, cache=caches[0], use_cache=True)
+        caches.append(copy.deepcopy(caches[0]))
         step = ids[:, -1:]
         fp32 = gen.model(input_ids=step, cache=caches[0], use_cache=True).logits.float()
         fp16 = gen.decode_model(input_ids=step, cache=caches[1], use_cache=True).logits.float()

@@ -5,9 +5,10 @@ the most recent turns that fit a token budget (always the system turn and the ne
 streams tokens from a KV-cached decode loop, stops on EOS or a stop string, and decodes only the
 new tokens.
 
-On a CPU, `from_pretrained` reads the prompt with the fp32 weights and decodes with an fp16 copy
-(`decode_dtype`). A decode step multiplies one token by every weight, so it is bound by reading
-them from memory: half the bytes gave 1.5x the tokens/s on a 2-core AVX2 EPYC, while fp16 matrix
+On a CPU, `from_pretrained` reads the prompt with the fp32 weights and decodes with a copy whose
+Linear weights are stored in fp16 (`decode_dtype`; activations, norms, attention and the KV cache
+stay fp32). A decode step multiplies one token by every weight, so it is bound by reading them
+from memory: half the bytes gave about 1.5x the tokens/s on a 2-core AVX2 EPYC, while fp16 matrix
 products over a whole prompt are slower than fp32 there, hence the split (benchmarks/RESULTS.md
 has the figures and the agreement with fp32). It costs a second, half-size copy of the weights.
 
@@ -273,13 +274,30 @@ class PromptCache:
                 self._entries.popitem(last=False)
 
 
-def _cast_cache(cache, dtype: torch.dtype) -> None:
-    """Convert a KV cache's keys and values to `dtype` in place (prompt read in fp32, decode in fp16)."""
-    for layer in cache.layers:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if isinstance(tensor, torch.Tensor):
-                setattr(layer, name, tensor.to(dtype))
+class HalfWeightLinear(torch.nn.Module):
+    """A Linear layer for decoding: its weight kept in `dtype` (half the bytes to read per token),
+    input and output in the dtype the rest of the model computes in."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().to(dtype), persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def half_weight_copy(model, dtype: torch.dtype = torch.float16):
+    """A copy of `model` for decoding with every nn.Linear (the output head included) replaced by
+    a HalfWeightLinear in `dtype`; embeddings, norms and everything else unchanged."""
+    copied = copy.deepcopy(model).eval()
+    for module in list(copied.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, HalfWeightLinear(child, dtype))
+    return copied
 
 
 class Generator:
@@ -298,7 +316,7 @@ class Generator:
         self.prompt_cache = PromptCache(prompt_cache_tokens) if prompt_cache_tokens > 0 else None
         self.decode_model = self.model
         if decode_dtype is not None and decode_dtype != next(model.parameters()).dtype:
-            self.decode_model = copy.deepcopy(model).to(decode_dtype).eval()
+            self.decode_model = half_weight_copy(model, decode_dtype)
         self.tokenizer = tokenizer
         self.gate = gate
         self.settings = settings or GenerationSettings()
@@ -456,9 +474,7 @@ class Generator:
                 logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
             if not new_ids and self.prompt_cache is not None and next_input.shape[1] > 0:
                 self.prompt_cache.store(prompt_ids, cache, logits)  # before decoding adds to it
-            if model is not self.decode_model:
-                model = self.decode_model
-                _cast_cache(cache, next(model.parameters()).dtype)
+            model = self.decode_model
             scores = procs(reply_ids, logits[:, -1, :].float())  # (1, vocab)
             if s.sampling:
                 token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
