@@ -387,7 +387,7 @@ def train_worker(
     return {
         "config": config, "activation_checkpointing": probe.activation_checkpointing, "recipe": str(recipe_path.relative_to(REPO)), "precision": precision, "threads": threads,
         "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
-        "padding_free": t.packing and not recipe.baseline_prototype, "trainable_layers": trained_blocks,
+        "padding_free": t.packing and not recipe.baseline_prototype and t.micro_batch_size > 1, "trainable_layers": trained_blocks,
         "trainable_params": n_trainable, "params": n_params, "pool_conversations": len(examples),
         "warmup_s": marks[0]["time"] - train_started, "setup_s": setup_s, "windows": windows,
         "first_batch_lengths": probe.first_batch_lengths, "unmatched_sequences": probe.totals["unmatched"],

@@ -26,13 +26,7 @@ from warmline.safety import (
     safe_emit_length,
     screen_output,
 )
-from warmline.safety.classifier import (
-    CLASS_LEVELS,
-    ClassifierScore,
-    RiskClassifier,
-    load_training_examples,
-    packaged_training_path,
-)
+from warmline.safety.classifier import RiskClassifier, load_training_examples, packaged_training_path
 from warmline.safety.cli import app
 from warmline.safety.evaluate import evaluate_suite, load_suite, packaged_suite_path
 from warmline.safety.lexicon import Lexicon, default_lexicon
@@ -567,42 +561,3 @@ def test_suite_acceptance_with_classifier(
 def test_assessment_defaults() -> None:
     assert Assessment(level=RiskLevel.NONE).to_dict()["categories"] == []
 
-
-class _TopicClassifier:
-    """Stands in for the embedding classifier: long text scores like risk (the topic effect);
-    a passage scores high only when it holds a marked risk sentence."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def score(self, text: str) -> ClassifierScore:
-        self.seen.append(text)
-        risky = "[risk]" in text or len(text) > 200
-        probabilities = dict.fromkeys(CLASS_LEVELS, 0.0)
-        probabilities.update({"none": 0.1, "suicidal": 0.9} if risky else {"none": 0.9, "suicidal": 0.1})
-        return ClassifierScore(probabilities)
-
-
-LONG_BENIGN = (
-    "My partner and I keep having the same fight about chores. It starts small and then we both dig in. "
-    "Last night it went on until two in the morning. I love him but I am worn out by it. "
-    "How do we break the pattern?"
-)
-
-
-def test_a_long_message_needs_a_risky_passage_to_be_a_crisis() -> None:
-    """The classifier's whole-message score alone no longer makes a long message a crisis: its
-    riskiest two-sentence passage must score as risk too. Otherwise it is distress (the model
-    answers, with resources)."""
-    from warmline.safety.risk import assess_text
-
-    classifier = _TopicClassifier()
-    benign = assess_text(LONG_BENIGN, classifier=classifier)
-    assert benign.level == RiskLevel.DISTRESS
-    assert any("two-sentence passage" in line for line in benign.evidence)
-    assert len(classifier.seen) == 1 + 4  # the message, then its 4 two-sentence passages
-
-    risky = LONG_BENIGN.replace("Last night", "[risk] Last night")
-    assert assess_text(risky, classifier=_TopicClassifier()).level == RiskLevel.ELEVATED
-    short = "[risk] I don't see the point of anything."  # under 3 sentences: the whole-message score decides
-    assert assess_text(short, classifier=_TopicClassifier()).level == RiskLevel.ELEVATED

@@ -10,7 +10,6 @@ kidding" or a change of subject does not clear it.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,13 +35,6 @@ DISTRESS_THRESHOLD = 0.4
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
-
-PASSAGE_CHECK_SENTENCES = 3
-"""From this many sentences up, a message the classifier alone would raise to elevated must have
-a passage (two consecutive sentences) that scores at or above RISK_THRESHOLD on its own: the
-embedding of a long message is dominated by its topic (a long message about a partner or a
-child scored like risk talk), while a risk statement keeps its score in a short passage."""
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+")
 
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
@@ -124,10 +116,7 @@ def assess_text(
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(text)
         risk_score = score.risk
-        passage = None
-        if score.risk >= RISK_THRESHOLD and level.rank < RiskLevel.ELEVATED.rank and not found.benign_signals:
-            passage = _riskiest_passage(classifier, text)
-        level, categories, evidence = _combine(found, score, level, categories, evidence, passage)
+        level, categories, evidence = _combine(found, score, level, categories, evidence)
     return TurnAssessment(level=level, categories=categories, evidence=evidence, risk_score=risk_score)
 
 
@@ -137,13 +126,8 @@ def _combine(
     level: RiskLevel,
     categories: list[str],
     evidence: list[str],
-    passage: ClassifierScore | None = None,
 ) -> tuple[RiskLevel, list[str], list[str]]:
     """Let the classifier raise (never lower) the lexicon's level.
-
-    `passage`: the riskiest two-sentence passage's score, for a long message (see
-    PASSAGE_CHECK_SENTENCES). When even that passage stays under RISK_THRESHOLD, the message is
-    raised to distress only (the model answers, with crisis resources added).
 
     When the lexicon recognised a benign reading (an idiom, a negation, a recovered history,
     an informational question) and found no risk phrase, the classifier is not allowed to
@@ -156,13 +140,6 @@ def _combine(
             f"classifier p_risk={score.risk:.2f} (not used: lexicon found a benign reading)",
         ]
         return level, categories, evidence
-    if score.risk >= RISK_THRESHOLD and passage is not None and passage.risk < RISK_THRESHOLD:
-        return (
-            RiskLevel.highest(level, RiskLevel.DISTRESS),
-            categories + ["distress"] if "distress" not in categories else categories,
-            [*evidence, f"classifier: p_risk={score.risk:.2f} on the whole message, at most"
-                        f" {passage.risk:.2f} on any two-sentence passage (topic, not a risk statement)"],
-        )
     if score.risk >= RISK_THRESHOLD:
         top = score.top_risk_class
         imminent = score.probabilities["imminent"] >= IMMINENT_THRESHOLD or found.imminence
@@ -179,16 +156,6 @@ def _combine(
             [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
         )
     return level, categories, evidence
-
-
-def _riskiest_passage(classifier: RiskClassifier, text: str) -> ClassifierScore | None:
-    """The highest-risk score over every two consecutive sentences of a long message (None for a
-    message under PASSAGE_CHECK_SENTENCES sentences)."""
-    sentences = [s.strip() for s in _SENTENCE_BREAK.split(text) if s and s.strip()]
-    if len(sentences) < PASSAGE_CHECK_SENTENCES:
-        return None
-    passages = [" ".join(sentences[i : i + 2]) for i in range(len(sentences) - 1)]
-    return max((classifier.score(p) for p in passages), key=lambda s: s.risk)
 
 
 @lru_cache(maxsize=4096)
