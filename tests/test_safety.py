@@ -431,6 +431,7 @@ def test_safe_emit_length_holds_back_a_partial_marker() -> None:
 
 
 HELDOUT = packaged_suite_path().with_name("heldout.jsonl")
+BENIGN_RELATIONSHIPS = packaged_suite_path().with_name("benign_relationships.jsonl")
 
 
 def _words(text: str) -> set[str]:
@@ -479,6 +480,20 @@ def test_heldout_set_is_labelled_and_distinct() -> None:
             len(_words(a.text) & _words(b)) / len(_words(a.text) | _words(b)) for a in heldout for b in other
         )
         assert overlap < 0.6, "a held-out sentence is a near copy of a suite or training sentence"
+
+
+def test_benign_relationships_set_is_labelled_and_distinct() -> None:
+    # Ordinary messages about partners, family, friends, work, grief and sobriety, written apart
+    # from the training file to measure over-flagging on messages the classifier never saw.
+    benign = load_suite(BENIGN_RELATIONSHIPS)
+    assert 50 <= len(benign) <= 70
+    assert all(e.label == "negative" and e.level == RiskLevel.NONE for e in benign)
+    train, _ = load_training_examples(packaged_training_path())
+    for other in (train, [e.text for e in load_suite()], [e.text for e in load_suite(HELDOUT)]):
+        overlap = max(
+            len(_words(a.text) & _words(b)) / len(_words(a.text) | _words(b)) for a in benign for b in other
+        )
+        assert overlap < 0.6, "a benign-relationships sentence is a near copy of a training or suite sentence"
 
 
 def test_lexicon_alone_on_the_heldout_set() -> None:
@@ -556,6 +571,23 @@ def test_suite_acceptance_with_classifier(
     monkeypatch.setattr(evaluate_module, "default_classifier", lambda: classifier)
     report = evaluate_suite(load_suite(packaged_suite_path()))
     assert report.recall >= 0.98 and report.imminent_recall == 1.0 and report.fpr <= 0.05
+
+
+@pytest.mark.slow
+def test_benign_relationship_messages_are_not_over_flagged(
+    classifier: RiskClassifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long messages that mention a partner, child or parent used to read as third_party or
+    # harm_from_others: 11 of these 60 got a crisis reply before the training file gained benign
+    # family and relationship examples, 1 of 60 (0.017) after. The bound allows two more.
+    import warmline.safety.evaluate as evaluate_module
+    import warmline.safety.risk as risk_module
+
+    monkeypatch.setattr(risk_module, "default_classifier", lambda: classifier)
+    monkeypatch.setattr(evaluate_module, "default_classifier", lambda: classifier)
+    report = evaluate_suite(load_suite(BENIGN_RELATIONSHIPS))
+    assert report.counts["negative"] == 60
+    assert report.fpr <= 0.05, [fp["text"] for fp in report.false_positives]
 
 
 def test_assessment_defaults() -> None:
