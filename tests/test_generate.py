@@ -48,7 +48,11 @@ class ScriptedForward:
         return out
 
 
-def script(monkeypatch, generator: Generator, ids: list[int]) -> ScriptedForward:
+def script(monkeypatch, generator: Generator, ids: list[int], keep_prompt_cache: bool = False) -> ScriptedForward:
+    """Script the model's next tokens. Without `keep_prompt_cache`, the generator reads every
+    prompt whole in one forward pass (no cached or separately read shared prefix)."""
+    if not keep_prompt_cache:
+        monkeypatch.setattr(generator, "prompt_cache", None)
     scripted = ScriptedForward(generator.model, ids)
     monkeypatch.setattr(generator.model, "forward", scripted)
     if generator.decode_model is not generator.model:  # the fp16 copy that decodes: same script
@@ -66,10 +70,12 @@ def _empty_prompt_caches():
     """Tests share the module's generators; a prompt cached by one (maybe with scripted logits)
     must not answer another's."""
     for gen in _SHARED:
-        gen.prompt_cache.clear()
+        if gen.prompt_cache is not None:  # None while a test has it patched away
+            gen.prompt_cache.clear()
     yield
     for gen in _SHARED:
-        gen.prompt_cache.clear()
+        if gen.prompt_cache is not None:  # None while a test has it patched away
+            gen.prompt_cache.clear()
 
 
 def text_ids(generator: Generator, text: str) -> list[int]:
@@ -342,6 +348,7 @@ def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatc
     assert half and all(m.weight.dtype == torch.float16 for m in half)
     assert not any(isinstance(m, torch.nn.Linear) for m in llama.decode_model.modules())
     assert any(isinstance(m, torch.nn.Linear) for m in llama.model.modules())  # the original is untouched
+    monkeypatch.setattr(llama, "prompt_cache", None)  # the prompt is read whole, in one pass
     calls = []
     for name, model in (("fp32", llama.model), ("fp16", llama.decode_model)):
         hook = model.register_forward_pre_hook(
@@ -394,7 +401,7 @@ def test_the_next_turn_reads_only_its_new_tokens(llama: Generator, monkeypatch) 
     reply = llama.generate(first, seed=0, max_new_tokens=6)
     assert reply.reused_prompt_tokens == 0
     second = first + [{"role": "assistant", "content": reply.text}, {"role": "user", "content": "Thanks."}]
-    scripted = script(monkeypatch, llama, text_ids(llama, "ok"))
+    scripted = script(monkeypatch, llama, text_ids(llama, "ok"), keep_prompt_cache=True)
     result = llama.generate(second, seed=0, max_new_tokens=2, stop_strings=())
     assert result.reused_prompt_tokens == len(llama.prompt_ids(first))
     assert scripted.input_lengths[0] == len(llama.prompt_ids(second)) - result.reused_prompt_tokens
@@ -441,3 +448,23 @@ def test_prompt_cache_keeps_the_longest_prefix_and_evicts_the_oldest() -> None:
     assert cache.lookup([8, 8, 8, 8])[0] == 4
     cache.store(list(range(11)), "too long", logits)
     assert cache.lookup(list(range(11)))[0] == 0
+
+
+def test_a_new_conversation_skips_the_shared_system_prompt(tiny_llama_dir: Path) -> None:
+    """The first turn keeps the prompt part every first turn shares (template + system prompt);
+    the next conversation with the same system prompt reads only its own message, and replies as
+    a cold read would."""
+    warm = Generator.from_pretrained(str(tiny_llama_dir))
+    cold = Generator.from_pretrained(str(tiny_llama_dir), prompt_cache_tokens=0)
+    first = warm.generate(ask("I can't stop thinking about my exam."), temperature=0, max_new_tokens=6)
+    assert first.reused_prompt_tokens == 0
+    other = ask("My cat is sick and I'm scared.")
+    shared = warm._shared_prefix(other)
+    assert len(shared) >= len(warm.tokenizer(SYSTEM["content"], add_special_tokens=False)["input_ids"])
+    assert warm.prompt_ids(other)[: len(shared)] == shared
+    result = warm.generate(other, temperature=0, max_new_tokens=10)
+    assert result.reused_prompt_tokens == len(shared)
+    assert result.text == cold.generate(other, temperature=0, max_new_tokens=10).text
+    # A different system prompt shares nothing with it.
+    different = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "hi"}]
+    assert warm.generate(different, temperature=0, max_new_tokens=2).reused_prompt_tokens < len(shared)

@@ -135,7 +135,9 @@ def test_settings_reach_the_generator_and_seed_reproduces(served, tiny_llama_dir
 
 
 def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Path, monkeypatch) -> None:
-    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=SafetyGate(use_classifier=False))
+    generator = Generator.from_pretrained(
+        str(tiny_llama_dir), gate=SafetyGate(use_classifier=False), prompt_cache_tokens=0
+    )  # one forward pass reads the prompt: the script's first token answers it
     script = generator.tokenizer("I see. You have bipolar disorder. Rest now.", add_special_tokens=False)[
         "input_ids"
     ]

@@ -16,7 +16,9 @@ has the figures and the agreement with fp32). It costs a second, half-size copy 
 model read it. The next turn of a conversation starts with the previous turn's prompt, so only
 the reply and the new message are read: time to first token stays flat as a chat grows. The
 cache lives in memory only, never on disk, bounded in tokens; the same prompt gives the same
-keys and values, so sharing entries between conversations reveals nothing they do not share. An optional safety gate answers crisis messages itself and screens every reply:
+keys and values, so sharing entries between conversations reveals nothing they do not share.
+On a new conversation's first turn the cache also keeps the part every such prompt starts with
+(the template and system prompt, up to the user's text), so the next conversation skips it. An optional safety gate answers crisis messages itself and screens every reply:
 
     gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
     result = GenerationResult()
@@ -314,6 +316,7 @@ class Generator:
         `prompt_cache_tokens`: the PromptCache's size in tokens (0: no cache)."""
         self.model = model.eval()
         self.prompt_cache = PromptCache(prompt_cache_tokens) if prompt_cache_tokens > 0 else None
+        self._shared_prefixes: dict[str | None, list[int]] = {}  # system prompt -> its prompt prefix
         self.decode_model = self.model
         if decode_dtype is not None and decode_dtype != next(model.parameters()).dtype:
             self.decode_model = half_weight_copy(model, decode_dtype)
@@ -386,8 +389,9 @@ class Generator:
                     yield crisis
                     return
             prompt_ids = self.prompt_ids(conversation, s)
+            shared = self._shared_prefix(conversation) if self.prompt_cache is not None else []
             released_any = False
-            for piece in self._decode_stream(prompt_ids, s, seed, out, started, assessment):
+            for piece in self._decode_stream(prompt_ids, s, seed, out, started, assessment, shared):
                 released_any = True
                 yield piece
             if out.stop_reason == "screened":
@@ -431,11 +435,31 @@ class Generator:
                 procs.append(TopPLogitsWarper(s.top_p))
         return procs
 
+    # Shorter shared prefixes are not worth a second forward pass.
+    _MIN_SHARED_PREFIX = 8
+
+    def _shared_prefix(self, conversation: Conversation) -> list[int]:
+        """For a first turn: the prompt tokens every first turn with the same system prompt starts
+        with (the template up to where the user's text begins); [] otherwise. Found as the common
+        part of two prompts that differ only in the user's text."""
+        system = [t for t in conversation[:1] if t["role"] == "system"]
+        if len(conversation) != len(system) + 1:
+            return []  # a later turn: the previous turn's prompt is the longer match
+        key = system[0]["content"] if system else None
+        prefix = self._shared_prefixes.get(key)
+        if prefix is None:
+            a, b = (encode_prompt(self.tokenizer, system + [{"role": "user", "content": c}]) for c in ("a", "b"))
+            n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            prefix = a[:n] if n >= self._MIN_SHARED_PREFIX else []
+            if len(self._shared_prefixes) < 64:
+                self._shared_prefixes[key] = prefix
+        return prefix
+
     # inference_mode on a generator function applies to each step it runs, in whichever thread.
     @torch.inference_mode()
     def _decode_stream(
         self, prompt_ids: list[int], s: GenerationSettings, seed: int | None, out: GenerationResult,
-        started: float, assessment,
+        started: float, assessment, shared: list[int] = (),
     ) -> Iterator[str]:  # fmt: skip
         """The KV-cached decode loop; yields text once it is past every stop string (and screened)."""
         from transformers import DynamicCache
@@ -456,12 +480,20 @@ class Generator:
         if cache is None:
             cache = DynamicCache(config=self.model.config)
         out.reused_prompt_tokens = reused
+        read = reused  # prompt tokens the cache holds
+        if reused < len(shared) < len(prompt_ids) and prompt_ids[: len(shared)] == list(shared):
+            # Read the part every first turn shares on its own and keep it for the next conversation.
+            with torch.inference_mode():
+                logits = self.model(input_ids=torch.tensor([prompt_ids[reused : len(shared)]], device=self.device),
+                                    cache=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
+            self.prompt_cache.store(list(shared), cache, logits)
+            read = len(shared)
         # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
         # also penalises the end-of-turn token that closes every earlier turn, and with it the
         # model's ability to stop: replies then run to the token limit.
         reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
         # The prompt (what the cache does not hold yet), then one token a step
-        next_input = torch.tensor([prompt_ids[reused:]], device=self.device)
+        next_input = torch.tensor([prompt_ids[read:]], device=self.device)
         new_ids: list[int] = []
         released = 0  # characters of `text` already yielded
         text = ""
