@@ -18,6 +18,9 @@ from warmline.safety import AI_NOTICE, SafetyGate, assess, crisis_reply
 class EchoGenerator:
     """Replies with what it saw: the number of user turns and the latest message, in two pieces."""
 
+    def warm_up(self, system_prompt=None) -> None:
+        self.warmed_with = system_prompt
+
     def __init__(self) -> None:
         self.settings = GenerationSettings()
         self.conversations: list[list[dict[str, str]]] = []
@@ -117,5 +120,6 @@ def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
 def test_fp16_decode_is_the_default_and_can_be_turned_off(echo: EchoGenerator) -> None:
     run(["/quit"])
     assert echo.fp16_decode is True
+    assert echo.warmed_with == DEFAULT_SYSTEM_PROMPT  # warmed up before the first message
     run(["/quit"], "--fp32-decode")
     assert echo.fp16_decode is False

@@ -468,3 +468,14 @@ def test_a_new_conversation_skips_the_shared_system_prompt(tiny_llama_dir: Path)
     # A different system prompt shares nothing with it.
     different = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "hi"}]
     assert warm.generate(different, temperature=0, max_new_tokens=2).reused_prompt_tokens < len(shared)
+
+
+def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Generator, monkeypatch) -> None:
+    gate = gated_llama.gate
+    seen = []
+    monkeypatch.setattr(gate, "check_input", lambda conv, original=gate.check_input: seen.append(conv) or original(conv))
+    gated_llama.warm_up(SYSTEM["content"])
+    assert seen == [] and gated_llama.gate is gate  # the warm-up bypasses the gate, then restores it
+    result = gated_llama.generate(ask("Work has been a lot lately."), seed=0, max_new_tokens=4)
+    assert result.reused_prompt_tokens == len(gated_llama._shared_prefix(ask("x"))) > 0
+    assert seen  # the user's message went through the gate

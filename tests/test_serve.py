@@ -25,6 +25,9 @@ class CountingGenerator:
     """Scripted: replies "turn N: <every user message it saw>" word by word, slowly enough to
     overlap, and records how many replies were being generated at once."""
 
+    def warm_up(self, system_prompt=None) -> None:
+        self.warmed_with = system_prompt
+
     def __init__(self, delay_s: float = 0.05) -> None:
         self.settings = GenerationSettings()
         self.gate = None

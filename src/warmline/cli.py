@@ -198,8 +198,10 @@ def chat(
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
+    system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
+    generator.warm_up(system_prompt)
     run_chat(
-        generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, seed=seed,
+        generator, system_prompt=system_prompt, seed=seed,
         model_name=model, locale=locale, verbose=verbose,
     )  # fmt: skip
 
@@ -237,8 +239,10 @@ def serve(
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
+    system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
+    generator.warm_up(system_prompt)
     web_app = build_app(
-        generator, system_prompt=DEFAULT_SYSTEM_PROMPT if system is None else system, locale=locale,
+        generator, system_prompt=system_prompt, locale=locale,
         transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,
     )  # fmt: skip
     launch(web_app, host=host, port=port)

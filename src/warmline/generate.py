@@ -405,6 +405,18 @@ class Generator:
         finally:
             out.duration_s = time.perf_counter() - started
 
+    def warm_up(self, system_prompt: str | None = None) -> None:
+        """Run one short reply before the first user arrives: first-call allocations and kernel
+        choices happen now, and the PromptCache keeps the template + system prompt that every
+        first turn starts with. Bypasses the gate (nothing is shown or kept)."""
+        conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        conversation.append({"role": "user", "content": "Hello."})
+        gate, self.gate = self.gate, None
+        try:
+            self.generate(conversation, seed=0, max_new_tokens=2)
+        finally:
+            self.gate = gate
+
     def generate(
         self, conversation: Conversation, *, seed: int | None = None, **overrides: Any
     ) -> GenerationResult:
