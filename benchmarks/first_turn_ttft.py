@@ -20,6 +20,8 @@ from _common import result_line  # noqa: E402
 
 
 def main() -> int:
+    import copy
+
     import generate_latency as gl
     import torch
 
@@ -30,8 +32,8 @@ def main() -> int:
     tokenizer = load_tokenizer(gl.BASE_MODEL)
     model = load_model(gl.BASE_MODEL).eval()
     cached = Generator(model, tokenizer, decode_dtype=torch.float16, prompt_cache_tokens=4096)
-    cold = Generator(model, tokenizer)
-    cold.decode_model = cached.decode_model
+    cold = copy.copy(cached)  # the same weights and fp16 copy, no cache
+    cold.prompt_cache = None
 
     def first_turn(message: str) -> list[dict[str, str]]:
         return [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": message}]

@@ -267,27 +267,25 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
     if fp16 is not None:
         torch.set_num_threads(default_threads)
         for r in range(repeats):
-            multiturn_runs.append(multiturn_ttft(models[None], tokenizer, seed=r))
+            multiturn_runs.append(multiturn_ttft(fp16, seed=r))
     return {"variants": {v: {"impl": VARIANTS[v][0], "threads": VARIANTS[v][1] or default_threads,
                              "int8": VARIANTS[v][2], "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
                              "runs": runs[v]} for v in variants},
             "multiturn": multiturn_runs}  # fmt: skip
 
 
-def multiturn_ttft(model, tokenizer, *, seed: int) -> list[dict]:
+def multiturn_ttft(cold, *, seed: int) -> list[dict]:
     """TTFT turn by turn in one chat (warmline's system prompt, MULTITURN_MESSAGES, natural replies
     up to 64 tokens), with the PromptCache (as `warmline chat` and `serve` run) and without: the
-    same prompts, so the only difference is how much of each the model reads."""
+    same prompts and weights (`cold`, a Generator without a cache, and a copy of it with an empty
+    one), so the only difference is how much of each prompt the model reads."""
     import copy
 
-    import torch
-
-    from warmline.generate import Generator
+    from warmline.generate import PromptCache
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
 
-    cached = Generator(model, tokenizer, decode_dtype=torch.float16, prompt_cache_tokens=4096)
-    cold = copy.copy(cached)
-    cold.prompt_cache = None
+    cached = copy.copy(cold)
+    cached.prompt_cache = PromptCache(4096)
     conv = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
     rows = []
     for turn, message in enumerate(MULTITURN_MESSAGES, 1):

@@ -560,31 +560,30 @@ def test_classifier_does_not_overrule_a_benign_reading(classifier: RiskClassifie
     assert not assessment.is_crisis
 
 
-@pytest.mark.slow
-def test_suite_acceptance_with_classifier(
-    classifier: RiskClassifier, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def suite_classifier(classifier: RiskClassifier, monkeypatch: pytest.MonkeyPatch) -> RiskClassifier:
+    """The module's classifier as the one `evaluate_suite` (and the risk assessment) uses."""
     import warmline.safety.evaluate as evaluate_module
     import warmline.safety.risk as risk_module
 
     monkeypatch.setattr(risk_module, "default_classifier", lambda: classifier)
     monkeypatch.setattr(evaluate_module, "default_classifier", lambda: classifier)
+    return classifier
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("suite_classifier")
+def test_suite_acceptance_with_classifier() -> None:
     report = evaluate_suite(load_suite(packaged_suite_path()))
     assert report.recall >= 0.98 and report.imminent_recall == 1.0 and report.fpr <= 0.05
 
 
 @pytest.mark.slow
-def test_benign_relationship_messages_are_not_over_flagged(
-    classifier: RiskClassifier, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("suite_classifier")
+def test_benign_relationship_messages_are_not_over_flagged() -> None:
     # Long messages that mention a partner, child or parent used to read as third_party or
     # harm_from_others: 11 of these 60 got a crisis reply before the training file gained benign
     # family and relationship examples, 1 of 60 (0.017) after. The bound allows two more.
-    import warmline.safety.evaluate as evaluate_module
-    import warmline.safety.risk as risk_module
-
-    monkeypatch.setattr(risk_module, "default_classifier", lambda: classifier)
-    monkeypatch.setattr(evaluate_module, "default_classifier", lambda: classifier)
     report = evaluate_suite(load_suite(BENIGN_RELATIONSHIPS))
     assert report.counts["negative"] == 60
     assert report.fpr <= 0.05, [fp["text"] for fp in report.false_positives]

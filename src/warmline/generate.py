@@ -18,7 +18,9 @@ the reply and the new message are read: time to first token stays flat as a chat
 cache lives in memory only, never on disk, bounded in tokens; the same prompt gives the same
 keys and values, so sharing entries between conversations reveals nothing they do not share.
 On a new conversation's first turn the cache also keeps the part every such prompt starts with
-(the template and system prompt, up to the user's text), so the next conversation skips it. An optional safety gate answers crisis messages itself and screens every reply:
+(the template and system prompt, up to the user's text), so the next conversation skips it.
+
+An optional safety gate answers crisis messages itself and screens every reply:
 
     gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
     result = GenerationResult()
@@ -495,9 +497,8 @@ class Generator:
         read = reused  # prompt tokens the cache holds
         if reused < len(shared) < len(prompt_ids) and prompt_ids[: len(shared)] == list(shared):
             # Read the part every first turn shares on its own and keep it for the next conversation.
-            with torch.inference_mode():
-                logits = self.model(input_ids=torch.tensor([prompt_ids[reused : len(shared)]], device=self.device),
-                                    cache=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
+            logits = self.model(input_ids=torch.tensor([prompt_ids[reused : len(shared)]], device=self.device),
+                                cache=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
             self.prompt_cache.store(list(shared), cache, logits)
             read = len(shared)
         # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
