@@ -13,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
-GPT2_TOKENIZER_DIR = SHARED / "gpt2_tokenizer"
+# The real GPT-2 vocabulary, committed (tests/fixtures/gpt2_tokenizer/LICENSE): no ../shared needed.
+GPT2_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2_tokenizer"
 COUNSEL_CHAT = SHARED / "counsel_chat" / "counsel_chat_amod_format.jsonl"
 
 CHATML_TEMPLATE = (
@@ -29,18 +30,12 @@ TOKENIZER_CORPUS = [
 ] * 20
 
 
-def _require_gpt2_tokenizer() -> Path:
-    if not (GPT2_TOKENIZER_DIR / "vocab.json").is_file():
-        pytest.skip(f"real GPT-2 tokenizer files not found in {GPT2_TOKENIZER_DIR} (../shared/datasets)")
-    return GPT2_TOKENIZER_DIR
-
-
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     """The real GPT-2 byte-level BPE tokenizer (no chat template)."""
     from transformers import GPT2TokenizerFast
 
-    tok = GPT2TokenizerFast.from_pretrained(str(_require_gpt2_tokenizer()))
+    tok = GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER_DIR))
     tok.pad_token = tok.eos_token
     return tok
 

@@ -479,3 +479,32 @@ def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Genera
     result = gated_llama.generate(ask("Work has been a lot lately."), seed=0, max_new_tokens=4)
     assert result.reused_prompt_tokens == len(gated_llama._shared_prefix(ask("x"))) > 0
     assert seen  # the user's message went through the gate
+
+
+# Replies of the tiny random models, pinned: a refactor of the generator must leave them unchanged
+# (greedy and seeded sampling, fp32 decoding and the fp16 decode copy alike). Recompute only for an
+# intended change. The tiny Llama's greedy choice is a newline every step: its reply strips to "".
+PINNED_REPLIES = {
+    ('tiny_llama_dir', True, None): ('', 'max_new_tokens', 24),
+    ('tiny_llama_dir', False, None): ('', 'max_new_tokens', 24),
+    ('tiny_gpt2_dir', True, None): ('rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed', 'max_new_tokens', 24),
+    ('tiny_gpt2_dir', False, None): ('rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed', 'max_new_tokens', 24),
+    ('tiny_llama_dir', True, 0): ('weekLB�� puttJwakeqc�cwake hasG ke hardnight�� tired tired', 'max_new_tokens', 24),
+    ('tiny_gpt2_dir', True, 0): ('mergradingStats Makossession debating desolate!,Ter Reed tightened ThickCreated advertiseSadlySaidrificationonsequphoto apePsioneursions Ferguson', 'max_new_tokens', 24),
+    ('tiny_gpt2_dir', False, 3): (']} GabriellexAk flooded fab graduatedElement tupleairedriors pastry 1934 stylapsed jointief Header Caucas originalholearis investigators defended', 'max_new_tokens', 24),
+}
+
+
+@pytest.mark.parametrize(("model_fixture", "fp16_decode", "seed"), list(PINNED_REPLIES))
+def test_replies_are_pinned(model_fixture, fp16_decode, seed, request) -> None:
+    gen = Generator.from_pretrained(str(request.getfixturevalue(model_fixture)), fp16_decode=fp16_decode)
+    conversation = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "I feel lonely at night."},
+        {"role": "assistant", "content": "That sounds hard."},
+        {"role": "user", "content": "Work is stressful too."},
+    ]
+    sampling = {"temperature": 0} if seed is None else {"seed": seed}
+    result = gen.generate(conversation, max_new_tokens=24, repetition_penalty=1.5, **sampling)
+    got = (result.text, result.stop_reason, result.new_tokens)
+    assert got == PINNED_REPLIES[(model_fixture, fp16_decode, seed)]
