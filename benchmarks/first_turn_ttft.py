@@ -25,9 +25,9 @@ def main() -> int:
     import generate_latency as gl
     import torch
 
-    from warmline.generate import Generator
     from warmline.models import load_model, load_tokenizer
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.serving.generator import Generator
 
     tokenizer = load_tokenizer(gl.BASE_MODEL)
     model = load_model(gl.BASE_MODEL).eval()

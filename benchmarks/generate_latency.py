@@ -129,7 +129,7 @@ LONG_MESSAGE = (
 def long_message(tokenizer, impl: str, target_prompt_tokens: int = 100) -> str:
     """The longest prefix (in words) of LONG_MESSAGE whose prompt, as `impl` builds it (the
     prototype's "Human/Assistant" text or warmline's chat template), has at most the target tokens."""
-    from warmline.tokenize import encode_prompt
+    from warmline.data.tokens import encode_prompt
 
     def prompt_tokens(text: str) -> int:
         if impl == "hf":
@@ -221,8 +221,8 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
 
     import torch
 
-    from warmline.generate import SAMPLE_PROMPTS, Generator
     from warmline.models import load_model, load_tokenizer
+    from warmline.serving.generator import SAMPLE_PROMPTS, Generator
 
     default_threads = torch.get_num_threads()
     tokenizer = load_tokenizer(BASE_MODEL)
@@ -281,8 +281,8 @@ def multiturn_ttft(cold, *, seed: int) -> list[dict]:
     one), so the only difference is how much of each prompt the model reads."""
     import copy
 
-    from warmline.generate import PromptCache
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.serving.generator import PromptCache
 
     cached = copy.copy(cold)
     cached.prompt_cache = PromptCache(4096)
@@ -326,11 +326,11 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
     import torch
     from transformers import DynamicCache
 
-    from warmline.data import prepare_stage
-    from warmline.generate import half_weight_copy
+    from warmline.data.cleaning import prepare_stage
+    from warmline.data.tokens import IGNORE_INDEX, tokenize_conversation
     from warmline.models import load_model, load_tokenizer
     from warmline.recipe import load_recipe
-    from warmline.tokenize import IGNORE_INDEX, tokenize_conversation
+    from warmline.serving.generator import half_weight_copy
 
     os.chdir(REPO)
     recipe = load_recipe(OFFLINE_RECIPE)

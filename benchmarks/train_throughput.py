@@ -30,7 +30,7 @@ the recipe trains them) plus, when present, an equal number from the counsel-cha
 `tokenize_prototype`); a conversation is kept only if both keep it, so every configuration draws
 from the same pool, and the Trainer's seeded sampler gives every configuration the same order.
 
-Each configuration runs in its own process through `warmline.train.train_stage` (the real
+Each configuration runs in its own process through `warmline.training.train.train_stage` (the real
 SFTTrainer path, callbacks included) on a temporary run folder: one warm-up optimizer step, then
 --repeats timed windows of --steps-per-repeat optimizer steps; each figure is the median over the
 windows. A callback stops the Trainer after the last window (train_stage has no max-steps
@@ -191,7 +191,7 @@ def prototype_useful_tokens(tokenizer, conv, max_length: int) -> tuple[list[int]
 
 def _conversation_pool(counsel_chat_rows: int):
     """(max_length, conversation) pairs: the offline recipe's training conversations + counsel-chat."""
-    from warmline.data import prepare_stage
+    from warmline.data.cleaning import prepare_stage
     from warmline.recipe import StageConfig, load_recipe
 
     os.chdir(REPO)  # recipe sources are relative to the repository root
@@ -289,12 +289,12 @@ def train_worker(
     import trl
     from transformers import AutoConfig
 
-    from warmline.data import StageData
+    from warmline.data.cleaning import StageData
+    from warmline.data.tokens import PLAIN_CHAT_TEMPLATE, tokenize_conversation, tokenize_prototype
     from warmline.hardware import configure_threads, resolve_precision
     from warmline.models import load_tokenizer, resolve_model
     from warmline.recipe import load_recipe
-    from warmline.tokenize import PLAIN_CHAT_TEMPLATE, tokenize_conversation, tokenize_prototype
-    from warmline.train import PreparedStage, train_stage
+    from warmline.training.train import PreparedStage, train_stage
 
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]

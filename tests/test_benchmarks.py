@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _common  # noqa: E402
 import train_throughput as tt  # noqa: E402
 
-from warmline.tokenize import tokenize_conversation, tokenize_prototype  # noqa: E402
+from warmline.data.tokens import tokenize_conversation, tokenize_prototype  # noqa: E402
 
 ARCH = tt.Arch(layers=4, block_matmul_params=1000, head_params=500, attention_dim=8)
 CONV = [

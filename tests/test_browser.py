@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from warmline.generate import SAMPLE_PROMPTS, GenerationSettings
 from warmline.safety import AI_NOTICE
-from warmline.serve import build_app, launch
+from warmline.serving.generator import SAMPLE_PROMPTS, GenerationSettings
+from warmline.serving.web import build_app, launch
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from warmline import cli
-from warmline.generate import GenerationSettings
 from warmline.recipe import DEFAULT_SYSTEM_PROMPT
 from warmline.safety import AI_NOTICE, SafetyGate, assess, crisis_reply
+from warmline.serving.generator import GenerationSettings
 
 
 class EchoGenerator:

@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from warmline.cli import COMMANDS, app
-from warmline.tokenize import tokenize_conversation
+from warmline.data.tokens import tokenize_conversation
 
 EXPECTED_COMMANDS = ["train", "data inspect", "chat", "serve", "eval", "safety check", "safety eval"]
 runner = CliRunner()

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from conftest import COUNSEL_CHAT
 
-from warmline.data import StageData, normalise_for_dedup, prepare_stage, prompt_key
-from warmline.formats import FormatError
+from warmline.data.cleaning import StageData, normalise_for_dedup, prepare_stage, prompt_key
+from warmline.data.formats import FormatError
+from warmline.data.sources import SourceError, read_source
 from warmline.models import ModelNotAvailableError, resolve_model
 from warmline.recipe import StageConfig
-from warmline.sources import SourceError, read_source
 
 BOILERPLATE = (
     "You are a helpful mental health counselling assistant, please answer the mental health questions "
@@ -200,7 +200,7 @@ def test_messages_sharegpt_style(tmp_path):
     ],
 )
 def test_auto_detection_is_logged_and_reported(tmp_path, caplog, rows, expected):
-    caplog.set_level(logging.INFO, logger="warmline.data")
+    caplog.set_level(logging.INFO, logger="warmline.data.cleaning")
     data = prepare(write_jsonl(tmp_path / "x.jsonl", rows), "auto")
     assert data.format == expected
     assert data.stats()["format"] == expected

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmline.data import StageData, normalise_for_dedup, prepare_stage
-from warmline.formats import Conversation
+from warmline.data.cleaning import StageData, normalise_for_dedup, prepare_stage
+from warmline.data.formats import Conversation
 from warmline.recipe import StageConfig
 from warmline.safety import assess
 

@@ -14,12 +14,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from warmline import evaluate as ev
+import warmline.evaluation.evaluate as ev
 from warmline.cli import app
-from warmline.data import prepare_stage
+from warmline.data.cleaning import prepare_stage
+from warmline.data.tokens import tokenize_conversation
 from warmline.recipe import load_recipe
 from warmline.safety import SafetyGate
-from warmline.tokenize import tokenize_conversation
 
 # Two held-out prompts per stage (and two crisis prompts), replies of at most 8 tokens.
 QUICK = ("--limit", "2", "--max-new-tokens", "8")
@@ -46,7 +46,7 @@ def _write_stage_data(folder: Path, name: str, n: int, offset: int) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_llama_dir) -> Path:
     """A finished 2-stage run (alpha, beta) of the tiny Llama, evaluated once into run/report/."""
-    from warmline.train import train_recipe
+    from warmline.training.train import train_recipe
 
     tmp = tmp_path_factory.mktemp("eval-run")
     a, b = _write_stage_data(tmp, "alpha", 16, 0), _write_stage_data(tmp, "beta", 16, 100)
@@ -261,7 +261,7 @@ def test_compare_renders(run_dir, metrics, tmp_path, caplog):
     """Run B is a copy of the run (report included): both evaluations are reused, nothing is generated."""
     other = tmp_path / "tiny-copy"
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("report-compare-*"))
-    with caplog.at_level("INFO", logger="warmline.evaluate"):
+    with caplog.at_level("INFO", logger="warmline.evaluation.evaluate"):
         result = eval_cli("--compare", str(run_dir), str(other), *QUICK)
     assert caplog.text.count("reusing") == 2
     report = run_dir / "report-compare-tiny-copy" / "report.md"

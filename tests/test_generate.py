@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from warmline.generate import GenerationResult, GenerationSettings, Generator, truncate_history
+from warmline.data.tokens import encode_prompt
 from warmline.safety import SafetyGate
 from warmline.safety.screen import FALLBACK_REPLY
-from warmline.tokenize import encode_prompt
+from warmline.serving.generator import GenerationResult, GenerationSettings, Generator, truncate_history
 
 SYSTEM = {"role": "system", "content": "You are a kind listener."}
 
@@ -341,7 +341,7 @@ def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, m
 def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatch) -> None:
     """On a CPU, from_pretrained reads the prompt with the fp32 weights and decodes with a copy
     whose Linear weights (the output head included) are fp16."""
-    from warmline.generate import HalfWeightLinear
+    from warmline.serving.generator import HalfWeightLinear
 
     assert next(llama.model.parameters()).dtype == torch.float32
     half = [m for m in llama.decode_model.modules() if isinstance(m, HalfWeightLinear)]
@@ -434,7 +434,7 @@ def test_the_same_prompt_again_skips_reading_it(llama: Generator, monkeypatch) -
 
 
 def test_prompt_cache_keeps_the_longest_prefix_and_evicts_the_oldest() -> None:
-    from warmline.generate import PromptCache
+    from warmline.serving.generator import PromptCache
 
     cache = PromptCache(max_tokens=10)
     logits = torch.zeros(1, 1, 3)

@@ -15,10 +15,10 @@ from gradio_client import Client
 from typer.testing import CliRunner
 
 from warmline import cli
-from warmline.generate import GenerationSettings, Generator
 from warmline.safety import AI_NOTICE, SafetyGate
 from warmline.safety.screen import FALLBACK_REPLY
-from warmline.serve import build_app, history_to_conversation, launch
+from warmline.serving.generator import GenerationSettings, Generator
+from warmline.serving.web import build_app, history_to_conversation, launch
 
 
 class CountingGenerator:
@@ -220,7 +220,7 @@ def test_history_from_the_browser_is_reduced_to_text_turns() -> None:
 def test_serve_command_binds_localhost_by_default(monkeypatch) -> None:
     seen = {}
     monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings, fp16_decode=True: CountingGenerator())
-    monkeypatch.setattr("warmline.serve.launch", lambda app, **kwargs: seen.update(kwargs, app=app))
+    monkeypatch.setattr("warmline.serving.web.launch", lambda app, **kwargs: seen.update(kwargs, app=app))
     result = CliRunner().invoke(cli.app, ["serve", "some-model", "--temperature", "0.5"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860

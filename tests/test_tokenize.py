@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from warmline.tokenize import (
+from warmline.data.tokens import (
     IGNORE_INDEX,
     PLAIN_CHAT_TEMPLATE,
     encode_prompt,

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from warmline import train as train_mod
-from warmline.loss import collate_padding_free, evaluate_loss
+import warmline.training.train as train_mod
+from warmline.data.tokens import IGNORE_INDEX, tokenize_conversation
+from warmline.evaluation.loss import collate_padding_free, evaluate_loss
 from warmline.recipe import load_recipe
-from warmline.tokenize import IGNORE_INDEX, tokenize_conversation
 
 FEELINGS = ["lonely", "tired", "anxious", "sad", "stressed", "angry", "lost", "numb"]
 PLACES = ["at work", "at home", "at school", "with friends", "at night", "on weekends"]
@@ -165,9 +165,9 @@ def test_labels_mask_prompt_and_train_eos(tiny_llama_dir):
 
 
 def test_replay_mixes_the_asked_fraction():
+    from warmline.data.tokens import TokenizedExample
     from warmline.recipe import StageConfig
-    from warmline.tokenize import TokenizedExample
-    from warmline.train import PreparedStage, replay_examples
+    from warmline.training.train import PreparedStage, replay_examples
 
     def stage(i, n, frac):
         exs = [TokenizedExample([i, k], [i, k]) for k in range(n)]
@@ -184,7 +184,7 @@ def test_replay_mixes_the_asked_fraction():
 
 def test_resume_after_an_interrupted_stage(tmp_path, tiny_llama_dir, monkeypatch):
     """Kill stage 2 right after a checkpoint; --resume skips stage 1 and finishes from the checkpoint."""
-    from warmline.callbacks import CheckpointMarker
+    from warmline.training.callbacks import CheckpointMarker
 
     real_on_save = CheckpointMarker.on_save
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from .generate import GenerationSettings, Generator
+    from warmline.serving.generator import GenerationSettings, Generator
 
 app = typer.Typer(
     help="Sequentially fine-tune small language models into empathetic, safety-aware support chatbots.",
@@ -27,11 +27,11 @@ app.add_typer(data_app, name="data")
 # Command name -> the module that implements it. tests/test_cli.py keeps this map, the
 # registered commands and the modules in sync.
 COMMANDS: dict[str, str] = {
-    "train": "warmline.train",
-    "data inspect": "warmline.inspect_data",
-    "chat": "warmline.chat",
-    "serve": "warmline.serve",
-    "eval": "warmline.evaluate",
+    "train": "warmline.training.train",
+    "data inspect": "warmline.data.inspection",
+    "chat": "warmline.serving.chat",
+    "serve": "warmline.serving.web",
+    "eval": "warmline.evaluation.evaluate",
     "safety check": "warmline.safety",
     "safety eval": "warmline.safety",
 }
@@ -43,10 +43,10 @@ Overrides = Annotated[
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from .formats import FormatError
-    from .models import ModelNotAvailableError
-    from .recipe import RecipeError
-    from .sources import SourceError
+    from warmline.data.formats import FormatError
+    from warmline.data.sources import SourceError
+    from warmline.models import ModelNotAvailableError
+    from warmline.recipe import RecipeError
 
     return (RecipeError, SourceError, FormatError, ModelNotAvailableError, FileNotFoundError)
 
@@ -87,8 +87,8 @@ def train(
 ) -> None:
     """Train the recipe's stages in order, each starting from the previous stage's weights."""
     _setup_logging(verbose)
-    from .recipe import load_recipe
-    from .train import train_recipe
+    from warmline.recipe import load_recipe
+    from warmline.training.train import train_recipe
 
     loaded = load_recipe(recipe, overrides)
     train_recipe(loaded, recipe_path=recipe, resume=resume, samples=samples)
@@ -103,9 +103,9 @@ def data_inspect(
 ) -> None:
     """Print, per stage: rows read, dropped by reason, duplicates, kept, split sizes and token lengths."""
     _setup_logging(False)
-    from .inspect_data import format_table, inspect_recipe
-    from .models import load_tokenizer
-    from .recipe import load_recipe, resolve_source_path
+    from warmline.data.inspection import format_table, inspect_recipe
+    from warmline.models import load_tokenizer
+    from warmline.recipe import load_recipe, resolve_source_path
 
     loaded = load_recipe(recipe, overrides)
     for stage in loaded.stages:  # local sources relative to the recipe file, as `train` reads them
@@ -141,13 +141,13 @@ SystemPrompt = Annotated[
 
 def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_decode: bool = True) -> Generator:
     """The streaming generator behind a safety gate (the gate is always on)."""
-    from .generate import Generator
-    from .safety import SafetyGate
+    from warmline.safety import SafetyGate
+    from warmline.serving.generator import Generator
 
     gate = SafetyGate(locale=locale)
     generator = Generator.from_pretrained(model, gate=gate, settings=settings, fp16_decode=fp16_decode)
     if gate.use_classifier:  # load (or train, once) now rather than on the first message
-        from .safety.classifier import default_classifier
+        from warmline.safety.classifier import default_classifier
 
         default_classifier()
     return generator
@@ -156,7 +156,7 @@ def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_
 def _settings(
     temperature: float, top_k: int, top_p: float, repetition_penalty: float, max_new_tokens: int
 ) -> GenerationSettings:
-    from .generate import GenerationSettings
+    from warmline.serving.generator import GenerationSettings
 
     try:
         return GenerationSettings(
@@ -193,8 +193,8 @@ def chat(
     _setup_logging(verbose)
     if not verbose:
         logging.getLogger().setLevel(logging.WARNING)  # keep the terminal for the conversation
-    from .chat import run_chat
-    from .recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.serving.chat import run_chat
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
@@ -234,8 +234,8 @@ def serve(
     Private by default: binds 127.0.0.1, no share link, no analytics, no stored conversations.
     """
     _setup_logging(verbose)
-    from .recipe import DEFAULT_SYSTEM_PROMPT
-    from .serve import build_app, launch
+    from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.serving.web import build_app, launch
 
     settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
@@ -278,7 +278,7 @@ def evaluate(
     """
     _setup_logging(verbose)
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge-score logs each tokenizer it builds
-    from .evaluate import EvalSettings, run_compare, run_eval
+    from warmline.evaluation.evaluate import EvalSettings, run_compare, run_eval
 
     expected = 2 if compare else 1
     if len(runs) != expected:
@@ -289,7 +289,7 @@ def evaluate(
     typer.echo(str(report))
 
 
-from .safety.cli import app as safety_app  # noqa: E402 - registered after the commands above
+from warmline.safety.cli import app as safety_app  # noqa: E402 - registered after the commands above
 
 app.add_typer(safety_app, name="safety")
 

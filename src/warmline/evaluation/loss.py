@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .tokenize import IGNORE_INDEX, TokenizedExample
+from warmline.data.tokens import IGNORE_INDEX, TokenizedExample
 
 
 def pack_batches(examples: list[TokenizedExample], max_tokens: int) -> list[list[TokenizedExample]]:

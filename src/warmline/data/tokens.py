@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .formats import Conversation
+from warmline.data.formats import Conversation
 
 IGNORE_INDEX = -100
 PLAIN_ROLE_PREFIX = {"user": "Human: ", "assistant": "Assistant:"}

@@ -19,13 +19,18 @@ from pathlib import Path
 
 import yaml
 
-from .data import StageData, prepare_stage
-from .hardware import configure_threads, resolve_precision
-from .loss import evaluate_loss
-from .manifest import file_sha256, write_manifest
-from .models import load_model, load_tokenizer
-from .recipe import Recipe, StageConfig, recipe_to_dict, resolve_source_path
-from .tokenize import PLAIN_CHAT_TEMPLATE, TokenizedExample, tokenize_conversation, tokenize_prototype
+from warmline.data.cleaning import StageData, prepare_stage
+from warmline.data.tokens import (
+    PLAIN_CHAT_TEMPLATE,
+    TokenizedExample,
+    tokenize_conversation,
+    tokenize_prototype,
+)
+from warmline.evaluation.loss import evaluate_loss
+from warmline.hardware import configure_threads, resolve_precision
+from warmline.models import load_model, load_tokenizer
+from warmline.recipe import Recipe, StageConfig, recipe_to_dict, resolve_source_path
+from warmline.training.manifest import file_sha256, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +181,7 @@ def train_stage(
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from .callbacks import CheckpointMarker, MetricsLogger
+    from warmline.training.callbacks import CheckpointMarker, MetricsLogger
 
     cfg, t = stage.config, recipe.training
     work = run_dir / ".work" / stage.dirname
@@ -409,7 +414,7 @@ def _print_summary(forgetting: dict, stages: list[PreparedStage]) -> None:
 def print_sample_replies(model_dir: Path, n: int, *, system_prompt: str | None = None) -> None:
     """Print n replies of the final model to fixed prompts (sampled with a fixed seed), with the
     system prompt it was trained with."""
-    from .generate import SAMPLE_PROMPTS, Generator
+    from warmline.serving.generator import SAMPLE_PROMPTS, Generator
 
     gen = Generator.from_pretrained(str(model_dir))
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import statistics
 
-from .data import StageData, prepare_stage
-from .recipe import Recipe
-from .tokenize import tokenize_conversation
+from warmline.data.cleaning import StageData, prepare_stage
+from warmline.data.tokens import tokenize_conversation
+from warmline.recipe import Recipe
 
 
 def token_lengths(tokenizer, convs, max_length: int) -> tuple[list[int], int]:

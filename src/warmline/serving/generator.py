@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 import torch
 
-from .formats import Conversation
-from .tokenize import encode_prompt
+from warmline.data.formats import Conversation
+from warmline.data.tokens import encode_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class Generator:
         On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see the
         module docstring). On a GPU the model loads in bf16 (fp16 without bf16 support).
         `prompt_cache_tokens`: size of the PromptCache (0 turns it off)."""
-        from .models import load_model, load_tokenizer
+        from warmline.models import load_model, load_tokenizer
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = None  # fp32 on CPU

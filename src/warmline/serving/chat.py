@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .formats import Conversation
-from .generate import GenerationResult, Generator
+from warmline.data.formats import Conversation
+from warmline.serving.generator import GenerationResult, Generator
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_chat(
 ) -> ChatSession:
     """Read user lines until /quit or end of input, streaming each reply to stdout."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    from .safety import AI_NOTICE
+    from warmline.safety import AI_NOTICE
 
     print(AI_NOTICE, file=stderr)
     print(HELP, file=stderr)

@@ -14,9 +14,9 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .formats import CONVERTERS, Conversation, check_columns, detect_format, format_context
-from .recipe import StageConfig
-from .sources import read_source
+from warmline.data.formats import CONVERTERS, Conversation, check_columns, detect_format, format_context
+from warmline.data.sources import read_source
+from warmline.recipe import StageConfig
 
 logger = logging.getLogger(__name__)
 

@@ -148,7 +148,7 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
 
 
 def _read_hub(repo_id: str, *, split: str, subset: str | None) -> RawRows:
-    from .models import hub_reachable
+    from warmline.models import hub_reachable
 
     if not hub_reachable():
         raise SourceError(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .loss import evaluate_loss
-from .tokenize import TokenizedExample
+from warmline.data.tokens import TokenizedExample
+from warmline.evaluation.loss import evaluate_loss
 
 
 class CheckpointMarker(TrainerCallback):

@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .formats import Conversation
+from warmline.data.formats import Conversation
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float | None:
 
 @lru_cache(maxsize=1)
 def _encoder():
-    from .safety.classifier import Encoder
+    from warmline.safety.classifier import Encoder
 
     return Encoder()  # one thread, as the classifier measured best on a small shared CPU
 
@@ -259,9 +259,9 @@ def recompute_forgetting(
     run_dir: Path, recipe, stage_data: list, row_models: dict[str, str], precision: str
 ) -> dict[str, dict]:
     """Rows of the forgetting matrix evaluated now, as training would have: {row: {stage: loss...}}."""
-    from .loss import evaluate_loss
-    from .models import load_model, load_tokenizer
-    from .train import tokenize_all
+    from warmline.evaluation.loss import evaluate_loss
+    from warmline.models import load_model, load_tokenizer
+    from warmline.training.train import tokenize_all
 
     # The final folder's tokenizer is the one training used (with the template it trained on).
     tokenizer = load_tokenizer(str(run_dir / "final"))
@@ -285,9 +285,9 @@ def reply_perplexity(model, run_dir: Path, recipe, stage_data: list, precision: 
     A baseline_prototype run's forgetting matrix scores every token (prompt included, no EOS);
     this scores what a warmline run's matrix scores, so final perplexities can be compared.
     """
-    from .loss import evaluate_loss
-    from .models import load_tokenizer
-    from .tokenize import PLAIN_CHAT_TEMPLATE, tokenize_conversation
+    from warmline.data.tokens import PLAIN_CHAT_TEMPLATE, tokenize_conversation
+    from warmline.evaluation.loss import evaluate_loss
+    from warmline.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(run_dir / "final"))
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
@@ -368,8 +368,8 @@ def generate_replies(generator, stage: str, pairs, settings: EvalSettings) -> li
 
 def crisis_prompts(limit: int | None) -> list:
     """Risk messages (elevated or imminent) of the safety suite, taken round-robin over categories."""
-    from .safety.evaluate import load_suite
-    from .safety.levels import RiskLevel
+    from warmline.safety.evaluate import load_suite
+    from warmline.safety.levels import RiskLevel
 
     by_category: dict[str, list] = {}
     for example in load_suite():
@@ -433,7 +433,7 @@ def sample_replies(
 
 def load_run_recipe(run_dir: Path):
     """The resolved recipe a finished run saved in final/recipe.yaml."""
-    from .recipe import load_recipe
+    from warmline.recipe import load_recipe
 
     path = run_dir / "final" / "recipe.yaml"
     if not path.is_file():
@@ -456,10 +456,10 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, *, g
     `gate` is the safety layer crisis prompts go through (default: `SafetyGate()`). Also returns,
     under "replies", every held-out reply (written to replies.jsonl, not metrics.json).
     """
-    from .data import prepare_stage
-    from .generate import SAMPLE_PROMPTS, GenerationSettings, Generator
-    from .hardware import resolve_precision
-    from .safety import SafetyGate
+    from warmline.data.cleaning import prepare_stage
+    from warmline.hardware import resolve_precision
+    from warmline.safety import SafetyGate
+    from warmline.serving.generator import SAMPLE_PROMPTS, GenerationSettings, Generator
 
     run_dir, settings = Path(run_dir), settings or EvalSettings()
     recipe = load_run_recipe(run_dir)
@@ -581,7 +581,7 @@ def run_eval(
     run_dir: str | Path, settings: EvalSettings | None = None, *, out: Path | None = None, gate=None
 ) -> Path:
     """Evaluate one run and write its report (default RUN/report/); returns report.md's path."""
-    from .report import render_report
+    from warmline.evaluation.report import render_report
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out else run_dir / "report"
@@ -605,7 +605,7 @@ def run_compare(
     A run's own report/metrics.json is reused when it was made with the same settings from the
     same weights, so `warmline eval` on each run first makes the comparison instant.
     """
-    from .report import render_comparison
+    from warmline.evaluation.report import render_comparison
 
     run_a, run_b, settings = Path(run_a), Path(run_b), settings or EvalSettings()
     out_dir = Path(out) if out else run_a / f"report-compare-{run_b.resolve().name}"

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 import gradio as gr
 
-from .formats import Conversation
-from .generate import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
-from .recipe import DEFAULT_SYSTEM_PROMPT
+from warmline.data.formats import Conversation
+from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ _CSS = "#ai-notice { border-left: 4px solid #d97706; padding: 0.25rem 0.75rem; b
 
 
 class ReplyStreamer(Protocol):
-    """What the app needs from a generator (`warmline.generate.Generator`, or a fake in tests)."""
+    """What the app needs from a generator (`warmline.serving.generator.Generator`, or a fake in tests)."""
 
     settings: GenerationSettings
 
@@ -55,8 +55,8 @@ class ReplyStreamer(Protocol):
 
 def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
     """The banner: this is an AI, not a therapist; where to get urgent help; what is stored."""
-    from .safety import AI_NOTICE
-    from .safety.replies import resources_for
+    from warmline.safety import AI_NOTICE
+    from warmline.safety.replies import resources_for
 
     found = resources_for(locale)
     lines = "\n".join(f"  {line.render()}" for line in found.crisis)
