@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from warmline.models import cache_dir
 from warmline.safety.levels import RiskLevel
 
 if TYPE_CHECKING:
@@ -88,11 +89,6 @@ def packaged_training_path() -> Path:
     return Path(str(resources.files("warmline") / "resources" / "safety" / "classifier_train.jsonl"))
 
 
-def cache_dir() -> Path:
-    """Where trained classifier weights are kept."""
-    root = os.environ.get("WARMLINE_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "warmline"
-    return base / "safety"
 
 
 def encoder_path() -> Path:
@@ -188,7 +184,7 @@ class RiskClassifier:
     ) -> None:
         self.training_path = training_path or packaged_training_path()
         self.encoder = encoder or Encoder()
-        self.weights_dir = weights_dir or cache_dir()
+        self.weights_dir = weights_dir or cache_dir() / "safety"
         self.classes, self._coef, self._intercept = self._load_or_train()
         self._scores: OrderedDict[str, ClassifierScore] = OrderedDict()
         self._scores_lock = threading.Lock()
