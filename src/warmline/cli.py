@@ -32,8 +32,8 @@ COMMANDS: dict[str, str] = {
     "chat": "warmline.serving.chat",
     "serve": "warmline.serving.web",
     "eval": "warmline.evaluation.evaluate",
-    "safety check": "warmline.safety",
-    "safety eval": "warmline.safety",
+    "safety check": "warmline.safety.cli",
+    "safety eval": "warmline.safety.cli",
 }
 
 Overrides = Annotated[
