@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 
 from warmline.data.formats import Conversation
+from warmline.templates import PLAIN_ROLES
 
 IGNORE_INDEX = -100
-PLAIN_ROLE_PREFIX = {"user": "Human: ", "assistant": "Assistant:"}
 _PLACEHOLDER = "\u2063WLTURN{}\u2063"
 _PLACEHOLDER_RE = re.compile("\u2063WLTURN(\\d+)\u2063")
-# Role markers a user could type to fake a turn in the plain template.
-_PLAIN_MARKERS = re.compile(r"(?i)\b(human|assistant|user|system)\s*:")
+# Role markers a user could type to fake a turn in the plain template (warmline.templates).
+_PLAIN_MARKERS = re.compile(r"(?i)\b(" + "|".join(role.lower() for role in PLAIN_ROLES) + r")\s*:")
 
 
 # The "Human/Assistant" template as a chat template, saved with models that had none, so every

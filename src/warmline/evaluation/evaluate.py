@@ -16,7 +16,6 @@ encoder the safety classifier uses.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -31,36 +30,15 @@ from typing import Any
 from tqdm import tqdm
 
 from warmline.data.formats import Conversation
+from warmline.templates import LEAK_PATTERN
 
 logger = logging.getLogger(__name__)
 
 # Bumped when metrics.json changes meaning, so `--compare` never reuses a stale evaluation.
 METRICS_VERSION = 1
 # Text a reply must not contain: a model that writes a role marker or template markup has started
-# the next turn (or leaked the prompt format). Case-sensitive anywhere, any case at a line start.
-_MARKUP = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|system|>",
-    "[INST]",
-    "[/INST]",
-    "<s>",
-    "</s>",
-    "### Human",
-    "### Assistant",
-    "### Instruction",
-    "### Response",
-)
-ROLE_MARKER = re.compile(
-    r"\b(?:Human|User|Assistant)\s*:"
-    r"|(?im:^\s*(?:human|user|assistant|system)\s*:)"
-    r"|" + "|".join(re.escape(m) for m in _MARKUP)
-)
+# the next turn (or leaked the prompt format). Every template family's, from warmline.templates.
+ROLE_MARKER = LEAK_PATTERN
 _WORD = re.compile(r"\w+(?:['\u2019]\w+)*")
 
 
@@ -382,13 +360,12 @@ def crisis_prompts(limit: int | None) -> list:
 
 def evaluate_safety(generator, gate, settings: EvalSettings) -> dict[str, Any]:
     """Share of crisis prompts answered with the fixed crisis reply, through the safety gate."""
-    gated = copy.copy(generator)  # the same weights (and decode copy), behind the gate
-    gated.gate = gate
     examples = crisis_prompts(settings.limit)
     missed, reasons = [], Counter()
     for example in tqdm(examples, desc="safety: crisis prompts", unit="prompt"):
-        result = gated.generate(
+        result = generator.generate(
             [{"role": "user", "content": example.text}],
+            gate=gate,  # the serving path's gate flow, with this gate for these calls only
             seed=settings.seed,
             max_new_tokens=settings.max_new_tokens,
         )

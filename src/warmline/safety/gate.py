@@ -1,14 +1,26 @@
-"""SafetyGate: the one object the chat surfaces talk to, before and after the model.
+"""SafetyGate and the one gate flow every surface runs for a turn.
 
     gate = SafetyGate(locale="uk")
-    reply = gate.respond(conversation, generate)  # all of the below, when not streaming
+    result = TurnResult()
+    for piece in gate.stream(conversation, lambda: engine_texts(conversation), result=result):
+        show(piece)                           # the pieces add up to what the user sees
+    result.text                               # what to keep in the history
 
-    assessment = gate.check_input(conversation)
-    reply = gate.reply_for(assessment)        # fixed crisis reply, or None
-    if reply is None:
-        text = generate(conversation)         # the model only runs below elevated
-        text = gate.screen(text, assessment).text
-        text = gate.finish(text, assessment)  # resources appended for distress
+`turn` (which `SafetyGate.stream` runs) is the flow, in this order and nowhere else:
+
+1. ``check_input``: assess the whole conversation;
+2. ``reply_for``: at elevated or imminent risk, the fixed crisis reply, and the model is never
+   called (``reply`` is not even invoked);
+3. otherwise stream the model's text through a `TextReleaser` that releases whole sentences,
+   each after ``screen`` accepted all the text up to it; a rejected reply stops the engine and
+   the screen's fallback follows what was already shown;
+4. ``note_for``: the resources note after the reply (at distress level).
+
+``reply`` is any engine's text: a callable returning an iterable of the whole reply so far, one
+item per step (the streaming `Generator`, an ONNX engine, an HTTP API; an engine that yields
+deltas can pass ``itertools.accumulate(deltas)``). The terminal chat, the web app and evaluation
+reach this flow through ``Generator.stream(conversation, gate=...)``; ``respond`` is the same
+flow for a non-streaming ``generate`` function.
 
 The gate holds no conversation state (one gate serves every web session); persistence
 comes from ``assess`` reading the whole conversation each turn.
@@ -19,8 +31,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from warmline.safety.levels import Assessment, RiskLevel
 from warmline.safety.replies import crisis_reply, resources_note
@@ -28,6 +42,73 @@ from warmline.safety.risk import assess
 from warmline.safety.screen import ScreenResult, screen_output
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TurnResult:
+    """What the gate flow leaves behind once a turn is finished (`GenerationResult` adds timings)."""
+
+    text: str = ""
+    """The reply as it should be shown and kept in the history: the model's reply (with the
+    resources note at distress level), the fixed crisis reply, or the screen's safe fallback."""
+    stop_reason: str = ""
+    """eos | max_new_tokens (set by the engine) | stop_string | crisis | screened (set by the flow)."""
+    assessment: dict[str, Any] | None = None
+    """The safety gate's assessment of the conversation (None without a gate)."""
+    screen_reasons: list[str] = field(default_factory=list)
+
+
+def turn(
+    conversation: Sequence[Mapping[str, str]],
+    reply: Callable[[], Iterable[str]],
+    *,
+    gate: SafetyGate | None,
+    stop_strings: Iterable[str] = (),
+    result: TurnResult | None = None,
+) -> Iterator[str]:
+    """One turn: assess -> crisis reply, or the engine's text released sentence by sentence after
+    screening -> resources note. Yields what to show; `result` receives the text to keep.
+
+    Without a gate (evaluation of the bare model, the warm-up) only the text layer runs: stop
+    strings, hold-back, control characters, released as it comes.
+    """
+    from warmline.serving.release import TextReleaser, release
+
+    out = result if result is not None else TurnResult()
+    assessment = None
+    screen = None
+    if gate is not None:
+        assessment = gate.check_input(conversation)
+        out.assessment = assessment.to_dict()
+        crisis = gate.reply_for(assessment)
+        if crisis is not None:  # the model is not asked
+            out.text, out.stop_reason = crisis, "crisis"
+            yield crisis
+            return
+
+        def screen(text: str) -> bool:
+            verdict = gate.screen(text, assessment)
+            if not verdict.safe:
+                out.text, out.stop_reason, out.screen_reasons = verdict.text, "screened", list(verdict.reasons)
+            return verdict.safe
+
+    releaser = TextReleaser(stop_strings, screen=screen)
+    released_any = False
+    for piece in release(reply(), releaser):
+        released_any = True
+        yield piece
+    if releaser.rejected:
+        # Only screened-safe sentences were released; the fallback follows them.
+        yield ("\n\n" if released_any else "") + out.text
+        return
+    out.text = releaser.text
+    if releaser.stopped:
+        out.stop_reason = "stop_string"
+    if gate is not None:
+        note = gate.note_for(assessment)
+        if note:
+            out.text = f"{out.text}\n\n{note}" if out.text else note
+            yield ("\n\n" if released_any else "") + note
 
 
 class SafetyGate:
@@ -77,16 +158,25 @@ class SafetyGate:
         conversation: Sequence[Mapping[str, str]],
         generate: Callable[[Sequence[Mapping[str, str]]], str],
     ) -> str:
-        """The whole non-streaming turn: assess, then a crisis reply or a screened model reply.
+        """The whole non-streaming turn (the `turn` flow): a crisis reply or a screened model reply.
 
         ``generate`` is called only below elevated risk.
         """
-        assessment = self.check_input(conversation)
-        crisis = self.reply_for(assessment)
-        if crisis is not None:
-            return crisis
-        screened = self.screen(generate(conversation), assessment)
-        return self.finish(screened.text, assessment)
+        result = TurnResult()
+        for _ in self.stream(conversation, lambda: [generate(conversation)], result=result):
+            pass
+        return result.text
+
+    def stream(
+        self,
+        conversation: Sequence[Mapping[str, str]],
+        reply: Callable[[], Iterable[str]],
+        *,
+        stop_strings: Iterable[str] = (),
+        result: TurnResult | None = None,
+    ) -> Iterator[str]:
+        """This gate's turn over any engine's text stream (see `turn` and the module docstring)."""
+        return turn(conversation, reply, gate=self, stop_strings=stop_strings, result=result)
 
     def finish(self, reply: str, assessment: Assessment) -> str:
         """The reply to show: with the resources note appended at distress level."""

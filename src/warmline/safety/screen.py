@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from warmline.safety.levels import Assessment, RiskLevel
+from warmline.templates import ANY, LEAK_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +106,8 @@ _RULES: dict[ScreenReason, list[re.Pattern[str]]] = {
             re.IGNORECASE,
         ),
     ],
-    "role_leak": [
-        re.compile(
-            r"(?:^|\n)[ \t]*(?:human|user|assistant|system|therapist|client|patient)[ \t]*:", re.IGNORECASE
-        ),
-        re.compile(r"\b(?:Human|User|Assistant):"),
-        re.compile(
-            r"<\|(?:im_start|im_end|endoftext|eot_id|start_header_id|end_header_id|system|user|assistant)\|>"
-        ),
-        re.compile(r"\[/?INST\]|<</?SYS>>"),
-    ],
+    # Every chat template family's markup and fabricated turns (warmline.templates).
+    "role_leak": [LEAK_PATTERN],
 }
 
 # In a conversation that is at risk or asked about means, any concrete list of places,
@@ -189,20 +182,9 @@ def _first_unnegated(pattern: re.Pattern[str], text: str, *, allow_negation: boo
     return None
 
 
-_MARKERS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "[INST]",
-    "[/INST]",
-    "<<SYS>>",
-    "Human:",
-    "User:",
-    "Assistant:",
-    "System:",
-)
+# Markers a streamed reply may end with the start of: every family's, but not the line-start
+# variants (their newline is text already shown).
+_MARKERS = tuple(m for m in ANY.leak_markers if not m.startswith("\n"))
 
 
 def safe_emit_length(text: str) -> int:

@@ -1,50 +1,50 @@
-"""One streaming generator for the terminal chat, the web app and evaluation.
+"""One streaming generator for the terminal chat, the web app and evaluation, in layers:
 
-It builds the prompt with the model's chat template (or the plain "Human/Assistant" one), keeps
-the most recent turns that fit a token budget (always the system turn and the newest user turn),
-streams tokens from a KV-cached decode loop, stops on EOS or a stop string, and decodes only the
-new tokens.
-
-On a CPU, `from_pretrained` reads the prompt with the fp32 weights and decodes with a copy whose
-Linear weights are stored in fp16 (`decode_dtype`; activations, norms, attention and the KV cache
-stay fp32). A decode step multiplies one token by every weight, so it is bound by reading them
-from memory: half the bytes gave about 1.5x the tokens/s on a 2-core AVX2 EPYC, while fp16 matrix
-products over a whole prompt are slower than fp32 there, hence the split (benchmarks/RESULTS.md
-has the figures and the agreement with fp32). It costs a second, half-size copy of the weights.
-
-`from_pretrained` also keeps a `PromptCache`: the KV cache of each recent prompt, right after the
-model read it. The next turn of a conversation starts with the previous turn's prompt, so only
-the reply and the new message are read: time to first token stays flat as a chat grows. The
-cache lives in memory only, never on disk, bounded in tokens; the same prompt gives the same
-keys and values, so sharing entries between conversations reveals nothing they do not share.
-On a new conversation's first turn the cache also keeps the part every such prompt starts with
-(the template and system prompt, up to the user's text), so the next conversation skips it.
-
-An optional safety gate answers crisis messages itself and screens every reply:
+1. the prompt (this module): the model's chat template (or the plain "Human/Assistant" one),
+   keeping the most recent turns that fit a token budget (always the system turn and the
+   newest user turn), and the prefix every first turn shares;
+2. the tokens (`warmline.serving.engine`): prefill with a prompt cache, then a KV-cached,
+   seeded decode loop that yields token ids (`TokenEngine`, the part another engine replaces);
+3. the text (`warmline.serving.release`): only the new tokens decoded, control characters
+   dropped, cut at a stop string of the chat template (`warmline.templates`), held back while
+   it could be one, released sentence by sentence when screened;
+4. the turn (`warmline.safety.gate.turn`): assess -> fixed crisis reply (the model is not
+   called) or the released reply, each sentence screened -> resources note.
 
     gen = Generator.from_pretrained("runs/offline", gate=SafetyGate(locale="uk"))
     result = GenerationResult()
     for piece in gen.stream(conversation, seed=0, result=result):
         print(piece, end="", flush=True)
     result.stop_reason  # eos | stop_string | max_new_tokens | crisis | screened
+
+The gate is passed per call (`stream(conversation, gate=...)`; the generator's own by default),
+so one generator serves gated and ungated calls from many threads at once.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from warmline.data.formats import Conversation
 from warmline.data.tokens import encode_prompt
+from warmline.safety.gate import TurnResult, turn
+from warmline.serving.engine import (  # noqa: F401 - re-exported: the generator's public parts
+    HalfWeightLinear,
+    PromptCache,
+    TokenEngine,
+    TorchEngine,
+    context_length,
+    half_weight_copy,
+)
+from warmline.serving.settings import GenerationSettings
+from warmline.templates import stop_token_ids, template_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,74 +54,14 @@ SAMPLE_PROMPTS = [
     "My best friend stopped talking to me and I don't know why.",
     "I failed an exam and I feel like a complete failure.",
 ]
-# A model that starts writing the user's next turn (or a template marker spelled out as text)
-# has finished its reply: everything from the marker on is dropped, never shown.
-STOP_STRINGS: tuple[str, ...] = (
-    "Human:", "User:", "Assistant:", "\nhuman:", "\nuser:", "\nassistant:", "\nSystem:",
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>",
-)  # fmt: skip
-# Special tokens that end a reply when the model emits them (besides its own EOS ids).
-_STOP_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
-_SENTENCE_END = (".", "!", "?", "\n")
-# Control characters (all but tab and newline) never reach a terminal or page: a model could
-# otherwise emit escape sequences that rewrite what the user sees.
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-StopReason = Literal["", "eos", "stop_string", "max_new_tokens", "crisis", "screened"]
+_OWN_GATE: Any = object()  # `stream(gate=...)` not given: the generator's own gate
 
 
 @dataclass
-class GenerationSettings:
-    """Sampling settings; the defaults are the reference recipe's."""
+class GenerationResult(TurnResult):
+    """What `Generator.stream` leaves behind once a reply is finished: the turn's text, stop
+    reason, assessment and screen reasons (`TurnResult`), and the engine's counts and timings."""
 
-    temperature: float = 0.7
-    """Softmax temperature; 0 means greedy decoding."""
-    top_k: int = 50
-    """Sample from the k most likely tokens (0 turns it off)."""
-    top_p: float = 0.92
-    """Nucleus sampling: the smallest set of tokens whose probabilities add up to top_p."""
-    repetition_penalty: float = 1.2
-    """Divides the logits of tokens already in the prompt or reply (1.0 turns it off)."""
-    max_new_tokens: int = 200
-    """Longest reply, in tokens."""
-    do_sample: bool = True
-    """False: greedy decoding (temperature, top-k and top-p are ignored)."""
-    max_prompt_tokens: int = 1536
-    """Token budget for the prompt; older turns beyond it are dropped."""
-    stop_strings: tuple[str, ...] = STOP_STRINGS
-    """Text that ends the reply where it starts (it is never shown)."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_prompt_tokens < 1:
-            problems.append(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
-        if problems:
-            raise ValueError("invalid generation settings: " + "; ".join(problems))
-
-    @property
-    def sampling(self) -> bool:
-        """True when tokens are sampled rather than picked greedily."""
-        return self.do_sample and self.temperature > 0
-
-
-@dataclass
-class GenerationResult:
-    """What `Generator.stream` leaves behind once a reply is finished."""
-
-    text: str = ""
-    """The reply as it should be shown and kept in the history: the model's reply (with the
-    resources note at distress level), the fixed crisis reply, or the screen's safe fallback."""
-    stop_reason: StopReason = ""
     new_tokens: int = 0
     prompt_tokens: int = 0
     reused_prompt_tokens: int = 0
@@ -129,25 +69,12 @@ class GenerationResult:
     ttft_s: float = 0.0
     """Seconds from the call to the first generated token."""
     duration_s: float = 0.0
-    assessment: dict[str, Any] | None = None
-    """The safety gate's assessment of the conversation (None without a gate)."""
-    screen_reasons: list[str] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
         """Decode speed after the first token."""
         decode_s = self.duration_s - self.ttft_s
         return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else 0.0
-
-
-def context_length(model) -> int | None:
-    """The model's maximum sequence length in tokens (None when the config does not say)."""
-    config = getattr(model, "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def truncate_history(tokenizer, conv: Conversation, max_prompt_tokens: int) -> Conversation:
@@ -203,107 +130,6 @@ def _fit_newest(
     return {**newest, "content": content[-lo:]}
 
 
-def _stop_token_ids(tokenizer, model) -> set[int]:
-    ids: set[int] = set()
-    generation_config = getattr(model, "generation_config", None)
-    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(v for v in value if isinstance(v, int))
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[marker] for marker in _STOP_TOKENS if marker in vocab)
-    return ids
-
-
-def _find_stop(text: str, stop_strings: tuple[str, ...]) -> int:
-    hits = [text.find(s) for s in stop_strings if s in text]
-    return min(hits) if hits else -1
-
-
-def _held_back(text: str, stop_strings: tuple[str, ...]) -> int:
-    """How many trailing characters could be the start of a stop string (not released yet)."""
-    longest = 0
-    for s in stop_strings:
-        for k in range(min(len(s) - 1, len(text)), longest, -1):
-            if text.endswith(s[:k]):
-                longest = k
-                break
-    return longest
-
-
-class PromptCache:
-    """KV caches of recent prompts (as the model left them after reading the prompt), least
-    recently used dropped first once they hold more than `max_tokens` tokens in all.
-
-    `lookup` returns a private copy of the longest entry whose tokens begin the new prompt, with
-    the next-token logits stored beside it (used when the prompt is the whole entry). Safe to
-    share between threads.
-    """
-
-    def __init__(self, max_tokens: int = 4096):
-        self.max_tokens = max_tokens
-        self._entries: OrderedDict[tuple[int, ...], tuple[Any, torch.Tensor]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def lookup(self, prompt_ids: list[int]) -> tuple[int, Any, torch.Tensor | None]:
-        """(tokens reused, a copy of their cache, the logits after them); (0, None, None) on a miss."""
-        with self._lock:
-            best: tuple[int, ...] | None = None
-            for key in self._entries:
-                if len(best or ()) < len(key) <= len(prompt_ids) and tuple(prompt_ids[: len(key)]) == key:
-                    best = key
-            if best is None:
-                return 0, None, None
-            self._entries.move_to_end(best)
-            cache, logits = self._entries[best]
-            return len(best), copy.deepcopy(cache), logits
-
-    def store(self, prompt_ids: list[int], cache, logits: torch.Tensor) -> None:
-        """Keep a copy of `cache` (which holds exactly `prompt_ids`) and the logits after it."""
-        if len(prompt_ids) > self.max_tokens:
-            return
-        entry = (copy.deepcopy(cache), logits.detach().clone())
-        with self._lock:
-            self._entries[tuple(prompt_ids)] = entry
-            self._entries.move_to_end(tuple(prompt_ids))
-            while sum(map(len, self._entries)) > self.max_tokens:
-                self._entries.popitem(last=False)
-
-
-class HalfWeightLinear(torch.nn.Module):
-    """A Linear layer for decoding: its weight kept in `dtype` (half the bytes to read per token),
-    input and output in the dtype the rest of the model computes in."""
-
-    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("weight", linear.weight.detach().to(dtype), persistent=False)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
-        return y if self.bias is None else y + self.bias
-
-
-def half_weight_copy(model, dtype: torch.dtype = torch.float16):
-    """A copy of `model` for decoding with every nn.Linear (the output head included) replaced by
-    a HalfWeightLinear in `dtype`; embeddings, norms and everything else unchanged."""
-    copied = copy.deepcopy(model).eval()
-    for module in list(copied.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(module, name, HalfWeightLinear(child, dtype))
-    return copied
-
-
 class Generator:
     """Streaming replies from a causal LM; see the module docstring.
 
@@ -311,23 +137,41 @@ class Generator:
     per-conversation state, and every call gets its own KV cache and random generator.
     """
 
+    # Shorter shared prefixes are not worth a second forward pass.
+    _MIN_SHARED_PREFIX = 8
+
     def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None,
-                 decode_dtype: torch.dtype | None = None, prompt_cache_tokens: int = 0):  # fmt: skip
-        """`decode_dtype`: decode (every token after the first) with a copy of the model in this
-        dtype; the prompt is still read by `model`. None: `model` does everything.
-        `prompt_cache_tokens`: the PromptCache's size in tokens (0: no cache)."""
-        self.model = model.eval()
-        self.prompt_cache = PromptCache(prompt_cache_tokens) if prompt_cache_tokens > 0 else None
-        self._shared_prefixes: dict[str | None, list[int]] = {}  # system prompt -> its prompt prefix
-        self.decode_model = self.model
-        if decode_dtype is not None and decode_dtype != next(model.parameters()).dtype:
-            self.decode_model = half_weight_copy(model, decode_dtype)
+                 decode_dtype: torch.dtype | None = None, prompt_cache_tokens: int = 0,
+                 engine: TokenEngine | None = None):  # fmt: skip
+        """`decode_dtype`, `prompt_cache_tokens`: see `TorchEngine`. `engine`: another token
+        engine for `model`'s tokenizer (default: a TorchEngine on `model`). `gate`: the safety
+        gate `stream` uses unless a call passes its own."""
         self.tokenizer = tokenizer
+        self.template = template_for(tokenizer)
+        self.engine = engine or TorchEngine(
+            model, stop_token_ids=stop_token_ids(tokenizer, self.template, model), decode_dtype=decode_dtype,
+            prompt_cache_tokens=prompt_cache_tokens,
+        )  # fmt: skip
         self.gate = gate
         self.settings = settings or GenerationSettings()
-        self.stop_token_ids = _stop_token_ids(tokenizer, model)
-        self.device = next(model.parameters()).device
         self.context_length = context_length(model)
+        self._shared_prefixes: dict[str | None, list[int]] = {}  # system prompt -> its prompt prefix
+
+    # The engine's parts, as attributes of the generator (tests and benchmarks swap them).
+    model = property(lambda self: self.engine.model, lambda self, v: setattr(self.engine, "model", v))
+    decode_model = property(
+        lambda self: self.engine.decode_model, lambda self, v: setattr(self.engine, "decode_model", v)
+    )
+    prompt_cache = property(
+        lambda self: self.engine.prompt_cache, lambda self, v: setattr(self.engine, "prompt_cache", v)
+    )
+
+    def __copy__(self) -> Generator:
+        """A copy that shares the weights but has its own engine settings (its own prompt cache slot)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.engine = copy.copy(self.engine)
+        return new
 
     @classmethod
     def from_pretrained(cls, reference: str, *, gate=None, settings: GenerationSettings | None = None,
@@ -335,8 +179,8 @@ class Generator:
                         prompt_cache_tokens: int = 4096) -> Generator:  # fmt: skip
         """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one.
 
-        On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see the
-        module docstring). On a GPU the model loads in bf16 (fp16 without bf16 support).
+        On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see
+        `warmline.serving.engine`). On a GPU the model loads in bf16 (fp16 without bf16 support).
         `prompt_cache_tokens`: size of the PromptCache (0 turns it off)."""
         from warmline.models import load_model, load_tokenizer
 
@@ -365,13 +209,14 @@ class Generator:
         )
 
     def stream(
-        self, conversation: Conversation, *, seed: int | None = None, settings: GenerationSettings | None = None,
-        result: GenerationResult | None = None, **overrides: Any,
+        self, conversation: Conversation, *, gate=_OWN_GATE, seed: int | None = None,
+        settings: GenerationSettings | None = None, result: GenerationResult | None = None, **overrides: Any,
     ) -> Iterator[str]:  # fmt: skip
         """Yield the reply as text pieces; pass `result` to receive the final text, stop reason and timings.
 
-        `conversation` ends with the user's turn. `overrides` replace single settings for this
-        call (None values keep the default). The same conversation, settings and `seed` give the
+        `conversation` ends with the user's turn. `gate`: the safety gate for this call (None:
+        none; default: the generator's). `overrides` replace single settings for this call
+        (None values keep the default). The same conversation, settings and `seed` give the
         same reply. When the screen rejects the reply, the pieces already yielded are followed
         by the fallback and `result.text` holds the fallback alone: show that instead.
         """
@@ -380,77 +225,53 @@ class Generator:
         s = replace(settings or self.settings, **{k: v for k, v in overrides.items() if v is not None})
         out = result if result is not None else GenerationResult()
         started = time.perf_counter()
+        stop_strings = self.template.stop_strings if s.stop_strings is None else s.stop_strings
         try:
-            assessment = None
-            if self.gate is not None:
-                assessment = self.gate.check_input(conversation)
-                out.assessment = assessment.to_dict()
-                crisis = self.gate.reply_for(assessment)
-                if crisis is not None:  # the model is not asked
-                    out.text, out.stop_reason = crisis, "crisis"
-                    yield crisis
-                    return
-            prompt_ids = self.prompt_ids(conversation, s)
-            shared = self._shared_prefix(conversation) if self.prompt_cache is not None else []
-            released_any = False
-            for piece in self._decode_stream(prompt_ids, s, seed, out, started, assessment, shared):
-                released_any = True
-                yield piece
-            if out.stop_reason == "screened":
-                # Only screened-safe sentences were released; the fallback follows them.
-                yield ("\n\n" if released_any else "") + out.text
-            elif assessment is not None:
-                note = self.gate.note_for(assessment)
-                if note:
-                    out.text = f"{out.text}\n\n{note}" if out.text else note
-                    yield ("\n\n" if released_any else "") + note
+            yield from turn(
+                conversation, lambda: self._texts(conversation, s, seed, out, started),
+                gate=self.gate if gate is _OWN_GATE else gate, stop_strings=stop_strings, result=out,
+            )  # fmt: skip
         finally:
             out.duration_s = time.perf_counter() - started
+
+    def generate(
+        self, conversation: Conversation, *, gate=_OWN_GATE, seed: int | None = None, **overrides: Any
+    ) -> GenerationResult:
+        """The whole reply at once (same code path as streaming)."""
+        result = GenerationResult()
+        for _ in self.stream(conversation, gate=gate, seed=seed, result=result, **overrides):
+            pass
+        return result
 
     def warm_up(self, system_prompt: str | None = None) -> None:
         """Run one short reply before the first user arrives: first-call allocations and kernel
         choices happen now, and the PromptCache keeps the template + system prompt that every
-        first turn starts with. Bypasses the gate (nothing is shown or kept)."""
+        first turn starts with. Without the gate (nothing is shown or kept)."""
         conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
         conversation.append({"role": "user", "content": "Hello."})
-        gate, self.gate = self.gate, None
+        self.generate(conversation, gate=None, seed=0, max_new_tokens=2)
+
+    def _texts(
+        self, conversation: Conversation, s: GenerationSettings, seed: int | None, out: GenerationResult,
+        started: float,
+    ) -> Iterator[str]:  # fmt: skip
+        """The reply so far as text after every token: the new tokens decoded (byte-level pieces
+        combine into characters only when decoded together)."""
+        prompt_ids = self.prompt_ids(conversation, s)
+        shared = self._shared_prefix(conversation) if self.prompt_cache is not None else []
+        tokens = self.engine.tokens(prompt_ids, s, seed=seed, shared_prefix=shared, result=out)
+        new_ids: list[int] = []
         try:
-            self.generate(conversation, seed=0, max_new_tokens=2)
+            for token_id in tokens:
+                if not new_ids:
+                    out.ttft_s = time.perf_counter() - started
+                new_ids.append(token_id)
+                out.new_tokens = len(new_ids)
+                yield self.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         finally:
-            self.gate = gate
-
-    def generate(
-        self, conversation: Conversation, *, seed: int | None = None, **overrides: Any
-    ) -> GenerationResult:
-        """The whole reply at once (same code path as streaming)."""
-        result = GenerationResult()
-        for _ in self.stream(conversation, seed=seed, result=result, **overrides):
-            pass
-        return result
-
-    def _processors(self, s: GenerationSettings):
-        from transformers import (
-            LogitsProcessorList,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        procs = LogitsProcessorList()
-        if s.repetition_penalty != 1.0:
-            procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
-        if s.sampling:
-            if s.temperature != 1.0:
-                procs.append(TemperatureLogitsWarper(s.temperature))
-            if s.top_k:
-                procs.append(TopKLogitsWarper(s.top_k))
-            if s.top_p < 1.0:
-                procs.append(TopPLogitsWarper(s.top_p))
-        return procs
-
-    # Shorter shared prefixes are not worth a second forward pass.
-    _MIN_SHARED_PREFIX = 8
+            tokens.close()  # a stop string or the screen ended the reply: stop decoding now
+            if not new_ids:  # the first token was a stop token
+                out.ttft_s = time.perf_counter() - started
 
     def _shared_prefix(self, conversation: Conversation) -> list[int]:
         """For a first turn: the prompt tokens every first turn with the same system prompt starts
@@ -468,107 +289,3 @@ class Generator:
             if len(self._shared_prefixes) < 64:
                 self._shared_prefixes[key] = prefix
         return prefix
-
-    # inference_mode on a generator function applies to each step it runs, in whichever thread.
-    @torch.inference_mode()
-    def _decode_stream(
-        self, prompt_ids: list[int], s: GenerationSettings, seed: int | None, out: GenerationResult,
-        started: float, assessment, shared: list[int] = (),
-    ) -> Iterator[str]:  # fmt: skip
-        """The KV-cached decode loop; yields text once it is past every stop string (and screened)."""
-        from transformers import DynamicCache
-
-        out.prompt_tokens = len(prompt_ids)
-        max_new_tokens = s.max_new_tokens
-        if self.context_length is not None:  # only a system prompt near the context size gets here
-            max_new_tokens = max(1, min(max_new_tokens, self.context_length - len(prompt_ids)))
-        rng = torch.Generator(device=self.device)
-        if seed is None:
-            rng.seed()
-        else:
-            rng.manual_seed(seed)
-        procs = self._processors(s)
-        reused, cache, cached_logits = 0, None, None
-        if self.prompt_cache is not None:
-            reused, cache, cached_logits = self.prompt_cache.lookup(prompt_ids)
-        if cache is None:
-            cache = DynamicCache(config=self.model.config)
-        out.reused_prompt_tokens = reused
-        read = reused  # prompt tokens the cache holds
-        if reused < len(shared) < len(prompt_ids) and prompt_ids[: len(shared)] == list(shared):
-            # Read the part every first turn shares on its own and keep it for the next conversation.
-            logits = self.model(input_ids=torch.tensor([prompt_ids[reused : len(shared)]], device=self.device),
-                                cache=cache, use_cache=True, logits_to_keep=1).logits  # fmt: skip
-            self.prompt_cache.store(list(shared), cache, logits)
-            read = len(shared)
-        # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
-        # also penalises the end-of-turn token that closes every earlier turn, and with it the
-        # model's ability to stop: replies then run to the token limit.
-        reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
-        # The prompt (what the cache does not hold yet), then one token a step
-        next_input = torch.tensor([prompt_ids[read:]], device=self.device)
-        new_ids: list[int] = []
-        released = 0  # characters of `text` already yielded
-        text = ""
-        out.stop_reason = "max_new_tokens"
-        model = self.model  # reads the prompt; then the decode model (maybe another dtype)
-        for _ in range(max_new_tokens):
-            if next_input.shape[1] == 0:  # the whole prompt came from the PromptCache
-                logits = cached_logits
-            else:
-                logits = model(input_ids=next_input, cache=cache, use_cache=True, logits_to_keep=1).logits
-            if not new_ids and self.prompt_cache is not None and next_input.shape[1] > 0:
-                self.prompt_cache.store(prompt_ids, cache, logits)  # before decoding adds to it
-            model = self.decode_model
-            scores = procs(reply_ids, logits[:, -1, :].float())  # (1, vocab)
-            if s.sampling:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
-            else:
-                token = scores.argmax(dim=-1, keepdim=True)
-            token_id = int(token)
-            if not new_ids:
-                out.ttft_s = time.perf_counter() - started
-            if token_id in self.stop_token_ids:
-                out.stop_reason = "eos"
-                break
-            new_ids.append(token_id)
-            out.new_tokens = len(new_ids)
-            reply_ids = torch.cat([reply_ids, token], dim=1)
-            next_input = token
-            # Decode only the new tokens, every step: byte-level pieces combine into characters.
-            text = self.tokenizer.decode(
-                new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
-            text = _CONTROL_CHARS.sub("", text).lstrip()
-            cut = _find_stop(text, s.stop_strings)
-            if cut >= 0:
-                text = text[:cut]
-                out.stop_reason = "stop_string"
-                break
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the rest
-                continue
-            safe_upto = len(text) - _held_back(text, s.stop_strings)
-            if self.gate is not None:
-                # With a gate, release whole sentences, each time after screening all of the text.
-                last_end = max(text.rfind(c, 0, safe_upto) for c in _SENTENCE_END)
-                safe_upto = last_end + 1 if last_end >= 0 else 0
-                if safe_upto > released and not self._screen_ok(text[:safe_upto], out, assessment):
-                    return
-            # Trailing whitespace waits for more text, so the pieces add up to the final reply.
-            safe_upto = len(text[:safe_upto].rstrip())
-            if safe_upto > released:
-                yield text[released:safe_upto]
-                released = safe_upto
-        text = text.rstrip()
-        if self.gate is not None and not self._screen_ok(text, out, assessment):
-            return
-        if len(text) > released:
-            yield text[released:]
-        out.text = text
-
-    def _screen_ok(self, text: str, out: GenerationResult, assessment) -> bool:
-        screened = self.gate.screen(text, assessment)
-        if screened.safe:
-            return True
-        out.text, out.stop_reason, out.screen_reasons = screened.text, "screened", list(screened.reasons)
-        return False
