@@ -123,3 +123,75 @@ def test_fp16_decode_is_the_default_and_can_be_turned_off(echo: EchoGenerator) -
     assert echo.warmed_with == DEFAULT_SYSTEM_PROMPT  # warmed up before the first message
     run(["/quit"], "--fp32-decode")
     assert echo.fp16_decode is False
+
+
+def test_a_session_keeps_the_conversation_it_is_given() -> None:
+    from warmline.serving.chat import ChatSession
+
+    resumed = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"},
+               {"role": "assistant", "content": "hello"}]  # fmt: skip
+    session = ChatSession("Be kind.", conversation=list(resumed))
+    assert session.conversation == resumed and session.turns == 1
+    session.reset()
+    assert session.conversation == [{"role": "system", "content": "Be kind."}]
+    assert ChatSession("Be kind.").conversation == [{"role": "system", "content": "Be kind."}]
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_sampling_options_are_the_generation_settings(command: str) -> None:
+    """One source: each option's default and help text are the dataclass field's."""
+    import typer.main
+
+    from warmline.serving.settings import cli_fields
+
+    click_command = typer.main.get_command(cli.app).commands[command]
+    options = {p.name: p for p in click_command.params}
+    fields = cli_fields()
+    assert [f.name for f in fields] == ["temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"]
+    for f in fields:
+        assert options[f.name].default == f.default == getattr(GenerationSettings(), f.name)
+        assert options[f.name].help == f.metadata["help"]
+
+
+def test_options_reach_the_generator_as_settings(echo: EchoGenerator, monkeypatch) -> None:
+    seen = {}
+
+    def load(model, locale, settings, fp16_decode=True):
+        seen["settings"] = settings
+        return echo
+
+    monkeypatch.setattr(cli, "_load_generator", load)
+    run(["/quit"], "--temperature", "0.3", "--max-new-tokens", "9")
+    assert seen["settings"] == GenerationSettings(temperature=0.3, max_new_tokens=9)
+
+
+def recording_gate(**kwargs) -> SafetyGate:
+    """The real gate (lexicon only) recording, in `gate.steps`, which of its steps ran in order."""
+    gate = SafetyGate(use_classifier=False, **kwargs)
+    gate.steps = []
+    for name in ("check_input", "reply_for", "screen", "note_for"):
+        method = getattr(gate, name)
+        setattr(gate, name, lambda *a, _m=method, _n=name, **k: gate.steps.append(_n) or _m(*a, **k))
+    return gate
+
+
+def turns_of(steps: list[str]) -> list[list[str]]:
+    """The gate's steps split into turns (each starts with check_input)."""
+    turns: list[list[str]] = []
+    for step in steps:
+        if step == "check_input":
+            turns.append([])
+        turns[-1].append(step)
+    return turns
+
+
+def test_chat_runs_the_one_gate_flow_on_a_real_model(tiny_llama_dir: Path, monkeypatch) -> None:
+    gates: list[SafetyGate] = []
+    monkeypatch.setattr("warmline.safety.SafetyGate", lambda **kw: gates.append(recording_gate(**kw)) or gates[-1])
+    run(["Can you suggest a book?", "I want to kill myself"], "--max-new-tokens", "6", "--seed", "0",
+        model=str(tiny_llama_dir))  # fmt: skip
+    (gate,) = gates
+    ordinary, crisis = turns_of(gate.steps)  # the warm-up went around the gate: two turns
+    assert ordinary[:2] == ["check_input", "reply_for"] and ordinary[-1] == "note_for"
+    assert set(ordinary[2:-1]) == {"screen"}  # every released sentence, and the whole reply
+    assert crisis == ["check_input", "reply_for"]  # the fixed reply: no model, nothing to screen

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_type_hints
 
 import typer
 
+from warmline.serving.settings import GenerationSettings, cli_fields
+
 if TYPE_CHECKING:
-    from warmline.serving.generator import GenerationSettings, Generator
+    from warmline.serving.generator import Generator
 
 app = typer.Typer(
     help="Sequentially fine-tune small language models into empathetic, safety-aware support chatbots.",
@@ -115,13 +118,8 @@ def data_inspect(
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
 
 
-# Sampling options shared by `chat` and `serve`; the defaults are the reference recipe's.
+# Options shared by `chat` and `serve`; the sampling ones come from GenerationSettings.
 ModelRef = Annotated[str, typer.Argument(help="A run folder, stage folder, hub id or packaged:NAME.")]
-Temperature = Annotated[float, typer.Option(help="Sampling temperature (0 = greedy).")]
-TopK = Annotated[int, typer.Option(help="Sample from the k most likely tokens (0 = off).")]
-TopP = Annotated[float, typer.Option(help="Nucleus sampling threshold (1 = off).")]
-RepetitionPenalty = Annotated[float, typer.Option(help="Penalty for repeating tokens (1 = off).")]
-MaxNewTokens = Annotated[int, typer.Option(help="Longest reply, in tokens.")]
 Seed = Annotated[
     int | None, typer.Option(help="Seed for sampling: the same conversation gets the same reply.")
 ]
@@ -130,8 +128,8 @@ Fp16Decode = Annotated[
     bool,
     typer.Option(
         "--fp16-decode/--fp32-decode",
-        help="On a CPU, decode with an fp16 copy of the weights (about 1.6x the tokens/s; the prompt is"
-        " still read in fp32).",
+        help="On a CPU, decode with an fp16 copy of the weights (faster; the prompt is still read in"
+        " fp32; benchmarks/RESULTS.md has the figures).",
     ),
 ]
 SystemPrompt = Annotated[
@@ -153,29 +151,44 @@ def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_
     return generator
 
 
-def _settings(
-    temperature: float, top_k: int, top_p: float, repetition_penalty: float, max_new_tokens: int
-) -> GenerationSettings:
-    from warmline.serving.generator import GenerationSettings
-
-    try:
-        return GenerationSettings(
-            temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-            max_new_tokens=max_new_tokens,
+def generation_options(fn: Callable) -> Callable:
+    """Replace `fn`'s `settings: GenerationSettings` parameter with one option per setting in
+    `cli_fields()` (its default and help text from the dataclass); `fn` gets the settings."""
+    hints = get_type_hints(GenerationSettings)
+    options = [
+        inspect.Parameter(
+            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+            annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])],
         )  # fmt: skip
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
+        for f in cli_fields()
+    ]
+    params = list(inspect.signature(fn, eval_str=True).parameters.values())
+    at = next(i for i, p in enumerate(params) if p.name == "settings")
+    params[at : at + 1] = options
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        values = {f.name: kwargs.pop(f.name) for f in cli_fields()}
+        try:
+            settings = GenerationSettings(**values)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        return fn(*args, settings=settings, **kwargs)
+
+    del wrapper.__wrapped__  # typer reads the signature below, not `fn`'s
+    wrapper.__signature__ = inspect.Signature(
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.POSITIONAL_OR_KEYWORD else p for p in params]
+    )
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
 
 
 @app.command()
 @friendly_errors
+@generation_options
 def chat(
     model: ModelRef,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 0.92,
-    repetition_penalty: RepetitionPenalty = 1.2,
-    max_new_tokens: MaxNewTokens = 200,
+    settings: GenerationSettings,
     seed: Seed = None,
     locale: Locale = "us",
     fp16_decode: Fp16Decode = True,
@@ -196,7 +209,6 @@ def chat(
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
     from warmline.serving.chat import run_chat
 
-    settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)
@@ -208,6 +220,7 @@ def chat(
 
 @app.command()
 @friendly_errors
+@generation_options
 def serve(
     model: ModelRef,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the chat to your network.")] = (
@@ -219,11 +232,7 @@ def serve(
         Path | None,
         typer.Option(help="Save each session's conversation as JSON in this folder (off by default)."),
     ] = None,
-    temperature: Temperature = 0.7,
-    top_k: TopK = 50,
-    top_p: TopP = 0.92,
-    repetition_penalty: RepetitionPenalty = 1.2,
-    max_new_tokens: MaxNewTokens = 200,
+    settings: GenerationSettings = None,  # the sampling options (generation_options)
     locale: Locale = "us",
     fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
@@ -237,7 +246,6 @@ def serve(
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
     from warmline.serving.web import build_app, launch
 
-    settings = _settings(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     generator = _load_generator(model, locale, settings, fp16_decode)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)

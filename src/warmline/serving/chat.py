@@ -31,7 +31,8 @@ class ChatSession:
     conversation: Conversation = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.reset()
+        if not self.conversation:  # a conversation passed in is kept (resumed), not replaced
+            self.reset()
 
     def reset(self) -> None:
         """Forget every turn but the system prompt."""
