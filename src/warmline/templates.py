@@ -56,11 +56,11 @@ class ChatTemplate:
     """Text a shown reply must never contain (screened, and counted as a leak in evaluation)."""
 
 
-def _family(name: str, detect: tuple[str, ...], markers: tuple[str, ...], stop_tokens: tuple[str, ...],
-            extra_leaks: tuple[str, ...] = ()) -> ChatTemplate:  # fmt: skip
-    """A family whose own markers and the transcript turns stop a reply and count as leaks."""
+def _family(name: str, detect: tuple[str, ...], markers: tuple[str, ...], stop_tokens: tuple[str, ...]) -> ChatTemplate:
+    """A family whose own markers, stop tokens and the transcript turns stop a reply, and are
+    exactly what counts as a leak: what ends a reply and what may never be shown never disagree."""
     stops = tuple(dict.fromkeys(markers + stop_tokens + _TRANSCRIPT_STOPS))
-    return ChatTemplate(name, detect, markers, stop_tokens, stops, tuple(dict.fromkeys(stops + extra_leaks)))
+    return ChatTemplate(name, detect, markers, stop_tokens, stops, stops)
 
 
 PLAIN = _family("plain", (), ("Human:", "Assistant:"), ())  # the system turn has no marker
@@ -74,9 +74,8 @@ LLAMA3 = _family(
 MISTRAL = _family(
     "mistral",
     ("[INST]",),
-    ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"),
+    ("<s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"),
     ("</s>",),
-    extra_leaks=("<s>",),
 )
 GEMMA = _family("gemma", ("<start_of_turn>",), ("<start_of_turn>", "<end_of_turn>"), ("<end_of_turn>", "<start_of_turn>", "<eos>"))
 PHI = _family(
