@@ -274,6 +274,15 @@ def test_max_rows_samples_with_the_seed(tmp_path):
     assert conversations(a) == conversations(b)
 
 
+def test_rows_cut_by_max_rows_are_counted_apart_from_dropped(tmp_path):
+    rows = [{"Context": f"Worry number {i}.", "Response": f"Reply {i}."} for i in range(20)]
+    rows.append({"Context": "   ", "Response": "empty question"})
+    data = prepare(write_jsonl(tmp_path / "many.jsonl", rows), max_rows=5)
+    assert data.dropped == {"empty_turn": 1}  # only the unusable row
+    assert data.cut_by_max_rows == 15 and data.stats()["cut_by_max_rows"] == 15
+    assert data.rows_read == sum(data.dropped.values()) + data.duplicates + data.kept + data.cut_by_max_rows
+
+
 # --- dedup and the grouped split ------------------------------------------------------------
 
 
@@ -426,7 +435,8 @@ def test_undecodable_bytes_drop_only_the_affected_rows(tmp_path):
     path.write_bytes(good + b"\n" + bad + b"\n")
     data = prepare(path, "counseling")
     assert data.kept == 1
-    assert data.dropped == {"file_had_undecodable_bytes": 1, "undecodable": 1}
+    assert data.dropped == {"undecodable": 1}  # rows; the file is noted apart
+    assert data.files_with_undecodable_bytes == 1 and data.rows_read == 2
     assert "\ufffd" not in json.dumps(conversations(data))
 
 
@@ -514,6 +524,80 @@ def test_human_assistant_text_without_role_markers_is_counted(tmp_path):
     ]
     data = prepare(write_jsonl(tmp_path / "t.jsonl", rows), "human_assistant")
     assert data.kept == 1 and data.dropped == {"no_role_marker": 3}
+
+
+def test_read_count_includes_unparseable_lines(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps(COUNSELING_ROWS[0]), "{broken", json.dumps([1]), json.dumps(COUNSELING_ROWS[0])]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = prepare(path, "counseling")
+    assert data.rows_read == 4  # every non-blank line, parseable or not
+    assert data.rows_read == sum(data.dropped.values()) + data.duplicates + data.kept
+
+
+def test_pretty_printed_jsonl_names_the_real_problem(tmp_path):
+    path = tmp_path / "pretty.jsonl"
+    path.write_text("\n".join(json.dumps(r, indent=2) for r in COUNSELING_ROWS), encoding="utf-8")
+    message = expect_clear_error(path, "counseling")
+    assert str(path) in message and "pretty-printed JSON, not JSON Lines" in message
+    assert "found: nothing" not in message
+
+
+def test_jsonl_with_no_json_line_names_the_real_problem(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    path.write_text("Context: I feel sad\nResponse: I hear you\n", encoding="utf-8")
+    message = expect_clear_error(path, "counseling")
+    assert str(path) in message and "no line is valid JSON" in message and "line 1" in message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    path = tmp_path / "windows.jsonl"
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in COUNSELING_ROWS)
+    bom = {"utf-16-le": "\ufeff", "utf-16-be": "\ufeff"}.get(encoding, "")  # utf-16/32 write their own
+    path.write_bytes((bom + text).encode(encoding))
+    data = prepare(path, "counseling")
+    assert data.kept == 3 and data.dropped == {}
+
+
+def test_utf16_without_a_byte_order_mark_names_the_encoding(tmp_path):
+    path = tmp_path / "nobom.jsonl"
+    path.write_bytes("".join(json.dumps(r) + "\n" for r in COUNSELING_ROWS).encode("utf-16-le"))
+    message = expect_clear_error(path, "counseling")
+    assert str(path) in message and "UTF-16" in message and "UTF-8" in message
+
+
+def test_txt_files_in_a_source_folder_are_counted(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", COUNSELING_ROWS)
+    (folder / "notes.txt").write_text("Human: hi\nAssistant: hello\n", encoding="utf-8")
+    (folder / "more.txt").write_text("x", encoding="utf-8")
+    data = prepare(folder, "counseling")
+    assert data.kept == 3 and data.files_skipped == {".txt": 2}
+    assert data.stats()["files_skipped"] == {".txt": 2}
+    (folder / "a.jsonl").unlink()
+    message = expect_clear_error(folder, "counseling")
+    assert "holds no data files" in message and "2 .txt files" in message
+
+
+@pytest.mark.parametrize("relative", ["data/missing", "data/sub/missing", "./missing"])
+def test_missing_local_path_is_reported_as_a_missing_path(tmp_path, monkeypatch, relative):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    message = expect_clear_error(relative)
+    assert "data source not found" in message and relative.lstrip("./") in message
+    assert "hub" not in message
+
+
+def test_missing_local_model_folder_is_reported_as_a_missing_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelNotAvailableError) as err:
+        resolve_model("runs/offline")
+    assert "model folder not found: runs/offline" in str(err.value) and "offline)" not in str(err.value)
 
 
 def test_unsupported_file_extension(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -161,17 +162,105 @@ def test_strings_that_look_like_numbers_are_coerced(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("extra", "expected"),
+    ("extra", "key", "valid"),
     [
-        ("    validation_fraction: 1.0\n", r"validation_fraction' must be in \[0, 1\)"),
-        ("    replay_fraction: 1.5\n", r"replay_fraction' must be in \[0, 1\]"),
-        ("    max_length: 8\n", r"max_length >= 16"),
+        ("    validation_fraction: 1.0\n", "stages.0.validation_fraction", "(0, 0.5]"),
+        ("    validation_fraction: 0.99\n", "stages.0.validation_fraction", "(0, 0.5]"),
+        ("    validation_fraction: 0\n", "stages.0.validation_fraction", "(0, 0.5]"),
+        ("    replay_fraction: 1.5\n", "stages.0.replay_fraction", "[0, 1]"),
+        ("    max_length: 8\n", "stages.0.max_length", "[16, 1.04858e+06]"),
+        ("    max_rows: -3\n", "stages.0.max_rows", "[1, 1e+09]"),
+        ("    max_rows: 0\n", "stages.0.max_rows", "[1, 1e+09]"),
+        ("    learning_rate: .nan\n", "stages.0.learning_rate", "(0, 0.1]"),
+        ("    learning_rate: 1.0e6\n", "stages.0.learning_rate", "(0, 0.1]"),
+        ("    learning_rate: -1.0e-4\n", "stages.0.learning_rate", "(0, 0.1]"),
     ],
-)
-def test_out_of_range_values_fail(tmp_path, extra, expected):
-    path = write(tmp_path, MINIMAL.replace("    epochs: 3\n", "    epochs: 3\n" + extra))
-    with pytest.raises(RecipeError, match=expected):
+)  # fmt: skip
+def test_out_of_range_stage_values_fail(tmp_path, extra, key, valid):
+    path = write(tmp_path, MINIMAL.replace("    epochs: 3\n", "" + extra))
+    with pytest.raises(RecipeError) as err:
         load_recipe(path)
+    message = str(err.value)
+    assert f"'{key}'" in message and str(path) in message and valid in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "valid"),
+    [
+        ("stages.0.epochs=.inf", "stages.0.epochs", "(0, 100]"),
+        ("stages.0.epochs=0", "stages.0.epochs", "(0, 100]"),
+        ("stages.0.epochs=-1", "stages.0.epochs", "(0, 100]"),
+        ("training.warmup_ratio=-0.5", "training.warmup_ratio", "[0, 1)"),
+        ("training.warmup_ratio=5", "training.warmup_ratio", "[0, 1)"),
+        ("training.warmup_ratio=1", "training.warmup_ratio", "[0, 1)"),
+        ("training.num_threads=0", "training.num_threads", "[1, 4096]"),
+        ("training.save_steps=0", "training.save_steps", "[1, 1e+09]"),
+        ("training.logging_steps=0", "training.logging_steps", "[1, 1e+09]"),
+        ("training.seed=-1", "training.seed", "[0, 4.29497e+09]"),
+        ("training.weight_decay=.nan", "training.weight_decay", "[0, 1]"),
+        ("training.max_grad_norm=-1", "training.max_grad_norm", "[0, 10000]"),
+        ("training.trainable_layers=0", "training.trainable_layers", "[1, 10000]"),
+        ("training.micro_batch_size=0", "training.micro_batch_size", "[1, 4096]"),
+        ("training.lora.r=0", "training.lora.r", "[1, 4096]"),
+        ("training.lora.dropout=1.0", "training.lora.dropout", "[0, 1)"),
+    ],
+)  # fmt: skip
+def test_out_of_range_values_fail_naming_key_file_and_range(tmp_path, override, key, valid):
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [override])
+    message = str(err.value)
+    assert f"'{key}'" in message and str(path) in message and valid in message and "\n" not in message
+
+
+def test_warmup_ratio_in_range_is_a_ratio(tmp_path):
+    assert load_recipe(write(tmp_path, MINIMAL), ["training.warmup_ratio=0.5"]).training.warmup_ratio == 0.5
+
+
+@pytest.mark.parametrize("scheduler", ["cosin", "reduce_lr_on_plateau", "cosine_with_min_lr"])
+def test_scheduler_names_come_from_the_installed_transformers(tmp_path, scheduler):
+    from transformers import SchedulerType
+
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [f"training.lr_scheduler={scheduler}"])
+    message = str(err.value)
+    assert "'training.lr_scheduler'" in message and str(path) in message and "'cosine'" in message
+    if scheduler == "cosin":
+        assert "did you mean 'cosine'" in message
+    else:  # a real transformers scheduler that can't work with how warmline trains
+        assert scheduler in {s.value for s in SchedulerType} and "can't be used" in message
+    for name in ("linear", "cosine", "constant_with_warmup"):
+        assert load_recipe(path, [f"training.lr_scheduler={name}"]).training.lr_scheduler == name
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../../victim", "../victim", "a/b", "..", ".hidden", "with space", "", "x" * 65, "tab\there"]
+)
+def test_stage_and_run_names_must_be_safe_slugs(tmp_path, name):
+    path = write(tmp_path, MINIMAL)
+    for key in ("stages.0.name", "name"):
+        with pytest.raises(RecipeError) as err:
+            load_recipe(path, [f"{key}={json.dumps(name)}"])
+        assert f"'{key}'" in str(err.value) and "letters, digits" in str(err.value)
+    assert load_recipe(path, ["stages.0.name=counseling-v2.1_b"]).stages[0].name == "counseling-v2.1_b"
+
+
+def test_relative_sources_are_resolved_once_against_the_recipe_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "data.jsonl").write_text("{}\n", encoding="utf-8")
+    text = "name: x\nbase_model: m\nstages:\n  - {name: a, source: data.jsonl}\n  - {name: b, source: org/dataset}\n"
+    path = write(folder, text)
+    monkeypatch.chdir(tmp_path)  # the working directory has no data.jsonl
+    a, b = load_recipe(path).stages
+    assert Path(a.source) == folder / "data.jsonl"
+    assert b.source == "org/dataset"  # a hub id stays as it is
+
+
+def test_eval_replies_is_gone(tmp_path):
+    with pytest.raises(RecipeError, match="unknown key 'training.eval_replies'"):
+        load_recipe(write(tmp_path, MINIMAL), ["training.eval_replies=2"])
 
 
 def test_batch_sizes_must_divide(tmp_path):
@@ -212,10 +301,10 @@ def test_overrides_beat_yaml(tmp_path):
 
 def test_override_types_are_checked(tmp_path):
     path = write(tmp_path, MINIMAL)
-    recipe = load_recipe(path, ["training.packing=false", "system_prompt=null", "name=my run"])
+    recipe = load_recipe(path, ["training.packing=false", "system_prompt=null", "name=my-run"])
     assert recipe.training.packing is False
     assert recipe.system_prompt is None
-    assert recipe.name == "my run"
+    assert recipe.name == "my-run"
     with pytest.raises(RecipeError, match=r"'stages\.0\.epochs' must be a number"):
         load_recipe(path, ["stages.0.epochs=lots"])
 

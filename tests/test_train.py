@@ -258,26 +258,77 @@ def test_lora_stage_merges_adapters_into_plain_weights(tmp_path, tiny_llama_dir)
     AutoModelForCausalLM.from_pretrained(final)
 
 
+def _built_first_stage(tmp_path, base, overrides=(), callbacks=()):
+    """The first stage's trainer, built by the real builder (nothing trained yet)."""
+    recipe = load_recipe(_recipe(tmp_path, base), list(overrides))
+    tokenizer = train_mod.load_training_tokenizer(recipe)
+    stages = train_mod.prepare_stages(recipe, tokenizer)
+    built = train_mod.build_stage_trainer(recipe, stages[0], stages, recipe.base_model, tokenizer, "fp32",
+                                          recipe.run_dir, callbacks=callbacks)  # fmt: skip
+    return recipe, stages, built
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_checkpointing_follows_the_recipe(tmp_path, tiny_llama_dir, monkeypatch, checkpointing):
+def test_activation_checkpointing_follows_the_recipe(tmp_path, tiny_llama_dir, checkpointing):
     """TRL's SFTConfig turns activation checkpointing on by default; the recipe's
     `gradient_checkpointing` must decide (off by default: it costs ~1/3 more compute)."""
-    seen = {}
+    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir,
+                                     [f"training.gradient_checkpointing={str(checkpointing).lower()}"])  # fmt: skip
+    assert built.trainer.args.activation_checkpointing is checkpointing
+    if not checkpointing:  # the Trainer enables it on the model when train() starts
+        assert built.trainer.model.is_gradient_checkpointing is False
 
-    def fake_train(self, resume_from_checkpoint=None):
-        seen["args"] = self.args.activation_checkpointing
-        seen["model"] = self.model.is_gradient_checkpointing
-        raise RuntimeError("stop after setup")
 
-    import trl
+def test_builder_gives_the_trainer_our_examples_and_callbacks(tmp_path, tiny_llama_dir):
+    from warmline.training.callbacks import CheckpointMarker, MetricsLogger
 
-    monkeypatch.setattr(trl.SFTTrainer, "train", fake_train)
-    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), [f"training.gradient_checkpointing={str(checkpointing).lower()}"])
-    with pytest.raises(RuntimeError, match="stop after setup"):
-        train_mod.train_recipe(recipe)
-    assert seen["args"] is checkpointing  # the Trainer enables it on the model when train() starts
-    if not checkpointing:
-        assert seen["model"] is False
+    recipe, stages, built = _built_first_stage(tmp_path, tiny_llama_dir)
+    dataset = built.trainer.train_dataset
+    assert dataset["input_ids"] == [e.input_ids for e in stages[0].train]
+    assert dataset["labels"] == [e.labels for e in stages[0].train]
+    kinds = {type(cb) for cb in built.trainer.callback_handler.callbacks}
+    assert {MetricsLogger, CheckpointMarker} <= kinds
+    args = built.trainer.args
+    assert args.save_total_limit is None  # CheckpointMarker rotates, crash-safe
+    assert (args.learning_rate, args.num_train_epochs) == (3.0e-3, 2.0)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant_with_warmup"])
+def test_first_optimizer_step_does_not_run_at_learning_rate_zero(tmp_path, tiny_llama_dir, scheduler):
+    """transformers' warm-up multiplier is step / warmup: 0 at the first step of every stage."""
+    from transformers import TrainerCallback
+
+    seen: list[float] = []
+
+    class LearningRates(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir, ["training.warmup_ratio=0.5",
+                                     f"training.lr_scheduler={scheduler}"], callbacks=(LearningRates(),))  # fmt: skip
+    built.trainer.train()
+    peak = 3.0e-3
+    warmup = built.trainer.args.get_warmup_steps(len(seen))
+    assert len(seen) == 8 and warmup == 4
+    assert seen[0] == pytest.approx(peak / warmup)  # not 0
+    assert seen[:warmup] == pytest.approx([peak * (s + 1) / warmup for s in range(warmup)])  # linear warm-up
+    assert max(seen) == pytest.approx(peak)
+
+
+def test_padding_waste_is_exact_only_when_the_order_cannot_change_it():
+    lengths = [10, 50, 12, 48, 11, 52, 9, 49]
+    assert train_mod.padding_stats(lengths, 4, padding_free=True, pad_to_multiple_of=None) == {"padding_waste": 0.0}
+    one = train_mod.padding_stats(lengths, 1, padding_free=False, pad_to_multiple_of=None)
+    assert one == {"padding_waste": 0.0}
+    padded = train_mod.padding_stats(lengths, 2, padding_free=False, pad_to_multiple_of=512)
+    assert padded["padding_waste"] == pytest.approx(1 - sum(lengths) / (512 * len(lengths)), abs=1e-4)
+    # Batches of 2 in order would pair short with long; the Trainer shuffles, so it is an estimate.
+    shuffled = train_mod.padding_stats(lengths, 2, padding_free=False, pad_to_multiple_of=None, seed=0)
+    assert "padding_waste" not in shuffled and "random batch orders" in shuffled["padding_waste_method"]
+    in_order = 1 - sum(lengths) / sum(2 * max(lengths[i : i + 2]) for i in range(0, 8, 2))
+    sorted_pairs = sorted(lengths)
+    best = 1 - sum(lengths) / sum(2 * max(sorted_pairs[i : i + 2]) for i in range(0, 8, 2))
+    assert best < shuffled["padding_waste_estimate"] <= in_order
 
 
 # Validation losses of the tiny run (the forgetting matrix), pinned as torchtune pins its

@@ -54,6 +54,23 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def looks_like_local_path(reference: str) -> bool:
+    """True when a reference that is not on disk was meant as a path, not a hub id.
+
+    Hub ids are `name` or `owner/name` (huggingface_hub's rules); anything else (`./x`, `a/b/c`,
+    `C:\\x`), or an `owner/name` whose owner is a folder here (`data/missing`), is a path.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if reference.startswith((".", "/", "~")) or "\\" in reference:
+        return True
+    try:
+        validate_repo_id(reference)
+    except HFValidationError:
+        return True
+    return "/" in reference and Path(reference.split("/", 1)[0]).expanduser().is_dir()
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model's files are, plus what the user asked for."""
@@ -138,8 +155,11 @@ def resolve_model(reference: str) -> ResolvedModel:
                 "pass a run folder, a stage folder or a saved model folder"
             )
         return ResolvedModel(reference, str(local), "local")
-    if reference.count("/") > 1 or reference.startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"model folder not found: {reference}")
+    if looks_like_local_path(reference):
+        raise ModelNotAvailableError(
+            f"model folder not found: {reference} (pass a run folder, a stage folder, a saved model folder, "
+            "a hub id or packaged:smollm2-135m-instruct)"
+        )
     cached = _hub_cache_has(reference)
     if not cached and not hub_reachable():
         raise ModelNotAvailableError(

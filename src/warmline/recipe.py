@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ class StageConfig:
     """One fine-tuning stage: a dataset and how to train on it."""
 
     name: str
-    """Short name, used in folder names (`stage-01-<name>`)."""
+    """Short name, used in folder names (`stage-01-<name>`): letters, digits, `.`, `_`, `-`."""
     source: str
     """Hugging Face hub id, local file (.json/.jsonl/.csv/.parquet) or folder of such files."""
     format: Format = "auto"
@@ -47,7 +49,7 @@ class StageConfig:
     subset: str | None = None
     """Hub dataset configuration name, when it has several."""
     validation_fraction: float = 0.1
-    """Share of prompt groups held out for validation (grouped by user prompt)."""
+    """Share of prompt groups held out for validation (grouped by user prompt), in (0, 0.5]."""
     max_rows: int | None = None
     """Train on at most this many conversations (sampled with the seed after the split, so the
     validation split stays the same); None uses all."""
@@ -101,7 +103,7 @@ class TrainingConfig:
     """Train only the top N transformer blocks (+ final norm; embeddings frozen); None trains all.
     Backpropagation then stops N blocks down: on a 2-core CPU, about 2x faster per token."""
     warmup_ratio: float = 0.05
-    """Share of each stage's steps spent warming the learning rate up."""
+    """Share of each stage's optimizer steps spent warming the learning rate up, in [0, 1)."""
     lr_scheduler: str = "cosine"
     """transformers scheduler name for each stage's fresh schedule."""
     weight_decay: float = 0.0
@@ -112,8 +114,6 @@ class TrainingConfig:
     """Log loss, learning rate and tokens/s every this many optimizer steps."""
     save_steps: int = 50
     """Checkpoint every this many optimizer steps within a stage (for --resume)."""
-    eval_replies: int = 0
-    """Sample replies printed at the end of the run (the CLI's --samples overrides)."""
     num_threads: int | None = None
     """torch intra-op threads; None uses the physical cores."""
 
@@ -123,7 +123,7 @@ class Recipe:
     """A sequential fine-tuning recipe: a base model and an ordered list of stages."""
 
     name: str
-    """Run name; outputs go to `<output_dir>/<name>/`."""
+    """Run name; outputs go to `<output_dir>/<name>/` (letters, digits, `.`, `_`, `-`)."""
     base_model: str
     """Hugging Face hub id, local folder, or `packaged:smollm2-135m-instruct`."""
     stages: list[StageConfig]
@@ -278,43 +278,137 @@ def _apply_override(data: dict, assignment: str, source: str) -> None:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a recipe YAML file, then apply `key.path=value` overrides."""
+    """Load and validate a recipe YAML file, then apply `key.path=value` overrides.
+
+    Every value is checked here (types, ranges, finiteness, names, scheduler), and relative local
+    sources are resolved once: against the working directory, else against the recipe's folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping with base_model and stages")
     for assignment in overrides or []:
         _apply_override(data, assignment, str(path))
     recipe = _build(Recipe, data, "", str(path))
     _check(recipe, str(path))
+    for stage in recipe.stages:
+        stage.source = resolve_source_path(path, stage.source)
     return recipe
 
 
+# Folder names come from these: one path component, never `.`/`..`, no separators or spaces.
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Schedulers driven by evaluation metrics: stages are validated outside the Trainer (token-weighted).
+NOT_WITH_TRAINER = {
+    name: "it needs the Trainer's evaluation metrics, and warmline validates outside the Trainer"
+    for name in ("reduce_lr_on_plateau", "greedy")
+}
+
+
+def _check_slug(value: str, key: str, source: str) -> None:
+    if not SLUG.fullmatch(value):
+        raise RecipeError(
+            f"{source}: '{key}' is {value!r}; it names a folder, so use 1-64 letters, digits, '.', '_' or '-'"
+            " starting with a letter or digit (e.g. counseling-v2)"
+        )
+
+
+def _check_range(value: float | int | None, key: str, source: str, low: float, high: float, *,
+                 low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> None:  # fmt: skip
+    """Fail unless `value` is a finite number in the interval (one line: key, file, valid range)."""
+    if value is None and allow_none:
+        return
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    ok = (
+        value is not None
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )
+    if not ok:
+        hint = " (or null)" if allow_none else ""
+        raise RecipeError(f"{source}: '{key}' is {value!r}; expected a finite number in {interval}{hint}")
+
+
+def usable_schedulers() -> list[str]:
+    """transformers scheduler names that work with the settings warmline passes the Trainer."""
+    import torch
+    from transformers import SchedulerType, get_scheduler
+
+    usable = []
+    for kind in SchedulerType:
+        if kind.value in NOT_WITH_TRAINER:
+            continue
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        try:  # some need extra settings (e.g. a minimum learning rate) that recipes don't have
+            get_scheduler(kind.value, optimizer=optimizer, num_warmup_steps=1, num_training_steps=10)
+        except (ValueError, TypeError, NotImplementedError):
+            continue
+        usable.append(kind.value)
+    return usable
+
+
+def _check_scheduler(name: str, source: str) -> None:
+    from transformers import SchedulerType
+
+    known = [s.value for s in SchedulerType]
+    usable = usable_schedulers()
+    if name in usable:
+        return
+    if name in known:
+        why = NOT_WITH_TRAINER.get(name, "it needs settings that recipes do not pass")
+        raise RecipeError(f"{source}: 'training.lr_scheduler' {name!r} can't be used: {why}; use one of {usable}")
+    close = difflib.get_close_matches(name, usable, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise RecipeError(f"{source}: 'training.lr_scheduler' is {name!r}, expected one of {usable}{hint}")
+
+
 def _check(recipe: Recipe, source: str) -> None:
+    """Ranges, finiteness and names of every value: all checked before anything is loaded."""
+    _check_slug(recipe.name, "name", source)
     if not recipe.stages:
         raise RecipeError(f"{source}: 'stages' must list at least one stage")
     names = [s.name for s in recipe.stages]
     if len(set(names)) != len(names):
         raise RecipeError(f"{source}: stage names must be unique, got {names}")
     for i, stage in enumerate(recipe.stages):
-        if not 0.0 <= stage.validation_fraction < 1.0:
-            raise RecipeError(f"{source}: 'stages.{i}.validation_fraction' must be in [0, 1)")
-        if not 0.0 <= stage.replay_fraction <= 1.0:
-            raise RecipeError(f"{source}: 'stages.{i}.replay_fraction' must be in [0, 1]")
-        if stage.epochs <= 0 or stage.learning_rate <= 0 or stage.max_length < 16:
-            raise RecipeError(f"{source}: stage '{stage.name}' needs epochs > 0, learning_rate > 0, max_length >= 16")
+        key = f"stages.{i}"
+        _check_slug(stage.name, f"{key}.name", source)
+        if not stage.source.strip():
+            raise RecipeError(f"{source}: '{key}.source' is empty; give a hub id, a data file or a folder")
+        # A stage needs held-out rows: every stage's validation loss is a column of the forgetting matrix.
+        _check_range(stage.validation_fraction, f"{key}.validation_fraction", source, 0, 0.5, low_open=True)
+        _check_range(stage.replay_fraction, f"{key}.replay_fraction", source, 0, 1)
+        _check_range(stage.max_rows, f"{key}.max_rows", source, 1, 10**9, allow_none=True)
+        _check_range(stage.epochs, f"{key}.epochs", source, 0, 100, low_open=True)
+        _check_range(stage.learning_rate, f"{key}.learning_rate", source, 0, 0.1, low_open=True)
+        _check_range(stage.max_length, f"{key}.max_length", source, 16, 1_048_576)
     t = recipe.training
-    if t.micro_batch_size < 1 or t.global_batch_size < t.micro_batch_size:
-        raise RecipeError(f"{source}: training needs 1 <= micro_batch_size <= global_batch_size")
-    if t.trainable_layers is not None and t.trainable_layers < 1:
-        raise RecipeError(f"{source}: training.trainable_layers must be >= 1 (or null for all layers)")
+    _check_range(t.micro_batch_size, "training.micro_batch_size", source, 1, 4096)
+    _check_range(t.global_batch_size, "training.global_batch_size", source, t.micro_batch_size, 1 << 20)
     if t.global_batch_size % t.micro_batch_size:
         raise RecipeError(f"{source}: training.global_batch_size must be a multiple of micro_batch_size")
+    _check_range(t.seed, "training.seed", source, 0, 2**32 - 1)  # numpy's seed range
+    _check_range(t.trainable_layers, "training.trainable_layers", source, 1, 10_000, allow_none=True)
+    # transformers reads a warmup of 1 or more as a step count: a ratio must stay below 1.
+    _check_range(t.warmup_ratio, "training.warmup_ratio", source, 0, 1, high_open=True)
+    _check_range(t.weight_decay, "training.weight_decay", source, 0, 1)
+    _check_range(t.max_grad_norm, "training.max_grad_norm", source, 0, 1e4)
+    _check_range(t.logging_steps, "training.logging_steps", source, 1, 10**9)
+    _check_range(t.save_steps, "training.save_steps", source, 1, 10**9)
+    _check_range(t.num_threads, "training.num_threads", source, 1, 4096, allow_none=True)
+    _check_range(t.lora.r, "training.lora.r", source, 1, 4096)
+    _check_range(t.lora.alpha, "training.lora.alpha", source, 0, 1e6, low_open=True)
+    _check_range(t.lora.dropout, "training.lora.dropout", source, 0, 1, high_open=True)
+    targets = [t.lora.target_modules] if isinstance(t.lora.target_modules, str) else t.lora.target_modules
+    if not targets or not all(x.strip() for x in targets):
+        raise RecipeError(f"{source}: 'training.lora.target_modules' is empty; use all-linear or module names")
+    _check_scheduler(t.lr_scheduler, source)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -323,8 +417,10 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 
 def resolve_source_path(recipe_path: str | Path, source: str) -> str:
-    """Local sources in a recipe are relative to the working directory, else to the recipe file."""
-    p = Path(source)
+    """Local sources in a recipe are relative to the working directory, else to the recipe file.
+
+    Called once, by `load_recipe`; hub ids and paths found in neither place are left as they are."""
+    p = Path(source).expanduser()
     if p.is_absolute() or p.exists():
         return source
     candidate = Path(recipe_path).parent / source

@@ -36,10 +36,17 @@ class StageData:
     train: list[Conversation]
     validation: list[Conversation]
     rows_read: int = 0
+    """Every row seen, including rows that could not be parsed: read = dropped + duplicates + kept + cut."""
     dropped: dict[str, int] = field(default_factory=dict)
+    """Rows that could not be used, by reason."""
     cleaned: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     files: list[str] = field(default_factory=list)
+    cut_by_max_rows: int = 0
+    """Usable training rows left out because the stage's `max_rows` asked for fewer (not dropped)."""
+    files_skipped: dict[str, int] = field(default_factory=dict)
+    """Files in a source folder that are not data files, by suffix."""
+    files_with_undecodable_bytes: int = 0
 
     @property
     def kept(self) -> int:
@@ -53,10 +60,13 @@ class StageData:
             "dropped": dict(self.dropped),
             "cleaned": dict(self.cleaned),
             "duplicates": self.duplicates,
+            "cut_by_max_rows": self.cut_by_max_rows,
             "kept": self.kept,
             "train_rows": len(self.train),
             "validation_rows": len(self.validation),
             "files": self.files,
+            "files_skipped": dict(self.files_skipped),
+            "files_with_undecodable_bytes": self.files_with_undecodable_bytes,
         }
 
 
@@ -170,20 +180,51 @@ def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = 
             conv = [{"role": "system", "content": system}, *conv]
         kept.append(conv)
     train, validation = grouped_split(kept, stage.validation_fraction, seed)
+    cut = 0
     if stage.max_rows is not None and len(train) > stage.max_rows:
-        dropped["over_max_rows"] += len(train) - stage.max_rows
+        cut = len(train) - stage.max_rows  # usable rows the recipe chose not to train on: not "dropped"
         train = random.Random(seed).sample(train, stage.max_rows)
     data = StageData(
         name=stage.name,
         format=fmt,
         train=train,
         validation=validation,
-        rows_read=len(raw.rows),
+        rows_read=raw.rows_read,
         dropped=dict(dropped),
         cleaned=dict(cleaned),
         duplicates=duplicates,
         files=raw.files,
+        cut_by_max_rows=cut,
+        files_skipped=dict(raw.files_skipped),
+        files_with_undecodable_bytes=raw.files_with_undecodable_bytes,
     )
     if dropped or duplicates:
         logger.info("stage '%s': dropped %s, duplicates %d", stage.name, dict(dropped), duplicates)
     return data
+
+
+def data_problems(data: StageData, stage_key: str, *, global_batch_size: int, epochs: float) -> list[str]:
+    """Why a stage's data can't train (empty list when it can): each a line naming the stage's key.
+
+    Checked before any model is loaded. `stage_key` is the recipe key, e.g. `stages.0`."""
+    where = ", ".join(data.files) or "the source"
+    problems = []
+    if not data.kept:
+        reasons = ", ".join(f"{k}: {n}" for k, n in sorted(data.dropped.items())) or "none kept"
+        problems.append(
+            f"'{stage_key}' ({data.name}): all {data.rows_read} rows of {where} were dropped ({reasons}"
+            f"{f', duplicates: {data.duplicates}' if data.duplicates else ''}); check the stage's format and columns"
+        )
+        return problems
+    if not data.validation:
+        problems.append(
+            f"'{stage_key}' ({data.name}): no validation rows ({data.kept} usable rows in "
+            f"{len({prompt_key(c) for c in data.train})} prompt group(s)); every stage needs held-out rows: "
+            f"add rows or raise '{stage_key}.validation_fraction'"
+        )
+    if len(data.train) * epochs < global_batch_size:
+        problems.append(
+            f"'{stage_key}' ({data.name}): {len(data.train)} training rows x {epochs:g} epochs make less than one "
+            f"optimizer step (training.global_batch_size {global_batch_size}); add rows or raise '{stage_key}.epochs'"
+        )
+    return problems

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from warmline.data.cleaning import StageData, prepare_stage
+from warmline.data.cleaning import StageData, data_problems, prepare_stage
 from warmline.data.tokens import tokenize_conversation
 from warmline.recipe import Recipe
 
@@ -25,8 +25,11 @@ def percentile(values: list[int], q: float) -> int:
 def inspect_recipe(recipe: Recipe, tokenizer) -> list[dict]:
     """One row of statistics per stage."""
     rows = []
-    for stage in recipe.stages:
+    for i, stage in enumerate(recipe.stages):
         data: StageData = prepare_stage(stage, seed=recipe.training.seed, system_prompt=recipe.system_prompt)
+        problems = data_problems(
+            data, f"stages.{i}", global_batch_size=recipe.training.global_batch_size, epochs=stage.epochs
+        )
         lengths, truncated = token_lengths(tokenizer, data.train + data.validation, stage.max_length)
         row = data.stats()
         row.update(
@@ -35,13 +38,15 @@ def inspect_recipe(recipe: Recipe, tokenizer) -> list[dict]:
             tokens_max=max(lengths, default=0),
             would_truncate=truncated,
             max_length=stage.max_length,
+            problems=problems,
         )
         rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table, one line per stage."""
+    """A plain-text table, one line per stage; then drop reasons, rows cut by max_rows, skipped
+    files and anything that would stop `warmline train`."""
     headers = ["stage", "format", "read", "dropped", "dup", "kept", "train", "val", "p50", "p95", "max", "trunc"]
     lines = []
     for r in rows:
@@ -58,4 +63,12 @@ def format_table(rows: list[dict]) -> str:
     reasons = [(r["name"], r["dropped"], r["cleaned"]) for r in rows if r["dropped"] or r["cleaned"]]
     for name, dropped, cleaned in reasons:
         out.append(f"{name}: dropped by reason {dropped or '{}'}; cleaned {cleaned or '{}'}")
+    for r in rows:
+        if r.get("cut_by_max_rows"):
+            out.append(f"{r['name']}: {r['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped")
+        if r.get("files_skipped"):
+            out.append(f"{r['name']}: skipped files that are not data files {r['files_skipped']}")
+        if r.get("files_with_undecodable_bytes"):
+            out.append(f"{r['name']}: {r['files_with_undecodable_bytes']} file(s) had bytes that are not UTF-8")
+        out += [f"warning: {problem}" for problem in r.get("problems", [])]
     return "\n".join(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 from dataclasses import dataclass, field
@@ -29,12 +30,23 @@ class RawRows:
     files: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    """Rows (lines, list items, CSV records) that could not be read, by reason."""
+    files_skipped: dict[str, int] = field(default_factory=dict)
+    """Files in a source folder that are not data files, by suffix (e.g. {".txt": 2})."""
+    files_with_undecodable_bytes: int = 0
+
+    @property
+    def rows_read(self) -> int:
+        """Every row seen, readable or not: rows kept here plus rows dropped while reading."""
+        return len(self.rows) + sum(self.dropped.values())
 
 
 def is_local(source: str) -> bool:
-    """A source is local when it exists on disk or looks like a file path."""
-    p = Path(source)
-    return p.exists() or p.suffix.lower() in LOCAL_SUFFIXES or source.startswith((".", "/", "~"))
+    """A source is local when it exists on disk or looks like a path rather than a hub id."""
+    from warmline.models import looks_like_local_path
+
+    p = Path(source).expanduser()
+    return p.exists() or p.suffix.lower() in LOCAL_SUFFIXES or looks_like_local_path(source)
 
 
 def read_source(source: str, *, split: str = "train", subset: str | None = None) -> RawRows:
@@ -46,12 +58,25 @@ def read_source(source: str, *, split: str = "train", subset: str | None = None)
 
 def _read_local(path: Path) -> RawRows:
     if not path.exists():
-        raise SourceError(f"data source not found: {path}")
+        raise SourceError(
+            f"data source not found: {path} (no such file or folder; paths are relative to the working "
+            "directory or the recipe's folder)"
+        )
+    skipped: dict[str, int] = {}
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in LOCAL_SUFFIXES)
+        files = []
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            if p.suffix.lower() in LOCAL_SUFFIXES:
+                files.append(p)
+            elif not p.name.startswith("."):  # hidden files (.gitattributes, .DS_Store) are not data
+                suffix = p.suffix.lower() or "(no suffix)"
+                skipped[suffix] = skipped.get(suffix, 0) + 1
+        if skipped:
+            logger.warning("%s: skipped files that are not data files: %s", path, skipped)
         if not files:
+            found = f"; it holds {', '.join(f'{n} {k}' for k, n in skipped.items())} files" if skipped else ""
             raise SourceError(
-                f"folder {path} holds no data files (looked for {', '.join(sorted(LOCAL_SUFFIXES))})"
+                f"folder {path} holds no data files (looked for {', '.join(sorted(LOCAL_SUFFIXES))}{found})"
             )
     else:
         if path.suffix.lower() not in LOCAL_SUFFIXES:
@@ -59,10 +84,11 @@ def _read_local(path: Path) -> RawRows:
                 f"{path}: unsupported file type '{path.suffix}'; use one of {', '.join(sorted(LOCAL_SUFFIXES))}"
             )
         files = [path]
-    out = RawRows(rows=[], files=[str(f) for f in files])
+    out = RawRows(rows=[], files=[str(f) for f in files], files_skipped=skipped)
     columns: dict[str, None] = {}
     for f in files:
         rows, dropped = _read_file(f)
+        out.files_with_undecodable_bytes += dropped.pop(_UNDECODABLE_FILE, 0)
         for reason, n in dropped.items():
             out.dropped[reason] = out.dropped.get(reason, 0) + n
         for r in rows:
@@ -72,14 +98,34 @@ def _read_local(path: Path) -> RawRows:
     return out
 
 
+_UNDECODABLE_FILE = "\x00file_had_undecodable_bytes"  # a per-file note, not a row: moved out by the caller
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
+)  # fmt: skip
+
+
 def _decode(path: Path, dropped: dict[str, int]) -> str:
     data = path.read_bytes()
+    for bom, encoding in _BOMS:
+        # A byte-order mark says exactly how the file is encoded (Windows "Unicode" saves UTF-16).
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise SourceError(f"{path}: starts with a {encoding.upper()} byte-order mark but is not "
+                                  f"valid {encoding.upper()} ({err.reason}); save it as UTF-8") from err  # fmt: skip
+    if data.count(b"\x00") > len(data) // 4:  # every other byte NUL: UTF-16 text without its mark
+        raise SourceError(
+            f"{path}: looks like UTF-16 text without a byte-order mark (NUL bytes between characters); "
+            "save it as UTF-8"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         # Keep the readable rows: undecodable bytes become U+FFFD and the row is dropped later
         # by the cleaner ("undecodable"), counted, instead of failing the whole file.
-        dropped["file_had_undecodable_bytes"] = dropped.get("file_had_undecodable_bytes", 0) + 1
+        dropped[_UNDECODABLE_FILE] = 1
         return data.decode("utf-8", errors="replace")
 
 
@@ -132,19 +178,48 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
                 dropped["not_an_object"] = dropped.get("not_an_object", 0) + 1
         return rows, dropped
     rows = []
-    for line in text.splitlines():
+    first_bad: tuple[int, str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError:
             dropped["invalid_json_line"] = dropped.get("invalid_json_line", 0) + 1
+            first_bad = first_bad or (number, line.strip())
             continue
         if isinstance(item, dict):
             rows.append(item)
         else:
             dropped["not_an_object"] = dropped.get("not_an_object", 0) + 1
+    if not rows and first_bad:
+        # No line parsed: the file is not JSON Lines at all. Say what it is instead of letting the
+        # format check report "column not found (found: nothing)".
+        number, line = first_bad
+        if _is_concatenated_json(text):
+            raise SourceError(
+                f"{path}: pretty-printed JSON, not JSON Lines (objects span several lines); write one object "
+                "per line, or save the rows as a JSON list in a .json file"
+            )
+        raise SourceError(
+            f"{path}: no line is valid JSON (line {number} starts {line[:40]!r}); JSON Lines needs one object per line"
+        )
     return rows, dropped
+
+
+def _is_concatenated_json(text: str) -> bool:
+    """True when the text is one or more JSON values one after another (pretty-printed objects)."""
+    decoder, pos, n = json.JSONDecoder(), 0, 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos == len(text):
+            return n > 0
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return False
+        n += 1
 
 
 def _read_hub(repo_id: str, *, split: str, subset: str | None) -> RawRows:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,12 +14,17 @@ from transformers import TrainerCallback
 from warmline.data.tokens import TokenizedExample
 from warmline.evaluation.loss import evaluate_loss
 
+logger = logging.getLogger(__name__)
+
 
 class CheckpointMarker(TrainerCallback):
-    """Mark a checkpoint folder complete once the Trainer has finished writing it.
+    """Mark a checkpoint folder complete once the Trainer has finished writing it, then remove the
+    older checkpoints: the rotation the Trainer's `save_total_limit` would do, in a crash-safe order.
 
-    `--resume` only trusts marked checkpoints, so a process killed mid-save never leaves a
-    half-written checkpoint that looks usable.
+    The Trainer deletes old checkpoints before `on_save` runs, so a kill in between leaves no
+    marked checkpoint at all; here the new one is complete and marked first. An old checkpoint
+    loses its marker before its files go, so a kill mid-deletion never leaves a half-deleted
+    checkpoint that looks usable. `--resume` only trusts marked checkpoints.
     """
 
     def __init__(self, marker: str):
@@ -26,8 +34,50 @@ class CheckpointMarker(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
-                (folder / self.marker).write_text(json.dumps({"global_step": state.global_step}))
+                tmp = folder / f".{self.marker}.tmp"
+                tmp.write_text(json.dumps({"global_step": state.global_step}))
+                os.replace(tmp, folder / self.marker)  # the marker appears whole or not at all
+                self.remove_older(folder)
         return control
+
+    def remove_older(self, keep: Path) -> None:
+        """Delete every other checkpoint in `keep`'s folder (marker first)."""
+        for old in keep.parent.glob("checkpoint-*"):
+            if old == keep or not old.is_dir():
+                continue
+            (old / self.marker).unlink(missing_ok=True)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def trim_metrics(path: Path, stage_name: str, *, keep_through_step: int) -> int:
+    """Drop a stage's records after `keep_through_step` (a killed attempt's steps, which the
+    resumed run logs again) and its `stage_end`; returns how many were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            dropped += 1
+            continue
+        step = record.get("step")
+        stale = record.get("stage") == stage_name and (
+            record.get("event") == "stage_end" or step is None or step > keep_through_step
+        )
+        if stale:
+            dropped += 1
+        else:
+            kept.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    if dropped:
+        logger.info("metrics.jsonl: dropped %d records of stage '%s' after step %d (an interrupted attempt)",
+                    dropped, stage_name, keep_through_step)  # fmt: skip
+    return dropped
 
 
 class MetricsLogger(TrainerCallback):
@@ -59,9 +109,9 @@ class MetricsLogger(TrainerCallback):
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def log_validation(self, model, epoch: float) -> dict:
+    def log_validation(self, model, epoch: float, step: int) -> dict:
         result = evaluate_loss(model, self.validation, precision=self.precision)
-        self._write({"event": "validation", "epoch": epoch, "val_loss": result["loss"],
+        self._write({"event": "validation", "step": step, "epoch": epoch, "val_loss": result["loss"],
                      "val_perplexity": result["perplexity"]})  # fmt: skip
         return result
 
@@ -86,6 +136,6 @@ class MetricsLogger(TrainerCallback):
         # The last epoch's validation is part of the stage-end evaluation on every split.
         last_epoch = state.epoch is not None and state.epoch >= args.num_train_epochs - 1e-6
         if model is not None and state.is_world_process_zero and self.validation and not last_epoch:
-            result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3))
+            result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3), step=state.global_step)
             print(f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True)
         return control

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -46,6 +47,7 @@ def git_commit() -> str | None:
 
 
 def write_manifest(folder: Path, *, recipe, stages, wall_time_s: float, extra: dict | None = None) -> dict:
+    """Write `manifest.json` into `folder`: what made the weights beside it."""
     data_files = {}
     for s in stages:
         for f in s.data.files:
@@ -65,5 +67,15 @@ def write_manifest(folder: Path, *, recipe, stages, wall_time_s: float, extra: d
         "wall_time_s": round(wall_time_s, 1),
         **(extra or {}),
     }
-    (Path(folder) / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(Path(folder) / "manifest.json", manifest)
     return manifest
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Strict JSON (NaN refused), written under a temporary name and renamed into place.
+
+    The rename also replaces a hard-linked file instead of writing through the link, so a
+    published copy never changes the folder it was linked from."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, path)

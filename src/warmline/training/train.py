@@ -1,9 +1,17 @@
 """Sequential fine-tuning: stage after stage, each starting from the previous stage's weights.
 
-`train_recipe` reads top to bottom: load -> prepare data -> for each stage: train, evaluate on
-every stage's validation split, save -> final model -> sample replies. Training itself is handed
-to TRL's SFTTrainer (padding-free batches with per-example position ids, assistant-only labels
-and trained EOS from our tokeniser, bf16 autocast where the hardware has it).
+`train_recipe` reads top to bottom: check -> load -> prepare data -> for each stage: train,
+evaluate on every stage's validation split, publish -> final model -> sample replies. A stage is
+trained in named steps (torchtune's `_setup_*` recipe steps), which benchmarks and tests call too:
+
+    build_training_args   the recipe's stage -> TRL's SFTConfig
+    build_stage_trainer   the model, our pre-tokenised dataset and callbacks -> a ready SFTTrainer
+    run_stage_training    train (from the newest complete checkpoint on --resume)
+    publish_stage         weights + tokenizer + self-description, renamed into place atomically
+
+Training itself is handed to TRL's SFTTrainer (padding-free batches with per-example position
+ids, assistant-only labels and trained EOS from our tokeniser, bf16 autocast where the hardware
+has it); the one thing changed is that warm-up starts above learning rate 0 (`warmup_from_first_step`).
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 
-from warmline.data.cleaning import StageData, prepare_stage
+from warmline.data.cleaning import StageData, data_problems, prepare_stage
 from warmline.data.tokens import (
     PLAIN_CHAT_TEMPLATE,
     TokenizedExample,
@@ -29,13 +38,14 @@ from warmline.data.tokens import (
 from warmline.evaluation.loss import evaluate_loss
 from warmline.hardware import configure_threads, resolve_precision
 from warmline.models import load_model, load_tokenizer
-from warmline.recipe import Recipe, StageConfig, recipe_to_dict, resolve_source_path
-from warmline.training.manifest import file_sha256, write_manifest
+from warmline.recipe import Recipe, RecipeError, StageConfig, recipe_to_dict
+from warmline.training.manifest import file_sha256, write_json_atomic, write_manifest
 
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "warmline_checkpoint_complete"
 STAGE_FILES = ("recipe.yaml", "data_stats.json", "metrics.jsonl", "manifest.json")
+PADDING_ORDERS = 16  # random batch orders averaged when the padding share depends on the order
 
 
 @dataclass
@@ -52,9 +62,19 @@ class PreparedStage:
     def dirname(self) -> str:
         return f"stage-{self.index:02d}-{self.config.name}"
 
+    @property
+    def key(self) -> str:
+        """The stage's key in the recipe, for error messages (`stages.0`)."""
+        return f"stages.{self.index - 1}"
+
 
 def stage_dir(run_dir: Path, stage: PreparedStage) -> Path:
     return run_dir / stage.dirname
+
+
+def is_published(folder: Path) -> bool:
+    """A stage or final folder exists only once complete: it is renamed into place last."""
+    return (folder / "config.json").is_file() and (folder / "manifest.json").is_file()
 
 
 def tokenize_all(tokenizer, convs, max_length: int, prototype: bool) -> tuple[list[TokenizedExample], int]:
@@ -70,15 +90,35 @@ def tokenize_all(tokenizer, convs, max_length: int, prototype: bool) -> tuple[li
     return out, truncated
 
 
-def prepare_stages(recipe: Recipe, recipe_path: Path | None, tokenizer) -> list[PreparedStage]:
+def load_training_tokenizer(recipe: Recipe):
+    """The base model's tokenizer with the chat template training uses (and saves with every stage).
+
+    The prototype trained and prompted with plain "Human/Assistant" text, and models without a
+    template get the same: their folders carry it, so every tool prompts them as they were trained."""
+    tokenizer = load_tokenizer(recipe.base_model)
+    if not tokenizer.chat_template or recipe.baseline_prototype:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def prepare_stages(recipe: Recipe, tokenizer, source: str = "recipe") -> list[PreparedStage]:
+    """Read, clean, split and tokenise every stage; a stage that can't train is an error here,
+    before any weights load (no validation rows, all rows dropped, less than one optimizer step)."""
     prepared = []
+    t = recipe.training
     for i, stage in enumerate(recipe.stages, start=1):
-        if recipe_path is not None:
-            stage.source = resolve_source_path(recipe_path, stage.source)
-        data = prepare_stage(stage, seed=recipe.training.seed, system_prompt=recipe.system_prompt)
+        data = prepare_stage(stage, seed=t.seed, system_prompt=recipe.system_prompt)
+        problems = data_problems(data, f"stages.{i - 1}", global_batch_size=t.global_batch_size, epochs=stage.epochs)
+        if problems:
+            raise RecipeError(f"{source}: {problems[0]}")
         train, trunc_t = tokenize_all(tokenizer, data.train, stage.max_length, recipe.baseline_prototype)
         val, trunc_v = tokenize_all(tokenizer, data.validation, stage.max_length, recipe.baseline_prototype)
         data.cleaned["truncated_to_max_length"] = trunc_t + trunc_v
+        if not train or not val:
+            raise RecipeError(
+                f"{source}: 'stages.{i - 1}' ({stage.name}): no {'training' if not train else 'validation'} example "
+                f"keeps an assistant token within max_length {stage.max_length}; raise 'stages.{i - 1}.max_length'"
+            )
         logger.info(
             "stage %d '%s': %d train / %d validation conversations (%d read, %d duplicates, dropped %s)",
             i, stage.name, len(train), len(val), data.rows_read, data.duplicates, data.dropped,
@@ -102,66 +142,86 @@ def evaluate_all(model, stages: list[PreparedStage], precision: str) -> dict[str
     return {s.config.name: evaluate_loss(model, s.validation, precision=precision) for s in stages}
 
 
-def train_recipe(recipe: Recipe, *, recipe_path: Path | None = None, resume: bool = False, samples: int = 0) -> Path:
-    """Train every stage of a recipe in order; returns the final model folder."""
+def train_recipe(
+    recipe: Recipe, *, recipe_path: Path | None = None, resume: bool = False, force: bool = False, samples: int = 0
+) -> Path:
+    """Train every stage of a recipe in order; returns the final model folder.
+
+    `resume` skips published stages (writing any forgetting row a kill left out) and continues an
+    interrupted one from its newest complete checkpoint; it refuses a recipe that differs from
+    the one that trained them unless `force`."""
+    from warmline.training.checks import check_against_model, check_resume
+
     started = time.time()
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    source, run_dir = str(recipe_path or "recipe"), recipe.run_dir
     logger.info("recipe:\n%s", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     threads = configure_threads(recipe.training.num_threads)
     precision = resolve_precision(recipe.training.precision)
     logger.info("precision %s, %d threads", precision, threads)
 
-    # --- load ---------------------------------------------------------------------------
-    tokenizer = load_tokenizer(recipe.base_model)
-    if not tokenizer.chat_template or recipe.baseline_prototype:
-        # The prototype trained and prompted with plain "Human/Assistant" text: its model folders
-        # carry that template so every tool prompts them the way they were trained.
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-
-    # --- prepare data (every stage up front: replay and the forgetting matrix need them all) --
-    stages = prepare_stages(recipe, recipe_path, tokenizer)
-    metrics_path = run_dir / "metrics.jsonl"
+    # --- check and prepare everything before any weights load ---------------------------
+    check_against_model(recipe, source)  # the config and module names, on the meta device
+    tokenizer = load_training_tokenizer(recipe)
+    stages = prepare_stages(recipe, tokenizer, source)  # every stage: replay and forgetting need them all
+    if resume:
+        check_resume(recipe, _trained_folders(run_dir, stages), force=force)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path, forgetting_path = run_dir / "metrics.jsonl", run_dir / "forgetting.json"
     if not resume and metrics_path.exists():
         metrics_path.unlink()
 
     # --- row 0 of the forgetting matrix: the base model ---------------------------------
-    forgetting_path = run_dir / "forgetting.json"
     forgetting = json.loads(forgetting_path.read_text()) if resume and forgetting_path.exists() else {}
     if "base" not in forgetting:
-        base = load_model(recipe.base_model)
-        forgetting["base"] = evaluate_all(base, stages, precision)
-        del base
-        _write_json(forgetting_path, forgetting)
+        forgetting["base"] = evaluate_all(load_model(recipe.base_model), stages, precision)
+        _write_forgetting(forgetting_path, forgetting, stages)
 
-    # --- train the stages in order ------------------------------------------------------
+    # --- train the stages in order (a published stage is skipped; its row written if missing) --
     previous = recipe.base_model
     for stage in stages:
         out = stage_dir(run_dir, stage)
-        if resume and (out / "config.json").is_file():
+        if resume and is_published(out):
             logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
-            previous = str(out)
-            continue
-        model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
-        forgetting[stage.config.name] = evaluate_all(model, stages, precision)
-        del model
-        _write_json(forgetting_path, forgetting)
-        _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
-                                       "validation": forgetting[stage.config.name]})  # fmt: skip
+            model = load_model(str(out)) if stage.config.name not in forgetting else None
+        else:
+            model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
+        if model is not None:  # a new stage, or one killed after publishing, before its row
+            forgetting[stage.config.name] = evaluate_all(model, stages, precision)
+            del model
+            _write_forgetting(forgetting_path, forgetting, stages)
+            _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
+                                           "validation": forgetting[stage.config.name]})  # fmt: skip
         previous = str(out)
 
-    # --- final model --------------------------------------------------------------------
+    # --- final model: a copy of the last stage, with that stage's manifest -------------------
     final = run_dir / "final"
     if _process_state().is_main_process:
-        _publish_copy(Path(previous), final)
-        write_manifest(final, recipe=recipe, stages=stages, wall_time_s=time.time() - started,
-                       extra={"source_stage": Path(previous).name})  # fmt: skip
+        publish_final(Path(previous), final, run_dir, run_wall_time_s=time.time() - started)
     _process_state().wait_for_everyone()
     _print_summary(forgetting, stages)
     logger.info("final model: %s (%.0f s)", final, time.time() - started)
     if samples:
         print_sample_replies(final, samples, system_prompt=recipe.system_prompt)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage, in named steps: build the config, build the trainer, train, publish
+
+
+@dataclass
+class StageTrainer:
+    """A stage's SFTTrainer, built and ready to train, with what publishing the stage needs."""
+
+    stage: PreparedStage
+    trainer: object  # trl.SFTTrainer (imported lazily: TRL takes seconds to import)
+    init_from: str
+    work_dir: Path
+    run_dir: Path
+    train_examples: list[TokenizedExample]
+    replay: list[TokenizedExample]
+    metrics: object  # MetricsLogger
+    padding: dict = field(default_factory=dict)
 
 
 def train_stage(
@@ -178,36 +238,26 @@ def train_stage(
     """Train one stage from `init_from` with a fresh optimizer and schedule; publish it atomically.
 
     Returns the trained model (in memory), so the caller can evaluate it without reloading."""
-    import datasets
-    from trl import SFTConfig, SFTTrainer
+    built = build_stage_trainer(recipe, stage, stages, init_from, tokenizer, precision, run_dir, resume=resume)
+    model = run_stage_training(built, resume=resume)
+    publish_stage(built, model, recipe=recipe, stages=stages, tokenizer=tokenizer, precision=precision)
+    return model
 
-    from warmline.training.callbacks import CheckpointMarker, MetricsLogger
+
+def build_training_args(recipe: Recipe, stage: PreparedStage, work_dir: Path, precision: str):
+    """TRL's SFTConfig for one stage: the recipe's values, and the settings warmline relies on."""
+    from trl import SFTConfig
 
     cfg, t = stage.config, recipe.training
-    work = run_dir / ".work" / stage.dirname
-    if not resume and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    model = load_model(init_from)
-    model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
-    if t.trainable_layers is not None and not t.lora.enabled:
-        freeze_below(model, t.trainable_layers)
-    replay = replay_examples(stages, stage, t.seed)
-    train_examples = stage.train + replay
-    logger.info("stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
-                stage.index, cfg.name, len(train_examples), len(replay), init_from)  # fmt: skip
-    train_ds = datasets.Dataset.from_dict(
-        {"input_ids": [e.input_ids for e in train_examples], "labels": [e.labels for e in train_examples]}
-    )
     prototype = recipe.baseline_prototype
-    args = SFTConfig(
-        output_dir=str(work),
+    return SFTConfig(
+        output_dir=str(work_dir),
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=max(1, t.global_batch_size // t.micro_batch_size),
         lr_scheduler_type="constant_with_warmup" if prototype else t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps (recipe-checked)
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         bf16=precision == "bf16",
@@ -218,7 +268,9 @@ def train_stage(
         logging_steps=t.logging_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
-        save_total_limit=1,
+        # CheckpointMarker rotates: the Trainer would delete the old checkpoint before the new one
+        # is marked complete, so a kill in between would lose the stage's progress.
+        save_total_limit=None,
         eval_strategy="no",  # validation runs in MetricsLogger, token-weighted, on every epoch
         report_to=["tensorboard"] if _has_tensorboard() else [],
         include_num_input_tokens_seen="all",
@@ -236,62 +288,154 @@ def train_stage(
         disable_tqdm=False,
         save_only_model=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                         peft_config=_peft_config(t.lora))  # fmt: skip
-    metrics_logger = MetricsLogger(
+
+
+def build_stage_trainer(
+    recipe: Recipe,
+    stage: PreparedStage,
+    stages: list[PreparedStage],
+    init_from: str,
+    tokenizer,
+    precision: str,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    callbacks: tuple = (),
+) -> StageTrainer:
+    """The stage's model (from `init_from`, top blocks trainable), its examples (plus replay) and a
+    ready SFTTrainer with our callbacks (metrics, checkpoint markers) and any extra `callbacks`."""
+    import datasets
+
+    from warmline.training.callbacks import CheckpointMarker, MetricsLogger
+
+    t = recipe.training
+    work = run_dir / ".work" / stage.dirname
+    if not resume and work.exists():
+        remove_tree(work, run_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    # What trained this stage's checkpoints: a resume compares it with its own recipe.
+    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    model = load_model(init_from)
+    model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
+    if t.trainable_layers is not None and not t.lora.enabled:
+        freeze_below(model, t.trainable_layers)
+    replay = replay_examples(stages, stage, t.seed)
+    train_examples = stage.train + replay
+    logger.info("stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
+                stage.index, stage.config.name, len(train_examples), len(replay), init_from)  # fmt: skip
+    train_ds = datasets.Dataset.from_dict(
+        {"input_ids": [e.input_ids for e in train_examples], "labels": [e.labels for e in train_examples]}
+    )
+    args = build_training_args(recipe, stage, work, precision)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
+                               peft_config=_peft_config(t.lora))  # fmt: skip
+    metrics = MetricsLogger(
         metrics_path=run_dir / "metrics.jsonl",
-        stage_name=cfg.name,
+        stage_name=stage.config.name,
         validation=stage.validation,
         precision=precision,
         useful_tokens_per_epoch=sum(sum(lbl != -100 for lbl in e.labels) for e in train_examples),
     )
-    trainer.add_callback(metrics_logger)
-    trainer.add_callback(CheckpointMarker(COMPLETE_MARKER))
-    waste = padding_waste([len(e.input_ids) for e in train_examples], t.micro_batch_size,
-                          padding_free=args.padding_free, pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
-    logger.info("stage '%s': padding waste %.1f%% of processed tokens", cfg.name, 100 * waste)
-    checkpoint = latest_complete_checkpoint(work) if resume else None
-    if checkpoint:
-        logger.info("resuming stage '%s' from %s", cfg.name, checkpoint)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    for callback in (metrics, CheckpointMarker(COMPLETE_MARKER), *callbacks):
+        trainer.add_callback(callback)
+    padding = padding_stats([len(e.input_ids) for e in train_examples], t.micro_batch_size, seed=t.seed,
+                            padding_free=args.padding_free, pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
+    logger.info("stage '%s': padding %s", stage.config.name, padding)
+    return StageTrainer(stage, trainer, init_from, work, run_dir, train_examples, replay, metrics, padding)
 
-    # --- save: weights + tokenizer + self-description, published by an atomic rename ---------
-    model = trainer.model
-    if t.lora.enabled:
+
+def run_stage_training(built: StageTrainer, *, resume: bool):
+    """Train (on `resume`, from the newest complete checkpoint, dropping the killed attempt's
+    metrics after it); returns the trained model with LoRA adapters merged."""
+    from warmline.training.callbacks import trim_metrics
+
+    name = built.stage.config.name
+    checkpoint = latest_complete_checkpoint(built.work_dir) if resume else None
+    if resume:
+        step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+        trim_metrics(built.run_dir / "metrics.jsonl", name, keep_through_step=step)
+    if checkpoint:
+        logger.info("resuming stage '%s' from %s", name, checkpoint)
+    built.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    model = built.trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: plain weights that transformers loads alone
         model = model.merge_and_unload()
     model.config.use_cache = True
+    return model
+
+
+def publish_stage(built: StageTrainer, model, *, recipe: Recipe, stages: list[PreparedStage], tokenizer,
+                  precision: str) -> Path:  # fmt: skip
+    """Write weights, tokenizer and self-description under a temporary name, then rename the
+    folder into place: a stage folder exists only once complete. Returns the stage folder."""
+    stage, run_dir = built.stage, built.run_dir
+    out = stage_dir(run_dir, stage)
     # Under `accelerate launch` every process trains; only the main one writes the stage folder,
     # and the others wait for it before the next stage loads it.
     state = _process_state()
     if state.is_main_process:
         tmp = run_dir / f".{stage.dirname}.tmp"
         if tmp.exists():
-            shutil.rmtree(tmp)
+            remove_tree(tmp, run_dir)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         stats = stage.data.stats()
-        stats.update(train_examples=len(stage.train), replay_examples=len(replay),
-                     validation_examples=len(stage.validation), padding_waste=round(waste, 4))  # fmt: skip
-        _write_json(tmp / "data_stats.json", stats)
+        stats.update(train_examples=len(stage.train), replay_examples=len(built.replay),
+                     validation_examples=len(stage.validation), **built.padding)  # fmt: skip
+        write_json_atomic(tmp / "data_stats.json", stats)
         if (run_dir / "metrics.jsonl").exists():
             shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
-        write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=metrics_logger.elapsed_s(),
-                       extra={"stage": cfg.name, "init_from": init_from, "precision": precision})  # fmt: skip
-        out = stage_dir(run_dir, stage)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=built.metrics.elapsed_s(),
+                       extra={"stage": stage.config.name, "init_from": built.init_from, "precision": precision})  # fmt: skip
+        _replace_folder(tmp, out, run_dir)
     state.wait_for_everyone()
-    shutil.rmtree(work, ignore_errors=True)
-    return model
+    remove_tree(built.work_dir, run_dir)
+    return out
 
 
-def padding_waste(lengths: list[int], micro_batch_size: int, *, padding_free: bool,
-                  pad_to_multiple_of: int | None) -> float:  # fmt: skip
-    """Share of processed tokens that are padding (0 when padding-free; batches taken in order)."""
+def publish_final(stage_folder: Path, final: Path, run_dir: Path, *, run_wall_time_s: float) -> None:
+    """`final/`: the last stage's folder (hard links where possible) with that stage's manifest,
+    so it describes exactly the weights beside it, plus which stage it is and the run's wall time."""
+    tmp = run_dir / f".{final.name}.tmp"
+    if tmp.exists():
+        remove_tree(tmp, run_dir)
+
+    def link_or_copy(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(stage_folder, tmp, copy_function=link_or_copy)
+    manifest = json.loads((stage_folder / "manifest.json").read_text())
+    manifest.update(source_stage=stage_folder.name, run_wall_time_s=round(run_wall_time_s, 1))
+    write_json_atomic(tmp / "manifest.json", manifest)  # replaces the link: the stage's copy is untouched
+    _replace_folder(tmp, final, run_dir)
+
+
+def padding_stats(lengths: list[int], micro_batch_size: int, *, padding_free: bool, pad_to_multiple_of: int | None,
+                  seed: int = 0) -> dict[str, float | str]:  # fmt: skip
+    """Share of processed tokens that are padding, as data_stats.json records it.
+
+    Exact (`padding_waste`) when the batch order can't change it: padding-free batches, one example
+    per micro-batch, or every example padded to the same multiple. Otherwise the Trainer's shuffle
+    decides it, so this is an estimate (`padding_waste_estimate`): the mean over random orders."""
     if padding_free or not lengths:
-        return 0.0
+        return {"padding_waste": 0.0}
+    one_width = pad_to_multiple_of is not None and max(lengths) <= pad_to_multiple_of
+    if micro_batch_size == 1 or one_width:
+        return {"padding_waste": round(_padding_share(lengths, micro_batch_size, pad_to_multiple_of), 4)}
+    rng = random.Random(seed)
+    shares = []
+    for _ in range(PADDING_ORDERS):
+        order = rng.sample(lengths, len(lengths))
+        shares.append(_padding_share(order, micro_batch_size, pad_to_multiple_of))
+    return {"padding_waste_estimate": round(sum(shares) / len(shares), 4),
+            "padding_waste_method": f"mean over {PADDING_ORDERS} random batch orders (the Trainer shuffles)"}  # fmt: skip
+
+
+def _padding_share(lengths: list[int], micro_batch_size: int, pad_to_multiple_of: int | None) -> float:
     padded = 0
     for i in range(0, len(lengths), micro_batch_size):
         batch = lengths[i : i + micro_batch_size]
@@ -300,6 +444,46 @@ def padding_waste(lengths: list[int], micro_batch_size: int, *, padding_free: bo
             width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
         padded += width * len(batch)
     return 1.0 - sum(lengths) / padded
+
+
+def warmup_from_first_step(scheduler, num_warmup_steps: int):
+    """transformers' schedule, with warm-up starting above 0: its multiplier is step / warmup, so
+    the first optimizer step of every stage would run at learning rate 0 and learn nothing.
+    Warm-up here covers steps 1..warmup instead (as litgpt's LinearLR(start_factor=1/warmup)),
+    and the rest of the schedule is unchanged."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    if num_warmup_steps <= 0 or not isinstance(scheduler, LambdaLR):
+        return scheduler
+
+    def shifted(base):
+        # A plain function: LambdaLR's state_dict then saves no closure into the checkpoint.
+        def multiplier(step: int) -> float:
+            return base(step + 1) if step < num_warmup_steps else base(step)
+
+        return multiplier
+
+    return LambdaLR(scheduler.optimizer, [shifted(base) for base in scheduler.lr_lambdas])
+
+
+@lru_cache(maxsize=1)
+def _trainer_class():
+    """SFTTrainer with one documented hook overridden (`create_scheduler`): the warm-up fix."""
+    from trl import SFTTrainer
+
+    class WarmlineSFTTrainer(SFTTrainer):
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            created = self.lr_scheduler is None
+            scheduler = super().create_scheduler(num_training_steps, optimizer)
+            if created:
+                self.lr_scheduler = warmup_from_first_step(scheduler, self.args.get_warmup_steps(num_training_steps))
+            return self.lr_scheduler
+
+    return WarmlineSFTTrainer
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
 
 
 def transformer_blocks(model):
@@ -351,6 +535,50 @@ def _peft_config(lora):
                       target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
 
 
+def remove_tree(path: Path, run_dir: Path) -> None:
+    """rmtree, only ever inside the run folder (stage names are slugs; this is the second lock)."""
+    resolved, root = path.resolve(), run_dir.resolve()
+    if resolved == root or root not in resolved.parents:
+        raise RuntimeError(f"refusing to delete {path}: it is not inside the run folder {run_dir}")
+    shutil.rmtree(resolved, ignore_errors=True)
+
+
+def _replace_folder(tmp: Path, dst: Path, run_dir: Path) -> None:
+    """Rename a finished folder into place. An older `dst` is first renamed aside, so a kill
+    leaves either the old folder or the new one under `dst`'s name, and never deletes before
+    the new one is complete."""
+    old = dst.with_name(f".{dst.name}.old")
+    if old.exists():
+        remove_tree(old, run_dir)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    if old.exists():
+        remove_tree(old, run_dir)
+
+
+def _trained_folders(run_dir: Path, stages: list[PreparedStage]) -> list[tuple[int, Path]]:
+    """(stage number, folder with the recipe that trained it): published stages, and the work
+    folder of an interrupted one."""
+    found = []
+    for stage in stages:
+        out, work = stage_dir(run_dir, stage), run_dir / ".work" / stage.dirname
+        if is_published(out):
+            found.append((stage.index, out))
+        elif latest_complete_checkpoint(work) is not None:
+            found.append((stage.index, work))
+    return found
+
+
+def _write_forgetting(path: Path, forgetting: dict, stages: list[PreparedStage]) -> None:
+    """forgetting.json in matrix order (base, then stages in training order), strict JSON."""
+    if not _process_state().is_main_process:
+        return
+    order = ["base", *(s.config.name for s in stages)]
+    rows = {name: forgetting[name] for name in order if name in forgetting}
+    write_json_atomic(path, rows)
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -371,35 +599,9 @@ def _process_state():
     return PartialState()
 
 
-def _write_json(path: Path, data) -> None:
-    if not _process_state().is_main_process:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
 def _append_metrics(path: Path, record: dict) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def _publish_copy(src: Path, dst: Path) -> None:
-    """Copy a finished model folder (hard links where possible) and rename it into place."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-
-    def link_or_copy(s, d):
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, tmp, copy_function=link_or_copy)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
 
 
 def _print_summary(forgetting: dict, stages: list[PreparedStage]) -> None:
@@ -424,4 +626,7 @@ def print_sample_replies(model_dir: Path, n: int, *, system_prompt: str | None =
               flush=True)  # fmt: skip
 
 
-__all__ = ["train_recipe", "train_stage", "latest_complete_checkpoint", "file_sha256"]
+__all__ = [
+    "train_recipe", "train_stage", "build_training_args", "build_stage_trainer", "run_stage_training",
+    "publish_stage", "latest_complete_checkpoint", "file_sha256",
+]  # fmt: skip
