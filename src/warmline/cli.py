@@ -85,6 +85,9 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")],
     overrides: Overrides = None,
     resume: Annotated[bool, typer.Option(help="Skip finished stages; continue an interrupted one.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="With --resume: keep finished stages trained with a different recipe.")
+    ] = False,
     samples: Annotated[int, typer.Option(help="Print this many sample replies from the final model.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -94,7 +97,7 @@ def train(
     from warmline.training.train import train_recipe
 
     loaded = load_recipe(recipe, overrides)
-    train_recipe(loaded, recipe_path=recipe, resume=resume, samples=samples)
+    train_recipe(loaded, recipe_path=recipe, resume=resume, force=force, samples=samples)
 
 
 @data_app.command("inspect")
@@ -108,11 +111,9 @@ def data_inspect(
     _setup_logging(False)
     from warmline.data.inspection import format_table, inspect_recipe
     from warmline.models import load_tokenizer
-    from warmline.recipe import load_recipe, resolve_source_path
+    from warmline.recipe import load_recipe
 
-    loaded = load_recipe(recipe, overrides)
-    for stage in loaded.stages:  # local sources relative to the recipe file, as `train` reads them
-        stage.source = resolve_source_path(recipe, stage.source)
+    loaded = load_recipe(recipe, overrides)  # resolves relative sources, as `train` reads them
     tokenizer = load_tokenizer(loaded.base_model)
     rows = inspect_recipe(loaded, tokenizer)
     typer.echo(json.dumps(rows, indent=2) if as_json else format_table(rows))
