@@ -30,11 +30,11 @@ the recipe trains them) plus, when present, an equal number from the counsel-cha
 `tokenize_prototype`); a conversation is kept only if both keep it, so every configuration draws
 from the same pool, and the Trainer's seeded sampler gives every configuration the same order.
 
-Each configuration runs in its own process through `warmline.training.train.train_stage` (the real
-SFTTrainer path, callbacks included) on a temporary run folder: one warm-up optimizer step, then
---repeats timed windows of --steps-per-repeat optimizer steps; each figure is the median over the
-windows. A callback stops the Trainer after the last window (train_stage has no max-steps
-setting). Forward pre-hooks see every micro-batch, so tokens are attributed to the step that
+Each configuration runs in its own process through `warmline.training.train.build_stage_trainer`
+(the stage's real SFTTrainer, callbacks included, as `warmline train` builds it) on a temporary run
+folder: one warm-up optimizer step, then --repeats timed windows of --steps-per-repeat optimizer
+steps; each figure is the median over the windows. A callback passed to the builder stops the
+Trainer after the last window (recipes have no max-steps setting). Forward pre-hooks see every micro-batch, so tokens are attributed to the step that
 trained them. `--quick` sets the prototype's global batch to its micro batch (4) so every
 configuration trains the same 4 conversations per optimizer step, and times 1 step per window.
 When window r of every configuration holds the same conversations (checked, and always so with
@@ -186,7 +186,7 @@ def prototype_useful_tokens(tokenizer, conv, max_length: int) -> tuple[list[int]
 
 
 # ---------------------------------------------------------------------------------------------
-# The worker: one configuration, through train_stage
+# The worker: one configuration, through the stage's real trainer builder
 
 
 def _conversation_pool(counsel_chat_rows: int):
@@ -260,8 +260,8 @@ class _BatchProbe:
         return {**self.totals, "n_conversations": len(self.conversations)}
 
 
-def _make_timed_trainer(base, probe: _BatchProbe, warmup_steps: int, timed_steps: int, marks: list):
-    """An SFTTrainer that notes the time after every optimizer step and stops after the last window."""
+def _step_marks(probe: _BatchProbe, warmup_steps: int, timed_steps: int, marks: list):
+    """A callback that notes the time after every optimizer step and stops after the last window."""
     from transformers import TrainerCallback
 
     class StepMarks(TrainerCallback):
@@ -272,29 +272,21 @@ def _make_timed_trainer(base, probe: _BatchProbe, warmup_steps: int, timed_steps
                 control.should_training_stop = True
             return control
 
-    class TimedSFTTrainer(base):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.model.register_forward_pre_hook(probe, with_kwargs=True)
-            self.add_callback(StepMarks())
-            probe.activation_checkpointing = bool(self.args.activation_checkpointing)
-
-    return TimedSFTTrainer
+    return StepMarks()
 
 
 def train_worker(
     config: str, *, repeats: int, steps_per_repeat: int, quick: bool, counsel_chat_rows: int
 ) -> dict:
     """Train one configuration for 1 + repeats x steps_per_repeat optimizer steps; time the windows."""
-    import trl
     from transformers import AutoConfig
 
     from warmline.data.cleaning import StageData
-    from warmline.data.tokens import PLAIN_CHAT_TEMPLATE, tokenize_conversation, tokenize_prototype
+    from warmline.data.tokens import tokenize_conversation, tokenize_prototype
     from warmline.hardware import configure_threads, resolve_precision
-    from warmline.models import load_tokenizer, resolve_model
+    from warmline.models import resolve_model
     from warmline.recipe import load_recipe
-    from warmline.training.train import PreparedStage, train_stage
+    from warmline.training.train import PreparedStage, build_stage_trainer, load_training_tokenizer
 
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]
@@ -314,9 +306,7 @@ def train_worker(
     t = recipe.training
     threads = configure_threads(t.num_threads)
     precision = resolve_precision(t.precision)
-    tokenizer = load_tokenizer(recipe.base_model)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    tokenizer = load_training_tokenizer(recipe)  # the template train.py trains with
     eos = tokenizer.eos_token_id
 
     # --- the same pool for every configuration --------------------------------------------
@@ -340,7 +330,7 @@ def train_worker(
         lookup.setdefault(tuple(ids), (len(examples), useful))
         examples.append(type(ours)(ids, labels, False))
 
-    # --- train through train_stage, with a probe and step marks -----------------------------
+    # --- train with the real stage trainer, plus a probe and step marks -----------------------
     arch = Arch.from_config(AutoConfig.from_pretrained(resolve_model(recipe.base_model).path))
     trained_blocks = None if t.lora.enabled else t.trainable_layers
     probe = _BatchProbe(lookup, arch, trained_blocks)
@@ -354,16 +344,14 @@ def train_worker(
         raise SystemExit(
             f"{len(examples)} examples give {steps_per_epoch} steps per epoch; need {1 + timed_steps}"
         )
-    original = trl.SFTTrainer
-    trl.SFTTrainer = _make_timed_trainer(original, probe, 1, timed_steps, marks)
-    try:
-        setup_s = time.perf_counter() - started
-        train_started = time.perf_counter()
-        model = train_stage(
-            recipe, stage, [stage], recipe.base_model, tokenizer, precision, recipe.run_dir, resume=False
-        )
-    finally:
-        trl.SFTTrainer = original
+    setup_s = time.perf_counter() - started
+    train_started = time.perf_counter()  # warm-up: model load, trainer build and the first step
+    built = build_stage_trainer(recipe, stage, [stage], recipe.base_model, tokenizer, precision, recipe.run_dir,
+                                callbacks=(_step_marks(probe, 1, timed_steps, marks),))  # fmt: skip
+    built.trainer.model.register_forward_pre_hook(probe, with_kwargs=True)
+    probe.activation_checkpointing = bool(built.trainer.args.activation_checkpointing)
+    built.trainer.train()  # the stage's real trainer; nothing is published
+    model = built.trainer.model
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_params = sum(p.numel() for p in model.parameters())
     del model

@@ -70,3 +70,36 @@ def test_prototype_useful_tokens_respect_truncation(chatml_tokenizer):
 def test_result_line_has_plain_numbers():
     line = _common.result_line(train_ratio=1.23456, ttft_ms=1234.5, name="x")
     assert line == "RESULT train_ratio=1.23 ttft_ms=1234 name=x"
+
+
+def test_benchmark_probe_and_step_marks_ride_on_the_real_stage_trainer(tmp_path, tiny_llama_dir):
+    """The benchmark times the trainer `warmline train` builds (no patched SFTTrainer): its probe
+    sees every trained conversation and its step marks stop the Trainer after the last window."""
+    from transformers import AutoConfig
+
+    from warmline.recipe import load_recipe
+    from warmline.training.train import build_stage_trainer, load_training_tokenizer, prepare_stages
+
+    rows = [{"Context": f"I feel tired on day {i}.", "Response": f"Rest matters, day {i}."} for i in range(24)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(
+        f"name: bench\nbase_model: {tiny_llama_dir}\noutput_dir: {tmp_path / 'runs'}\nsystem_prompt: null\n"
+        f"stages:\n  - {{name: s, source: {data}, max_length: 64}}\n"
+        "training: {micro_batch_size: 1, global_batch_size: 2, precision: fp32, save_steps: 1000}\n",
+        encoding="utf-8",
+    )
+    recipe = load_recipe(recipe_path)
+    tokenizer = load_training_tokenizer(recipe)
+    (stage,) = prepare_stages(recipe, tokenizer)
+    lookup = {tuple(e.input_ids): (i, 1) for i, e in enumerate(stage.train)}
+    probe = tt._BatchProbe(lookup, tt.Arch.from_config(AutoConfig.from_pretrained(tiny_llama_dir)), None)
+    marks: list[dict] = []
+    built = build_stage_trainer(recipe, stage, [stage], recipe.base_model, tokenizer, "fp32", recipe.run_dir,
+                                callbacks=(tt._step_marks(probe, 1, 2, marks),))  # fmt: skip
+    built.trainer.model.register_forward_pre_hook(probe, with_kwargs=True)
+    built.trainer.train()
+    assert [m["step"] for m in marks] == [1, 2, 3]  # 1 warm-up + 2 timed steps, then stopped
+    assert probe.totals["micro_batches"] == 6 and probe.totals["unmatched"] == 0
+    assert len(set(probe.conversations)) == 6  # each trained conversation found in the pool
