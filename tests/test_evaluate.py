@@ -290,3 +290,29 @@ def test_cli_eval_usage_errors(tmp_path):
     assert wrong.exit_code == 2 and "expected --compare RUN_A RUN_B" in wrong.output
     missing = runner.invoke(app, ["eval", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "a finished run folder" in missing.stderr
+
+
+def test_safety_evaluation_runs_the_serving_gate_flow(tiny_llama_dir):
+    """Evaluation passes its gate per call to the serving generator (no copy, no swapped gate):
+    every crisis prompt goes through the same turn as chat and serve."""
+    from warmline.serving.generator import Generator
+
+    gate = LEXICON_ONLY()
+    steps: list[str] = []
+    for name in ("check_input", "reply_for", "screen", "note_for"):
+        method = getattr(gate, name)
+        setattr(gate, name, lambda *a, _m=method, _n=name, **k: steps.append(_n) or _m(*a, **k))
+    generator = Generator.from_pretrained(str(tiny_llama_dir))
+    forwards = []
+    hook = generator.model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        safety = ev.evaluate_safety(generator, gate, ev.EvalSettings(limit=3, max_new_tokens=4))
+    finally:
+        hook.remove()
+    assert generator.gate is None  # the gate was never attached to the generator
+    crisis = safety["stop_reasons"].get("crisis", 0)
+    assert safety["prompts"] == 3 and steps.count("check_input") == 3 and steps.count("reply_for") == 3
+    turns = "|".join(steps).replace("|check_input", "\ncheck_input").splitlines()
+    assert sum(t == "check_input|reply_for" for t in turns) == crisis  # the crisis ones: nothing else ran
+    assert bool(forwards) == (crisis < 3)  # the model read a prompt only for a message it was asked
+    assert len(safety["missed"]) == 3 - crisis

@@ -284,6 +284,15 @@ def test_crisis_message_gets_the_crisis_reply_without_the_model(gated_llama: Gen
     assert result.assessment["level"] in ("elevated", "imminent")
 
 
+def test_the_gate_is_chosen_per_call(llama: Generator, gated_llama: Generator, monkeypatch) -> None:
+    crisis = ask("I want to kill myself tonight")
+    gated = llama.generate(crisis, gate=SafetyGate(use_classifier=False))
+    assert gated.stop_reason == "crisis" and llama.gate is None  # the generator itself stays ungated
+    script(monkeypatch, gated_llama, text_ids(gated_llama, "Okay.") + [gated_llama.tokenizer.eos_token_id])
+    ungated = gated_llama.generate(crisis, gate=None)
+    assert (ungated.text, ungated.stop_reason, ungated.assessment) == ("Okay.", "eos", None)
+
+
 def test_an_unsafe_reply_is_replaced_by_the_fallback(gated_llama: Generator, monkeypatch) -> None:
     script(monkeypatch, gated_llama, text_ids(gated_llama, "I hear you. You have bipolar disorder. Rest."))
     result = GenerationResult()
@@ -474,8 +483,17 @@ def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Genera
     gate = gated_llama.gate
     seen = []
     monkeypatch.setattr(gate, "check_input", lambda conv, original=gate.check_input: seen.append(conv) or original(conv))
+    gate_while_decoding = []
+    tokens = gated_llama.engine.tokens
+
+    def spy(*args, **kwargs):
+        gate_while_decoding.append(gated_llama.gate)  # what another thread's call would find
+        return tokens(*args, **kwargs)
+
+    monkeypatch.setattr(gated_llama.engine, "tokens", spy)
     gated_llama.warm_up(SYSTEM["content"])
-    assert seen == [] and gated_llama.gate is gate  # the warm-up bypasses the gate, then restores it
+    assert seen == []  # the warm-up passed no gate for its own call...
+    assert gate_while_decoding == [gate]  # ...and never took the generator's away from other calls
     result = gated_llama.generate(ask("Work has been a lot lately."), seed=0, max_new_tokens=4)
     assert result.reused_prompt_tokens == len(gated_llama._shared_prefix(ask("x"))) > 0
     assert seen  # the user's message went through the gate
@@ -508,3 +526,38 @@ def test_replies_are_pinned(model_fixture, fp16_decode, seed, request) -> None:
     result = gen.generate(conversation, max_new_tokens=24, repetition_penalty=1.5, **sampling)
     got = (result.text, result.stop_reason, result.new_tokens)
     assert got == PINNED_REPLIES[(model_fixture, fp16_decode, seed)]
+
+
+def test_a_base_model_stops_at_any_templates_markup(tiny_gpt2_dir: Path, monkeypatch) -> None:
+    """The plain template's model stops on every family's markup (warmline.templates.ANY): "[INST]"
+    and "<|start_header_id|>" used to be counted as leaks by evaluation and the screen, yet shown."""
+    gen = Generator.from_pretrained(str(tiny_gpt2_dir), prompt_cache_tokens=0)
+    for marker in ("[INST]", "<|start_header_id|>"):
+        script(monkeypatch, gen, text_ids(gen, f"Okay then. {marker} user said"))
+        result = gen.generate(ask("hi"), seed=0, max_new_tokens=20)
+        assert (result.text, result.stop_reason) == ("Okay then.", "stop_string"), marker
+
+
+class ListEngine:
+    """A token engine that is not torch: it yields a fixed list of ids (the TokenEngine interface)."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = ids
+        self.prompt_cache = None
+        self.asked = 0
+
+    def tokens(self, prompt_ids, settings, *, seed=None, shared_prefix=(), result):
+        self.asked += 1
+        result.prompt_tokens, result.stop_reason = len(prompt_ids), "max_new_tokens"
+        yield from self.ids[: settings.max_new_tokens]
+
+
+def test_another_engine_plugs_into_the_same_layers(llama: Generator) -> None:
+    engine = ListEngine(text_ids(llama, "I hear you. You have bipolar disorder. Rest."))
+    gen = Generator(llama.model, llama.tokenizer, gate=SafetyGate(use_classifier=False), engine=engine)
+    result = GenerationResult()
+    pieces = list(gen.stream(ask("I can't sleep"), result=result))
+    assert pieces == ["I hear you.", "\n\n" + FALLBACK_REPLY] and result.stop_reason == "screened"
+    assert gen.generate(ask("I want to kill myself tonight")).stop_reason == "crisis"
+    assert engine.asked == 1  # the crisis turn never reached the engine
+    assert gen.generate(ask("Tell me more"), gate=None, max_new_tokens=3).text == llama.tokenizer.decode(engine.ids[:3])

@@ -224,3 +224,30 @@ def test_serve_command_binds_localhost_by_default(monkeypatch) -> None:
     result = CliRunner().invoke(cli.app, ["serve", "some-model", "--temperature", "0.5"])
     assert result.exit_code == 0, result.output
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860
+
+
+def recording_gate(**kwargs) -> SafetyGate:
+    """The real gate (lexicon only) recording, in `gate.steps`, which of its steps ran in order."""
+    gate = SafetyGate(use_classifier=False, **kwargs)
+    gate.steps = []
+    for name in ("check_input", "reply_for", "screen", "note_for"):
+        method = getattr(gate, name)
+        setattr(gate, name, lambda *a, _m=method, _n=name, **k: gate.steps.append(_n) or _m(*a, **k))
+    return gate
+
+
+def test_the_server_runs_the_one_gate_flow(served, tiny_llama_dir: Path) -> None:
+    """Through the real server: an ordinary message is assessed, streamed, screened sentence by
+    sentence and noted; a crisis message gets the fixed reply with nothing else run."""
+    gate = recording_gate()
+    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=gate, settings=GenerationSettings(max_new_tokens=6))
+    generator.warm_up("Be kind.")  # as `warmline serve` does: around the gate
+    assert gate.steps == []
+    url = served(build_app(generator, system_prompt="Be kind."))
+    client = Client(url, verbose=False)
+    client.predict("Can you suggest a book?", api_name="/chat")
+    ordinary, gate.steps = gate.steps, []
+    assert ordinary[:2] == ["check_input", "reply_for"] and ordinary[-1] == "note_for"
+    assert set(ordinary[2:-1]) == {"screen"}
+    reply = client.predict("I want to kill myself", api_name="/chat")
+    assert gate.steps == ["check_input", "reply_for"] and "988" in reply
