@@ -240,7 +240,7 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
         if impl == "hf":
             return lambda message, seed, n: _hf_reply(model, tokenizer, message, seed, n)
         gen = copy.copy(fp16) if scheme == "fp16" else Generator(model, tokenizer)
-        gen.stop_token_ids = set()  # run every reply to max_new_tokens (see the module docstring)
+        gen.engine.stop_token_ids = set()  # run every reply to max_new_tokens (see the module docstring)
         return lambda message, seed, n: _warmline_reply(gen, message, seed, n)
 
     replies = {v: make_reply(v) for v in variants}
