@@ -1,0 +1,1 @@
+"""Export: a trained model to where people run chatbots (GGUF + Ollama Modelfile, a Hugging Face Space)."""
