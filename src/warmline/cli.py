@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, get_type_hints
 
@@ -37,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "eval": "warmline.evaluation.evaluate",
     "safety check": "warmline.safety.cli",
     "safety eval": "warmline.safety.cli",
+    "export": "warmline.export.run",
 }
 
 Overrides = Annotated[
@@ -296,6 +298,60 @@ def evaluate(
     settings = EvalSettings(limit=limit, max_new_tokens=max_new_tokens, seed=seed)
     report = run_compare(*runs, settings, out=out) if compare else run_eval(runs[0], settings, out=out)
     typer.echo(str(report))
+
+
+class ExportTarget(StrEnum):
+    """Where `warmline export` writes to."""
+
+    gguf = "gguf"
+    space = "space"
+
+
+class GgufQuant(StrEnum):
+    """GGUF weight types `warmline export --to gguf` writes."""
+
+    f16 = "f16"
+    q8_0 = "q8_0"
+
+
+@app.command()
+@friendly_errors
+def export(
+    model: ModelRef,
+    target_dir: Annotated[
+        Path | None, typer.Argument(metavar="[DIR]", help="Output folder (required with --to space; else --out).")
+    ] = None,
+    to: Annotated[ExportTarget, typer.Option(help="gguf: llama.cpp/Ollama/LM Studio; space: a HF Space.")] = (
+        ExportTarget.gguf
+    ),
+    quant: Annotated[GgufQuant, typer.Option(help="GGUF weight type (q8_0: about half the size).")] = GgufQuant.f16,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: exports/NAME-gguf-QUANT).")] = None,
+    model_id: Annotated[
+        str | None, typer.Option(help="--to space: load this hub id on the Space instead of copying the model.")
+    ] = None,
+    locale: Locale = "us",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Export a model: a GGUF file with a Modelfile (--to gguf), or a Hugging Face Space folder (--to space).
+
+    A GGUF file runs WITHOUT warmline's safety gate; put `warmline gateway` in front to keep it.
+    The Space runs the same web app and safety gate as `warmline serve`.
+    """
+    _setup_logging(verbose)
+    from warmline.export.run import ExportError, export_gguf, export_space
+
+    folder = out or target_dir
+    try:
+        if to is ExportTarget.space:
+            if folder is None:
+                raise ExportError("--to space needs the Space folder: warmline export RUN --to space DIR")
+            written = export_space(model, folder, model_id=model_id, locale=locale)
+        else:
+            written = export_gguf(model, out=folder, quant=quant.value)
+    except ExportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(str(written))
 
 
 from warmline.safety.cli import app as safety_app  # noqa: E402 - registered after the commands above
