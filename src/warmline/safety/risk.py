@@ -20,6 +20,7 @@ from warmline.safety.classifier import (
     RiskClassifier,
     default_classifier,
 )
+from warmline.safety.language import identify_language, scan_languages
 from warmline.safety.levels import Assessment, RiskLevel
 from warmline.safety.lexicon import Lexicon, LexiconResult, default_lexicon
 
@@ -47,6 +48,8 @@ class TurnAssessment:
     categories: list[str]
     evidence: list[str]
     risk_score: float | None
+    language: str = "en"
+    """The message's language (``warmline.safety.language``): the crisis reply is written in it."""
 
 
 def assess(
@@ -70,9 +73,13 @@ def assess(
 
     turns: list[TurnAssessment] = []
     distress_so_far = False
+    language = "en"
     for text in user_turns:
-        turn = assess_text(text, context=distress_so_far, lexicon=lexicon, classifier=classifier)
+        turn = assess_text(
+            text, context=distress_so_far, lexicon=lexicon, classifier=classifier, language=language
+        )
         turns.append(turn)
+        language = turn.language
         distress_so_far = distress_so_far or turn.level.rank >= RiskLevel.DISTRESS.rank
 
     latest = turns[-1]
@@ -96,6 +103,7 @@ def assess(
         evidence=evidence,
         persisted=persisted,
         risk_score=latest.risk_score,
+        language=latest.language,
     )
 
 
@@ -105,19 +113,28 @@ def assess_text(
     context: bool = False,
     lexicon: Lexicon | None = None,
     classifier: RiskClassifier | None = None,
+    language: str = "en",
 ) -> TurnAssessment:
-    """Judge one message. ``context``: the conversation has already shown distress."""
+    """Judge one message. ``context``: the conversation has already shown distress.
+
+    ``language``: the conversation's language so far, kept when this message is too short to
+    tell ("ok"). A non-English message is read by its language's lexicon as well as the English
+    one; the classifier, which only understands English, runs only on English messages.
+    """
     found = _scan(lexicon or default_lexicon(), text, context)
+    found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
     level = found.level
     categories = found.categories
     evidence = found.evidence()
     risk_score: float | None = None
-    if classifier is not None and level != RiskLevel.IMMINENT:
+    if classifier is not None and language == "en" and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(text)
         risk_score = score.risk
         level, categories, evidence = _combine(found, score, level, categories, evidence)
-    return TurnAssessment(level=level, categories=categories, evidence=evidence, risk_score=risk_score)
+    return TurnAssessment(
+        level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
+    )
 
 
 def _combine(
