@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -38,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "eval": "warmline.evaluation.evaluate",
     "safety check": "warmline.safety.cli",
     "safety eval": "warmline.safety.cli",
+    "safety report": "warmline.safety.report",
     "export": "warmline.export.run",
 }
 
@@ -126,7 +128,39 @@ ModelRef = Annotated[str, typer.Argument(help="A run folder, stage folder, hub i
 Seed = Annotated[
     int | None, typer.Option(help="Seed for sampling: the same conversation gets the same reply.")
 ]
-Locale = Annotated[str, typer.Option(help="Crisis resources to give: us, uk, ie or default.")]
+Locale = Annotated[
+    str | None,
+    typer.Option(
+        help="Country for the crisis lines (us, uk, ie, ca, au, es, mx, fr, be, ch, de, at, pt, br, it, or a tag such"
+        " as fr-CA). Default: not known, so replies give findahelpline.com and the lines of the main countries"
+        " of the message's language."
+    ),
+]
+SafetyCounts = Annotated[
+    Path | None,
+    typer.Option(
+        help="Write crisis referral counts per level, kind, category and language (counts only, never text) to"
+        " this JSON file every minute and at exit, owner-only; read it with `warmline safety report FILE`."
+    ),
+]
+
+
+@contextlib.contextmanager
+def _safety_counts(generator: Generator, path: Path | None):
+    """While the block runs, write the generator's safety gate counters to `path` (if given)."""
+    if path is None:
+        yield
+        return
+    from warmline.safety.report import CountsWriter
+
+    gate = getattr(generator, "gate", None)
+    if gate is None:
+        raise typer.BadParameter("the generator has no safety gate to count", param_hint="--safety-counts")
+    writer = CountsWriter(path, gate.snapshot).start()
+    try:
+        yield
+    finally:
+        writer.stop()
 Fp16Decode = Annotated[
     bool,
     typer.Option(
@@ -193,7 +227,8 @@ def chat(
     model: ModelRef,
     settings: GenerationSettings,
     seed: Seed = None,
-    locale: Locale = "us",
+    locale: Locale = None,
+    safety_counts: SafetyCounts = None,
     fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
     verbose: Annotated[
@@ -215,10 +250,11 @@ def chat(
     generator = _load_generator(model, locale, settings, fp16_decode)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)
-    run_chat(
-        generator, system_prompt=system_prompt, seed=seed,
-        model_name=model, locale=locale, verbose=verbose,
-    )  # fmt: skip
+    with _safety_counts(generator, safety_counts):
+        run_chat(
+            generator, system_prompt=system_prompt, seed=seed,
+            model_name=model, locale=locale or "default", verbose=verbose,
+        )  # fmt: skip
 
 
 @app.command()
@@ -236,7 +272,8 @@ def serve(
         typer.Option(help="Save each session's conversation as JSON in this folder (off by default)."),
     ] = None,
     settings: GenerationSettings = None,  # the sampling options (generation_options)
-    locale: Locale = "us",
+    locale: Locale = None,
+    safety_counts: SafetyCounts = None,
     fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -253,10 +290,11 @@ def serve(
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)
     web_app = build_app(
-        generator, system_prompt=system_prompt, locale=locale,
+        generator, system_prompt=system_prompt, locale=locale or "default",
         transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,
     )  # fmt: skip
-    launch(web_app, host=host, port=port)
+    with _safety_counts(generator, safety_counts):
+        launch(web_app, host=host, port=port)
 
 
 @app.command("eval")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,12 +21,13 @@ from warmline.safety.evaluate import (
 )
 from warmline.safety.levels import Assessment
 from warmline.safety.replies import crisis_reply
+from warmline.safety.report import ReportFormat
 from warmline.safety.risk import assess
 
 logger = logging.getLogger(__name__)
 
 app = typer.Typer(
-    help="Risk assessment of user messages: check a message or evaluate the layer.", no_args_is_help=True
+    help="Risk assessment of user messages: check a message, evaluate the layer, report crisis counts.", no_args_is_help=True
 )
 
 
@@ -167,6 +169,35 @@ def _echo_script_report(scripts: ScriptReport, show_errors: bool) -> None:
 
 def _pct(value: float) -> str:
     return "     -" if value != value else f"{value:6.1%}"  # NaN: nothing to count
+
+
+@app.command()
+def report(
+    counts_file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A counts file written by `warmline chat|serve --safety-counts FILE`.")
+    ],
+    fmt: Annotated[
+        ReportFormat, typer.Option("--format", help="json (grouped) or csv (group,name,count rows).")
+    ] = ReportFormat.JSON,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the report to this file (owner-only, 0600) instead of stdout.")
+    ] = None,
+) -> None:
+    """Crisis referral counts per level, reply kind, category and language: counts only, never text."""
+    from warmline.safety.report import format_report, read_counts
+
+    try:
+        text = format_report(read_counts(counts_file), fmt)
+    except (FileNotFoundError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(output, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class SafetyGate:
 
     def __init__(
         self,
-        locale: str = "us",
+        locale: str | None = "us",
         use_classifier: bool = True,
         resources_path: str | Path | None = None,
     ) -> None:
@@ -124,8 +124,10 @@ class SafetyGate:
         self.use_classifier = use_classifier
         self.resources_path = resources_path
         self.counters: dict[str, int] = Counter()
-        """Event counts: assessments, level:<level>, crisis_replies, distress_notes,
-        screened_outputs and screened_outputs:<reason>."""
+        """Event counts, never text: assessments, level:<level>, crisis_replies,
+        crisis_replies:<level>, crisis_kind:<reply kind>, crisis_category:<category>,
+        crisis_language:<language>, distress_notes, screened_outputs and
+        screened_outputs:<reason>. ``snapshot`` copies them; ``warmline safety report`` reads them."""
         self._lock = threading.Lock()  # counters are shared by a web server's threads
 
     def check_input(self, conversation: Sequence[Mapping[str, str]]) -> Assessment:
@@ -143,7 +145,11 @@ class SafetyGate:
         """The fixed crisis reply for elevated or imminent risk, else None (ask the model)."""
         if not assessment.is_crisis:
             return None
-        self._count("crisis_replies", f"crisis_replies:{assessment.level}")
+        self._count(
+            "crisis_replies", f"crisis_replies:{assessment.level}",
+            f"crisis_kind:{assessment.reply_kind or 'suicide'}", f"crisis_language:{assessment.language}",
+            *(f"crisis_category:{category}" for category in assessment.categories),
+        )  # fmt: skip
         return crisis_reply(assessment, self.locale, self.resources_path)
 
     def screen(self, text: str, assessment: Assessment | None = None) -> ScreenResult:
@@ -188,7 +194,12 @@ class SafetyGate:
         if assessment.level != RiskLevel.DISTRESS:
             return None
         self._count("distress_notes")
-        return resources_note(self.locale, self.resources_path)
+        return resources_note(self.locale, self.resources_path, language=assessment.language)
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of the event counters, sorted by key (safe to take while serving)."""
+        with self._lock:
+            return dict(sorted(self.counters.items()))
 
     def _count(self, *keys: str) -> None:
         with self._lock:

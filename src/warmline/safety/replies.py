@@ -62,6 +62,9 @@ KIND_LINES: dict[str, tuple[LineGroup, ...]] = {
     "unusual_experiences": ("crisis",),
 }
 _MAX_LINES = {"violence_request": 1}
+# ... and, when the country is not known, only findahelpline.com: a list of countries' suicide
+# lines would read as a suicide referral.
+_MAX_COUNTRIES = {"violence_request": 0}
 # A suicide reply to a message that also discloses abuse lists the abuse lines as well.
 _EXTRA_GROUPS: dict[str, LineGroup] = {"harm_from_others": "abuse", "child_abuse": "child"}
 
@@ -287,7 +290,7 @@ def crisis_reply(
         emergency = _unknown_emergency(texts, countries)
         lines = [f"- {texts['unknown_first']}"] + [
             f"- {country.name}: {line.text()}"
-            for country in countries
+            for country in countries[: _MAX_COUNTRIES.get(kind, len(countries))]
             for line in _kind_lines(country, kind, assessment.categories)[:1]
         ]
     # The emergency number gets its own line unless the reply's text already names it.

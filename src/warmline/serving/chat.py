@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from warmline.data.formats import Conversation
+from warmline.safety.notice import SessionNotice
 from warmline.serving.generator import GenerationResult, Generator
 
 logger = logging.getLogger(__name__)
@@ -62,12 +63,16 @@ def run_chat(
     stdin: TextIO | None = None,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
+    notice: SessionNotice | None = None,
 ) -> ChatSession:
-    """Read user lines until /quit or end of input, streaming each reply to stdout."""
-    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    from warmline.safety import AI_NOTICE
+    """Read user lines until /quit or end of input, streaming each reply to stdout.
 
-    print(AI_NOTICE, file=stderr)
+    The AI notice goes to stderr at the start and again before a reply once 3 hours of use
+    have passed (``notice``: a ``SessionNotice``, with a fake clock in tests).
+    """
+    stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    notice = notice or SessionNotice()
+    print(notice.due() or "", file=stderr)
     print(HELP, file=stderr)
     session = ChatSession(system_prompt)
     while True:
@@ -89,6 +94,8 @@ def run_chat(
                 break
             continue
         conversation = session.conversation + [{"role": "user", "content": message}]
+        if repeat := notice.due():  # 3 hours of continued use since the last notice
+            print(repeat, file=stderr)
         result = GenerationResult()
         try:
             for piece in generator.stream(conversation, seed=seed, result=result):

@@ -28,6 +28,7 @@ import gradio as gr
 
 from warmline.data.formats import Conversation
 from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+from warmline.safety.notice import SessionNotices, strip_notice, with_notice
 from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def history_to_conversation(history: list[dict[str, Any]]) -> Conversation:
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("user", "assistant"):
             text = message_text(message.get("content"))
+            text = strip_notice(text) if role == "assistant" else text  # a 3-hour notice is not the model's
             if turns and turns[-1]["role"] == role:  # grouped bubbles: one turn
                 turns[-1] = {"role": role, "content": f"{turns[-1]['content']}\n{text}"}
             else:
@@ -134,10 +136,12 @@ def build_app(
     concurrency_limit: int = DEFAULT_CONCURRENCY_LIMIT,
     examples: list[str] | None = None,
     title: str = "warmline",
+    notices: SessionNotices | None = None,
 ) -> gr.Blocks:
     """The chat app: notice, streaming chat with examples, settings accordion, `/chat` endpoint.
 
     `locale` picks the crisis resources shown (default: the generator's safety gate's locale).
+    `notices` times the AI notice's 3-hourly repeat per session (a fake clock in tests).
     Launch it with `launch(app, ...)`.
     """
     # Gradio reads this when an app is built; analytics_enabled=False is passed as well.
@@ -147,6 +151,7 @@ def build_app(
     if gate is None:
         logger.warning("the generator has no safety gate: replies are not screened")
     writer = TranscriptWriter(Path(transcripts_dir), locale=locale) if transcripts_dir else None
+    notices = SessionNotices() if notices is None else notices  # the AI notice again after 3 hours of use
     defaults = getattr(generator, "settings", None) or GenerationSettings()
     system: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
 
@@ -163,14 +168,15 @@ def build_app(
             repetition_penalty=repetition_penalty,
             max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
         )  # fmt: skip
+        session = getattr(request, "session_hash", None) or "anonymous"
+        notice = notices.due(session, shown_at_start=True)
         shown = ""
         for piece in pieces:
             shown += piece
-            yield shown
+            yield with_notice(shown, notice)
         if result.text != shown or not shown:
-            yield result.text  # a screened reply is replaced by the fallback
+            yield with_notice(result.text, notice)  # a screened reply is replaced by the fallback
         if writer is not None:
-            session = getattr(request, "session_hash", None) or "anonymous"
             writer.write(session, conversation + [{"role": "assistant", "content": result.text}], result)
 
     settings_inputs = [
