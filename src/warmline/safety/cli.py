@@ -37,8 +37,9 @@ def check(
         list[str], typer.Argument(help="User message(s); several are read as successive user turns.")
     ],
     locale: Annotated[
-        str, typer.Option(help="Locale for the crisis reply (us, uk, ie, or any other).")
-    ] = "us",
+        str | None,
+        typer.Option(help="Country for the crisis reply (us, uk, fr-ca, ...); default: not known (findahelpline.com)."),
+    ] = None,
     classifier: Annotated[
         bool, typer.Option(help="Use the embedding classifier as well as the lexicon.")
     ] = True,
