@@ -78,7 +78,7 @@ def test_every_kind_renders_in_every_language_with_that_locales_lines(kind: str,
     first_line = next(line for line in unknown.splitlines() if line.startswith("- "))
     assert "findahelpline.com" in first_line
     for listed in table.countries_for(language) if kind != "violence_request" else []:
-        assert f"- {listed.name}: " in unknown
+        assert f"- {listed.name_in(language)}: " in unknown
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -204,7 +204,7 @@ def test_a_spanish_message_with_no_known_country_gets_no_number_as_if_certain(lo
     assert "findahelpline.com" in listed[0]
     assert "- España: Línea 024: 024" in reply and "- México: Línea de la Vida: 800 911 2000" in reply
     # Every number given is labelled with its country; the emergency numbers too.
-    assert all(line.startswith(("- España:", "- México:", "- United States:")) for line in listed[1:-1])
+    assert all(line.startswith(("- España:", "- México:", "- Estados Unidos:")) for line in listed[1:-1])
     assert listed[-1].startswith("- Peligro inmediato: número de emergencias de tu país (")
     assert "España 112" in reply and "México 911" in reply
 

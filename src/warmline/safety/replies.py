@@ -104,6 +104,12 @@ class LocaleResources:
     eating_disorder: list[Line] = field(default_factory=list)
     perinatal: list[Line] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)
+    """The country's name in other languages, where it differs from ``name``."""
+
+    def name_in(self, language: str) -> str:
+        """The country's name as a reply in ``language`` writes it."""
+        return self.names.get(language, self.name)
 
     def lines(self, *groups: LineGroup) -> list[Line]:
         """The lines of ``groups``, in order, without repeats."""
@@ -199,6 +205,7 @@ def _parse(path: Path) -> tuple[dict[str, LocaleResources], dict[str, list[str]]
                 name=entry.get("name", str(key)),
                 emergency=str(entry["emergency"]),
                 aliases=[str(a).lower() for a in entry.get("aliases", [])],
+                names={str(k): str(v) for k, v in (entry.get("names") or {}).items()},
                 **groups,
             )
         except (KeyError, TypeError, AttributeError) as error:
@@ -253,10 +260,11 @@ def reply_language(language: str | None) -> str:
 def resources_note(locale: str | None = "us", path: str | Path | None = None, language: str = "en") -> str:
     """The short line appended to replies at distress level, in ``language``."""
     table = _table(path)
-    texts = load_replies()[reply_language(language)]
+    language = reply_language(language)
+    texts = load_replies()[language]
     found = table.find(locale)
     if found is None:
-        line, emergency = "findahelpline.com", _unknown_emergency(texts, table.countries_for(reply_language(language)))
+        line, emergency = "findahelpline.com", _unknown_emergency(texts, table.countries_for(language), language)
     else:
         first = found.crisis[0]
         line, emergency = f"{first.name} ({first.contact})", found.emergency
@@ -287,9 +295,9 @@ def crisis_reply(
         lines = [line.render() for line in _kind_lines(found, kind, assessment.categories)]
     else:
         countries = table.countries_for(language)
-        emergency = _unknown_emergency(texts, countries)
+        emergency = _unknown_emergency(texts, countries, language)
         lines = [f"- {texts['unknown_first']}"] + [
-            f"- {country.name}: {line.text()}"
+            f"- {country.name_in(language)}: {line.text()}"
             for country in countries[: _MAX_COUNTRIES.get(kind, len(countries))]
             for line in _kind_lines(country, kind, assessment.categories)[:1]
         ]
@@ -310,6 +318,6 @@ def _kind_lines(found: LocaleResources, kind: str, categories: list[str]) -> lis
     return lines[: _MAX_LINES.get(kind, len(lines))]
 
 
-def _unknown_emergency(texts: dict[str, Any], countries: list[LocaleResources]) -> str:
-    numbers = ", ".join(f"{country.name} {country.emergency}" for country in countries)
+def _unknown_emergency(texts: dict[str, Any], countries: list[LocaleResources], language: str) -> str:
+    numbers = ", ".join(f"{country.name_in(language)} {country.emergency}" for country in countries)
     return f"{texts['unknown_emergency']} ({numbers})" if numbers else texts["unknown_emergency"]
