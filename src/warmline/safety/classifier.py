@@ -6,6 +6,12 @@ takes a few seconds on a CPU, so it happens on first use and the weights are cac
 ``$WARMLINE_CACHE/safety`` (default ``~/.cache/warmline/safety``), keyed by a hash of the
 training file and the embedding setup: editing the file retrains automatically.
 
+Every message is read through ``warmline.safety.normalise`` first (the lexicon reads the same
+text). Training reads each hand-written example as written and in ``AUGMENTED_COPIES`` noisy
+variants (typos, casing, slang swaps, dropped punctuation, spaced or leetspeak risk words),
+each normalised the same way, so the classifier learns how people type rather than how the
+examples were written.
+
 Inference needs only numpy on top of the encoder (the regression is a matrix product), so
 scikit-learn is imported only when training.
 """
@@ -16,6 +22,8 @@ import hashlib
 import json
 import logging
 import os
+import random
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +36,7 @@ import numpy as np
 
 from warmline.models import cache_dir
 from warmline.safety.levels import RiskLevel
+from warmline.safety.normalise import normalise_text
 
 if TYPE_CHECKING:
     import torch
@@ -43,6 +52,10 @@ CLASS_LEVELS: dict[str, RiskLevel] = {
     "self_harm": RiskLevel.ELEVATED,
     "third_party": RiskLevel.ELEVATED,
     "harm_from_others": RiskLevel.ELEVATED,
+    "eating_disorder": RiskLevel.ELEVATED,
+    "harm_to_others": RiskLevel.ELEVATED,
+    "intrusive_thoughts": RiskLevel.ELEVATED,
+    "violence_request": RiskLevel.ELEVATED,
     "imminent": RiskLevel.IMMINENT,
 }
 CLASS_CATEGORIES: dict[str, str] = {
@@ -51,15 +64,22 @@ CLASS_CATEGORIES: dict[str, str] = {
     "self_harm": "self_harm",
     "third_party": "third_party",
     "harm_from_others": "harm_from_others",
+    "eating_disorder": "eating_disorder",
+    "harm_to_others": "harm_to_others",
+    "intrusive_thoughts": "intrusive_thoughts",
+    "violence_request": "violence_request",
     "imminent": "imminent",
 }
 RISK_CLASSES: tuple[str, ...] = tuple(c for c, level in CLASS_LEVELS.items() if level.is_crisis)
 
 # Bumped whenever embedding or training code changes in a way that invalidates cached weights.
-_FEATURE_VERSION = "minilm-meanpool-l2-v1"
+_FEATURE_VERSION = "minilm-meanpool-l2-v2-normalised-aug"
 _MAX_TOKENS = 128  # user turns are short; longer ones are rare and truncation keeps latency flat
 _REGULARISATION_C = 4.0  # chosen with the thresholds in risk.py by 5-fold CV on the training file
 _SCORE_CACHE_SIZE = 2048
+AUGMENTED_COPIES = 2
+"""Noisy variants of each training example (besides the example itself)."""
+_AUGMENT_SEED = 13
 
 
 @dataclass(frozen=True)
@@ -150,6 +170,9 @@ class Encoder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Embeddings of ``texts``, shape (len(texts), 384), rows of unit length."""
         torch = self._torch
+        # Batches of similar length pad less (training encodes thousands of examples).
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        texts = [texts[i] for i in order]
         chunks: list[np.ndarray] = []
         with self._lock, torch.inference_mode():
             previous_threads = torch.get_num_threads()
@@ -169,7 +192,11 @@ class Encoder:
                     chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
             finally:
                 torch.set_num_threads(previous_threads)
-        return np.concatenate(chunks) if chunks else np.zeros((0, 384), dtype=np.float32)
+        if not chunks:
+            return np.zeros((0, 384), dtype=np.float32)
+        embeddings = np.empty((len(texts), 384), dtype=np.float32)
+        embeddings[order] = np.concatenate(chunks)
+        return embeddings
 
 
 class RiskClassifier:
@@ -191,12 +218,13 @@ class RiskClassifier:
 
     def score(self, text: str) -> ClassifierScore:
         """Class probabilities for one message (memoised: a conversation re-scores its turns)."""
+        text = normalise_text(text)
         with self._scores_lock:
             cached = self._scores.get(text)
             if cached is not None:
                 self._scores.move_to_end(text)
                 return cached
-        score = self.score_many([text])[0]
+        score = self._score_normalised([text])[0]
         with self._scores_lock:  # a web server scores from several threads
             self._scores[text] = score
             if len(self._scores) > _SCORE_CACHE_SIZE:
@@ -205,6 +233,9 @@ class RiskClassifier:
 
     def score_many(self, texts: list[str]) -> list[ClassifierScore]:
         """Class probabilities for several messages, encoded in batches."""
+        return self._score_normalised([normalise_text(text) for text in texts])
+
+    def _score_normalised(self, texts: list[str]) -> list[ClassifierScore]:
         probabilities = _softmax(self.encoder.encode(texts) @ self._coef.T + self._intercept)
         return [
             ClassifierScore({c: float(p) for c, p in zip(self.classes, row, strict=True)})
@@ -213,7 +244,13 @@ class RiskClassifier:
 
     def _cache_key(self) -> str:
         digest = hashlib.sha256(self.training_path.read_bytes())
-        digest.update(f"{_FEATURE_VERSION}|{self.encoder.model_dir.name}|C={_REGULARISATION_C}".encode())
+        digest.update(
+            f"{_FEATURE_VERSION}|{self.encoder.model_dir.name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode()
+        )
+        # The normaliser's word lists change what the classifier is trained on.
+        from warmline.safety.normalise import packaged_slang_path
+
+        digest.update(packaged_slang_path().read_bytes())
         return digest.hexdigest()[:16]
 
     def _load_or_train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -244,8 +281,8 @@ class RiskClassifier:
     def _train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         from sklearn.linear_model import LogisticRegression
 
-        texts, labels = load_training_examples(self.training_path)
-        logger.info("training safety classifier on %d examples from %s", len(texts), self.training_path)
+        texts, labels = augment_examples(*load_training_examples(self.training_path))
+        logger.info("training safety classifier on %d normalised and augmented examples from %s", len(texts), self.training_path)
         features = self.encoder.encode(texts)
         # Balanced weights: the risk classes are smaller than "none" but matter more.
         model = LogisticRegression(C=_REGULARISATION_C, max_iter=5000, class_weight="balanced")
@@ -255,6 +292,73 @@ class RiskClassifier:
             model.coef_.astype(np.float32),
             model.intercept_.astype(np.float32),
         )
+
+
+# Slang swaps for augmentation: plain wording -> how people type it (the normaliser maps most
+# back, so the classifier sees the normalised forms it will meet at inference).
+_SLANG_SWAPS: tuple[tuple[str, str], ...] = (
+    (r"\bkill myself\b", "kms"),
+    (r"\bsuicide\b", "sewerslide"),
+    (r"\bkilling myself\b", "unaliving myself"),
+    (r"\bself[- ]harm\b", "sh"),
+    (r"\bbecause\b", "bc"),
+    (r"\byou\b", "u"),
+    (r"\bI'm\b", "im"),
+    (r"\bdon't\b", "dont"),
+    (r"\bcan't\b", "cant"),
+    (r"\bright now\b", "rn"),
+    (r"\bI don't know\b", "idk"),
+    (r"\bto be honest\b", "tbh"),
+    (r"\bwant to\b", "wanna"),
+    (r"\bgoing to\b", "gonna"),
+)
+_LEET_SWAPS = str.maketrans({"i": "1", "e": "3", "a": "@", "o": "0", "s": "$"})
+_RISK_WORD = re.compile(r"\b(?:suicide|suicidal|kill|die|dead|cut|cutting|overdose|hurt|pills|starve|purge|poison)\b", re.IGNORECASE)
+
+
+def augment(text: str, rng: random.Random) -> str:
+    """One noisy variant of ``text``: two or three of typos, casing, slang, punctuation, spacing."""
+    operations = rng.sample(range(6), k=rng.choice((2, 3)))
+    for operation in operations:
+        if operation == 0:  # a typo in a longer word: drop, double, or swap a letter
+            words = text.split(" ")
+            long_words = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+            if long_words:
+                i = rng.choice(long_words)
+                w = words[i]
+                j = rng.randrange(1, len(w) - 1)
+                kind = rng.randrange(3)
+                words[i] = w[:j] + w[j + 1 :] if kind == 0 else w[:j] + w[j] + w[j:] if kind == 1 else w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :]
+                text = " ".join(words)
+        elif operation == 1:
+            text = rng.choice((str.lower, str.upper, str.capitalize))(text)
+        elif operation == 2:
+            pattern, replacement = rng.choice(_SLANG_SWAPS)
+            text = re.sub(pattern, replacement, text, flags=re.IGNORECASE)
+        elif operation == 3:
+            text = re.sub(r"[.,!?;:']", "", text)
+        elif operation == 4:
+            text = _RISK_WORD.sub(lambda m: " ".join(m.group(0)), text, count=1)
+        else:
+            text = _RISK_WORD.sub(lambda m: m.group(0).translate(_LEET_SWAPS), text, count=1)
+    return text
+
+
+def augment_examples(texts: list[str], labels: list[str]) -> tuple[list[str], list[str]]:
+    """Each example normalised, plus ``AUGMENTED_COPIES`` normalised noisy variants (deduplicated)."""
+    rng = random.Random(_AUGMENT_SEED)
+    seen: set[tuple[str, str]] = set()
+    out_texts: list[str] = []
+    out_labels: list[str] = []
+    for text, label in zip(texts, labels, strict=True):
+        variants = [text] + [augment(text, rng) for _ in range(AUGMENTED_COPIES)]
+        for variant in variants:
+            key = (normalise_text(variant), label)
+            if key not in seen:
+                seen.add(key)
+                out_texts.append(key[0])
+                out_labels.append(label)
+    return out_texts, out_labels
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

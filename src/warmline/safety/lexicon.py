@@ -30,65 +30,30 @@ from typing import Any, Literal
 import yaml
 
 from warmline.safety.levels import SELF_CATEGORIES, RiskLevel
+from warmline.safety.normalise import normalise_text
 
 logger = logging.getLogger(__name__)
 
 MaskKind = Literal["hyperbole", "idiom", "technical", "accidental", "breakup"]
-Discount = Literal["negated", "history", "joking"]
+Discount = Literal["negated", "history", "joking", "framing"]
 
-# Informal spellings expanded before matching, so each rule is written once. Only tokens that
-# are unambiguous in chat text; "ill", "id", "its", "were" are real words and are left alone.
-_INFORMAL: dict[str, str] = {
-    "im": "i'm",
-    "ive": "i've",
-    "dont": "don't",
-    "cant": "can't",
-    "wont": "won't",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "isnt": "isn't",
-    "wasnt": "wasn't",
-    "wouldnt": "wouldn't",
-    "couldnt": "couldn't",
-    "shouldnt": "shouldn't",
-    "havent": "haven't",
-    "hasnt": "hasn't",
-    "arent": "aren't",
-    "werent": "weren't",
-    "thats": "that's",
-    "whats": "what's",
-    "theres": "there's",
-    "youre": "you're",
-    "hes": "he's",
-    "shes": "she's",
-    "wanna": "want to",
-    "gonna": "going to",
-    "gotta": "got to",
-    "kms": "kill myself",
-    "unalive": "kill",
-    "unaliving": "killing",
-    "u": "you",
-    "ur": "your",
-    "idk": "i don't know",
-    "rn": "right now",
-    "tmrw": "tomorrow",
-    "bc": "because",
-    "cuz": "because",
-    "coz": "because",
-}
-_INFORMAL_RE = re.compile(r"\b(" + "|".join(map(re.escape, _INFORMAL)) + r")\b")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+# Categories whose hits a fiction, game, teaching or research frame discounts (cues.framing):
+# never the writer's own risk statements.
+_FRAMEABLE: frozenset[str] = frozenset({"violence_request", "means", "harm_to_others"})
+# Categories a laughing tone softens to distress: hyperbole about oneself or about a sibling.
+_JOKEABLE: frozenset[str] = SELF_CATEGORIES | {"harm_to_others"}
+
 _SENTENCE_END = re.compile(r"[.!?;\n]+")
 # A clause ends at punctuation; the negation window never crosses one.
 _CLAUSE_PUNCT = re.compile(r"[,:;.!?\n]")
 _NEGATION_WINDOW_WORDS = 5
 
 
-def normalise(text: str) -> str:
-    """Lower-case, straighten apostrophes, expand informal spellings, squeeze spaces."""
-    text = text.translate(_APOSTROPHES).lower()
-    text = _INFORMAL_RE.sub(lambda m: _INFORMAL[m.group(1)], text)
-    return re.sub(r"[ \t]+", " ", text).strip()
+def normalise(text: str, *, english: bool = True) -> str:
+    """The text the rules match: ``warmline.safety.normalise`` (case, Unicode look-alikes,
+    leetspeak, spacing, repeats, misspellings, slang). ``english=False`` keeps only the
+    language-neutral steps (for the other languages' lexicons)."""
+    return normalise_text(text, english=english)
 
 
 @dataclass(frozen=True)
@@ -199,6 +164,7 @@ class Lexicon:
     def __init__(self, data: dict[str, Any], source: str = "<dict>") -> None:
         fragments: dict[str, str] = data.get("fragments", {})
         self.source = source
+        self.language: str = data.get("language", "en")
 
         def compile_pattern(pattern: str, where: str) -> re.Pattern[str]:
             expanded = re.sub(r"\{([A-Z0-9_]+)\}", lambda m: f"(?:{fragments[m.group(1)]})", pattern)
@@ -264,6 +230,9 @@ class Lexicon:
         self.laughter = compile_pattern(cues["laughter"], "cues.laughter")
         self.imminence = compile_pattern(cues["imminence"], "cues.imminence")
         self.informational = compile_pattern(cues["informational"], "cues.informational")
+        # Optional cues (the other languages' lexicons may not have them).
+        self.framing = compile_pattern(cues["framing"], "cues.framing") if "framing" in cues else None
+        self.minor = compile_pattern(cues["minor"], "cues.minor") if "minor" in cues else None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
@@ -278,7 +247,7 @@ class Lexicon:
         ``context: true`` (height or dose questions) only count as elevated with it, or with
         distress in this same message.
         """
-        normalised = normalise(text)
+        normalised = normalise(text, english=self.language == "en")
         masked, mask_ids = self._apply_masks(normalised)
         hits: list[Hit] = []
         discounted: list[Hit] = []
@@ -288,7 +257,7 @@ class Lexicon:
                 phrase = match.group(0).strip()
                 if not phrase:
                     continue
-                discount = self._discount(rule, masked, match.start())
+                discount = self._discount(rule, masked, match.start(), context=context)
                 hit = Hit(rule.rule_id, rule.category, rule.level, phrase, discount, match.start())
                 if discount is None:
                     hits.append(hit)
@@ -305,6 +274,7 @@ class Lexicon:
         hits += self._combinations(masked)
 
         hits = self._attribute_third_party(hits, masked)
+        hits = self._attribute_child_abuse(hits, masked)
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
         hits = [self._resolve_context(hit, context or distress_here) for hit in hits]
         imminence = bool(self.imminence.search(masked))
@@ -384,15 +354,26 @@ class Lexicon:
             hits.append(hit)
         return hits
 
-    def _discount(self, rule: Rule, text: str, start: int) -> Discount | None:
-        """Why a hit should not count, judged from its clause and sentence."""
+    def _discount(self, rule: Rule, text: str, start: int, *, context: bool = False) -> Discount | None:
+        """Why a hit should not count, judged from its clause and sentence.
+
+        ``context`` (the conversation showed distress) keeps a framed method question counting:
+        "for a story, how many would it take" after hopelessness is means-seeking.
+        """
         sentence = _sentence_of(text, start)
         if rule.negatable and self._negated(text, start):
             return "negated"
         if self.distant_past.search(sentence) and not self.present_again.search(sentence):
             return "history"
         if (
-            rule.category in SELF_CATEGORIES
+            self.framing is not None
+            and rule.category in _FRAMEABLE
+            and not (context and rule.category == "means")
+            and self.framing.search(text)
+        ):
+            return "framing"
+        if (
+            rule.category in _JOKEABLE
             and rule.level == RiskLevel.ELEVATED
             and self.laughter.search(sentence)
             and not self.imminence.search(sentence)
@@ -434,6 +415,20 @@ class Lexicon:
             ):
                 hit = replace(hit, category="third_party")
             out.append(hit)
+        return out
+
+    def _attribute_child_abuse(self, hits: list[Hit], text: str) -> list[Hit]:
+        """Abuse disclosed by a writer who says they are a child is child abuse.
+
+        "I'm 13 and my stepdad hits me" matches the harm_from_others rules; the age (or a school
+        frame) says whose lines the reply needs: child protection, not adult domestic abuse.
+        """
+        if self.minor is None or not self.minor.search(text):
+            return hits
+        out = list(hits)
+        for hit in hits:
+            if hit.category == "harm_from_others" and hit.level.is_crisis:
+                out.append(replace(hit, rule_id=f"{hit.rule_id}+minor", category="child_abuse"))
         return out
 
     def _resolve_context(self, hit: Hit, context: bool) -> Hit:

@@ -21,8 +21,9 @@ from warmline.safety.classifier import (
     default_classifier,
 )
 from warmline.safety.language import identify_language, scan_languages
-from warmline.safety.levels import Assessment, RiskLevel
+from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
 from warmline.safety.lexicon import Lexicon, LexiconResult, default_lexicon
+from warmline.safety.normalise import clean
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,17 @@ DISTRESS_THRESHOLD = 0.4
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
+
+# Categories about someone else or about danger from others: when the lexicon placed a message
+# here, the classifier (whose embeddings mostly see the topic: killing, pills, hurting) may
+# raise the level but not add a suicide category, so "how do I poison my neighbour" never gets
+# the suicide reply.
+_OTHER_DIRECTED: frozenset[str] = frozenset(
+    {"violence_request", "harm_to_others", "intrusive_thoughts", "third_party", "harm_from_others", "child_abuse", "eating_disorder"}
+)
+
+# Classifier classes that need a lexicon hit to make a crisis (see _combine).
+_NEEDS_LEXICON: frozenset[str] = frozenset({"violence_request", "harm_to_others", "intrusive_thoughts"})
 
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
@@ -67,7 +79,13 @@ def assess(
     """
     lexicon = lexicon or default_lexicon()
     classifier = (classifier or default_classifier()) if use_classifier else None
-    user_turns = [m["content"] for m in conversation if m.get("role") == "user"]
+    # Anything a surface passes (None, bytes, lone surrogates, megabytes) is made assessable
+    # here: the gate never raises on what a user typed.
+    user_turns = [
+        message.get("content")
+        for message in conversation
+        if isinstance(message, Mapping) and message.get("role") == "user"
+    ]
     if not user_turns:
         return Assessment(level=RiskLevel.NONE)
 
@@ -121,11 +139,14 @@ def assess_text(
     tell ("ok"). A non-English message is read by its language's lexicon as well as the English
     one; the classifier, which only understands English, runs only on English messages.
     """
+    text, repairs = clean(text)
     found = _scan(lexicon or default_lexicon(), text, context)
     found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
     level = found.level
     categories = found.categories
     evidence = found.evidence()
+    if repairs:
+        evidence.append("input repaired: " + ", ".join(f"{name}={count}" for name, count in sorted(repairs.items())))
     risk_score: float | None = None
     if classifier is not None and language == "en" and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
@@ -161,10 +182,24 @@ def _combine(
         top = score.top_risk_class
         imminent = score.probabilities["imminent"] >= IMMINENT_THRESHOLD or found.imminence
         raised = RiskLevel.IMMINENT if imminent else RiskLevel.ELEVATED
+        category = CLASS_CATEGORIES[top]
+        lexicon_categories = {hit.category for hit in found.hits if hit.level.is_crisis}
+        if top in _NEEDS_LEXICON and not lexicon_categories:
+            # The embeddings of "how do I stab a balloon" and "how do I stab someone" are close:
+            # alone, the classifier's other-directed classes only add resources. The writer's
+            # own risk still counts when the self classes carry the probability by themselves.
+            self_risk = sum(p for c, p in score.probabilities.items() if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES)
+            if self_risk < RISK_THRESHOLD:
+                distress = RiskLevel.highest(level, RiskLevel.DISTRESS)
+                note = f"classifier {top}: p_risk={score.risk:.2f} (alone: distress, a request or intent needs the lexicon)"
+                return distress, categories + [c for c in ("distress", category) if c not in categories], [*evidence, note]
+            top = max((c for c in score.probabilities if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES), key=score.probabilities.__getitem__)
+            category = CLASS_CATEGORIES[top]
         new_level = RiskLevel.highest(level, raised)
-        new_categories = (
-            categories + [CLASS_CATEGORIES[top]] if CLASS_CATEGORIES[top] not in categories else categories
-        )
+        if category in SELF_CATEGORIES and lexicon_categories and lexicon_categories <= _OTHER_DIRECTED:
+            note = f"classifier {top}: p_risk={score.risk:.2f} (category not used: the lexicon says whose risk it is)"
+            return new_level, categories, [*evidence, note]
+        new_categories = categories + [category] if category not in categories else categories
         return new_level, new_categories, [*evidence, f"classifier {top}: p_risk={score.risk:.2f}"]
     if score.risk >= DISTRESS_THRESHOLD and level.rank < RiskLevel.DISTRESS.rank:
         return (
@@ -181,6 +216,6 @@ def _scan(lexicon: Lexicon, text: str, context: bool) -> LexiconResult:
     return lexicon.scan(text, context=context)
 
 
-def _is_retraction(text: str) -> bool:
-    lowered = text.lower()
+def _is_retraction(text: object) -> bool:
+    lowered = clean(text)[0].lower()
     return any(phrase in lowered for phrase in _RETRACTIONS)
