@@ -389,3 +389,39 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
             process.kill()
         log.close()
     assert "Traceback" not in (tmp_path / "space.log").read_text()
+
+
+# --- the packaged model (slow) --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_the_packaged_smollm2_round_trips(quant, tmp_path: Path) -> None:
+    """The real 135M model: the offline run's final model when there is one, else the packaged
+    SmolLM2-135M-Instruct (the offline recipe's base), exported and read back."""
+    from warmline.models import resolve_model
+
+    run = Path(__file__).resolve().parents[1] / "runs" / "offline"
+    reference = str(run) if (run / "final" / "config.json").is_file() else "packaged:smollm2-135m-instruct"
+    source_dir = Path(resolve_model(reference).path)
+    out = export_gguf(reference, out=tmp_path / "export", quant=quant)
+    path = the_gguf(out)
+    source, tokenizer = source_model(source_dir)
+    exported, loaded_tokenizer = load_gguf(path)
+    text = "<|im_start|>user\nI've been so stressed at work that I can't sleep. What can I do?<|im_end|>\n"
+    ids = tokenizer(text)["input_ids"]
+    assert loaded_tokenizer(text)["input_ids"] == ids
+    expected, got = logits_for(source, ids), logits_for(exported, ids)
+    max_diff = (expected - got).abs().max().item()
+    agreement = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
+    print(f"{reference} {quant}: {path.stat().st_size / 2**20:.1f} MiB, max |logit difference| {max_diff:.3f}, "
+          f"top-1 agreement {agreement:.1%} over {len(ids)} positions")  # fmt: skip
+    if quant == "f16":
+        # f16 weights through 30 blocks: measured 0.033 on the packaged model; a layout bug moves
+        # logits by whole units and the top token almost everywhere
+        assert max_diff < 0.25 and agreement >= 0.95
+    else:
+        assert agreement >= Q8_TOP1_FLOOR
+    assert render_ollama_template(modelfile_template(out), CONVERSATION) == tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=False, add_generation_prompt=True
+    )
