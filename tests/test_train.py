@@ -358,3 +358,88 @@ def test_tiny_run_losses_are_pinned(tmp_path, model_fixture, request):
     assert losses.keys() == expected.keys()
     for row, cols in expected.items():
         assert losses[row] == pytest.approx(cols, abs=1e-4), row
+
+
+def _log_steps(run: Path) -> list[tuple[str, int]]:
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(m["stage"], m["step"]) for m in metrics if m.get("event") == "log" and "loss" in m]
+
+
+def test_resume_writes_a_forgetting_row_that_a_kill_after_publish_left_out(tmp_path, tiny_llama_dir):
+    recipe_path = _recipe(tmp_path, tiny_llama_dir)
+    train_mod.train_recipe(load_recipe(recipe_path))
+    run = load_recipe(recipe_path).run_dir
+    complete = json.loads((run / "forgetting.json").read_text())
+    # The state a kill leaves after stage 2's folder is renamed into place, before its row is written.
+    (run / "forgetting.json").write_text(json.dumps({k: v for k, v in complete.items() if k != "beta"}))
+    train_mod.train_recipe(load_recipe(recipe_path), resume=True)
+    resumed = json.loads((run / "forgetting.json").read_text())
+    assert list(resumed) == ["base", "alpha", "beta"]
+    for split in ("alpha", "beta"):
+        assert resumed["beta"][split]["loss"] == pytest.approx(complete["beta"][split]["loss"], abs=1e-6)
+
+
+def test_resume_drops_the_killed_attempts_metrics_after_the_checkpoint(tmp_path, tiny_llama_dir, monkeypatch):
+    """Killed at step 3 of stage 2 (checkpoint at step 2): steps 3.. are logged again on resume, once."""
+    from warmline.training.callbacks import MetricsLogger
+
+    real_on_log = MetricsLogger.on_log
+
+    def killed_after_logging_step_three(self, args, state, control, logs=None, **kwargs):
+        real_on_log(self, args, state, control, logs=logs, **kwargs)
+        if self.stage_name == "beta" and state.global_step == 3 and logs and "loss" in logs:
+            raise KeyboardInterrupt("simulated kill")
+        return control
+
+    monkeypatch.setattr(MetricsLogger, "on_log", killed_after_logging_step_three)
+    recipe_path = _recipe(tmp_path, tiny_llama_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_recipe(load_recipe(recipe_path))
+    run = load_recipe(recipe_path).run_dir
+    assert ("beta", 3) in _log_steps(run)
+    monkeypatch.setattr(MetricsLogger, "on_log", real_on_log)
+    train_mod.train_recipe(load_recipe(recipe_path), resume=True)
+    steps = _log_steps(run)
+    assert len(steps) == len(set(steps)), "a killed attempt's steps were kept next to the resumed run's"
+    beta = [s for stage, s in steps if stage == "beta"]
+    assert beta == list(range(1, len(beta) + 1)) and len(beta) > 3
+
+
+def test_resume_with_a_different_recipe_refuses_unless_forced(tmp_path, tiny_llama_dir):
+    from warmline.recipe import RecipeError
+
+    recipe_path = _recipe(tmp_path, tiny_llama_dir)
+    final = train_mod.train_recipe(load_recipe(recipe_path))
+    with pytest.raises(RecipeError, match=r"stage-01-alpha was trained with a different recipe \(training\.seed: 42 -> 7"):
+        train_mod.train_recipe(load_recipe(recipe_path, ["training.seed=7"]), resume=True)
+    # Values that don't change the weights may differ.
+    train_mod.train_recipe(load_recipe(recipe_path, ["training.logging_steps=3"]), resume=True)
+    train_mod.train_recipe(load_recipe(recipe_path, ["training.seed=7"]), resume=True, force=True)
+    # Every stage was skipped: the final manifest describes the weights beside it (seed 42), not the command line.
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["seed"] == 42 and manifest["source_stage"] == "stage-02-beta"
+    stage_manifest = json.loads((final.parent / "stage-02-beta" / "manifest.json").read_text())
+    assert stage_manifest["stage"] == "beta" and "source_stage" not in stage_manifest  # not written through a link
+
+
+def test_new_checkpoint_is_marked_before_an_old_one_is_deleted(tmp_path, tiny_llama_dir, monkeypatch):
+    """A kill during rotation must leave a complete, marked checkpoint (the Trainer's own rotation
+    deletes the old checkpoint before the new one is marked)."""
+    import shutil
+
+    real_rmtree = shutil.rmtree
+    deletions: list[tuple[str, bool]] = []
+
+    def watching_rmtree(path, *args, **kwargs):
+        path = Path(path)
+        if path.name.startswith("checkpoint-"):
+            others = [p for p in path.parent.glob("checkpoint-*") if p != path]
+            deletions.append((path.name, any((p / train_mod.COMPLETE_MARKER).is_file() for p in others)))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", watching_rmtree)
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["stages.1.epochs=1"])
+    train_mod.train_recipe(recipe)
+    rotations = [d for d in deletions if d[0] != "checkpoint-8"]
+    assert rotations, "the run should rotate checkpoints (save_steps 2, 8 steps)"
+    assert all(newer_marked for _, newer_marked in rotations), deletions
