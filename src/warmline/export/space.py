@@ -24,6 +24,7 @@ import logging
 import re
 import shutil
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ with real crisis lines and never reach the model.
 import json
 import os
 import sys
+import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -87,8 +89,14 @@ def _distribution_name(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[(]", requirement.strip(), maxsplit=1)[0]
 
 
-def pinned_requirements() -> list[str]:
-    """warmline's runtime dependencies at the versions installed here (torch as the CPU build)."""
+def declared_requirements() -> list[str]:
+    """warmline's runtime requirements: from pyproject.toml in a source checkout (an editable
+    install's metadata is as old as the install), else from the installed package's metadata."""
+    pyproject = Path(warmline.__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        if project.get("name") == "warmline":
+            return list(project.get("dependencies", []))
     try:
         declared = metadata.requires("warmline") or []
     except metadata.PackageNotFoundError:
@@ -96,12 +104,18 @@ def pinned_requirements() -> list[str]:
             "warmline is not installed as a package, so its dependencies can't be pinned; "
             "run `pip install -e .` (or `make setup`) first"
         ) from None
+    return [r for r in declared if "extra ==" not in r]  # dev extras: not needed to serve
+
+
+def pinned_requirements() -> list[str]:
+    """warmline's runtime dependencies at the versions installed here (torch as the CPU build)."""
     lines = [f"--extra-index-url {TORCH_CPU_INDEX}"]
-    for requirement in declared:
-        if "extra ==" in requirement:  # dev extras: not needed to serve
-            continue
+    for requirement in declared_requirements():
         name = _distribution_name(requirement)
-        version = metadata.version(name)
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise ExportError(f"warmline needs '{name}', which is not installed here; run `make setup`") from None
         if name == "torch" and "+" not in version:
             version += "+cpu"
         lines.append(f"{name}=={version}")
