@@ -218,7 +218,7 @@ def data_problems(data: StageData, stage_key: str, *, global_batch_size: int, ep
         return problems
     if not data.validation:
         problems.append(
-            f"'{stage_key}' ({data.name}): no validation rows ({data.kept} usable rows in "
+            f"'{stage_key}' ({data.name}): no validation rows ({data.kept} usable rows of {where} in "
             f"{len({prompt_key(c) for c in data.train})} prompt group(s)); every stage needs held-out rows: "
             f"add rows or raise '{stage_key}.validation_fraction'"
         )
