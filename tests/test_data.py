@@ -652,3 +652,35 @@ def test_hub_model_offline_fails_fast_naming_the_packaged_default(monkeypatch, t
     assert time.monotonic() - started < 10, "hang guard"
     message = str(err.value)
     assert "'gpt2'" in message and "packaged:smollm2-135m-instruct" in message
+
+
+def test_data_inspect_counts_max_rows_cuts_apart_from_dropped(tmp_path, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from warmline.data.inspection import format_table, inspect_recipe
+    from warmline.recipe import load_recipe
+
+    rows = [{"Context": f"Worry number {i}.", "Response": f"Reply {i}."} for i in range(20)]
+    rows.append({"Context": "  ", "Response": "empty"})
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: x\nbase_model: {tiny_llama_dir}\nstages:\n  - {{name: s, source: d.jsonl, max_rows: 5}}\n")
+    (row,) = inspect_recipe(load_recipe(recipe), AutoTokenizer.from_pretrained(tiny_llama_dir))
+    assert row["dropped"] == {"empty_turn": 1} and row["cut_by_max_rows"] > 0
+    assert row["rows_read"] == 1 + row["duplicates"] + row["kept"] + row["cut_by_max_rows"]
+    table = format_table([row])
+    assert f"s: {row['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped" in table
+
+
+def test_nothing_outside_the_run_folder_is_deleted(tmp_path):
+    from warmline.training.train import remove_tree
+
+    run, outside = tmp_path / "runs" / "x", tmp_path / "victim"
+    (run / ".work" / "stage").mkdir(parents=True)
+    outside.mkdir()
+    for target in (outside, run / ".." / ".." / "victim", run):
+        with pytest.raises(RuntimeError, match="not inside the run folder"):
+            remove_tree(target, run)
+    assert outside.is_dir() and run.is_dir()
+    remove_tree(run / ".work" / "stage", run)
+    assert not (run / ".work" / "stage").exists()
