@@ -182,6 +182,8 @@ def train_recipe(
         out = stage_dir(run_dir, stage)
         if resume and is_published(out):
             logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
+            if (run_dir / ".work" / stage.dirname).exists():  # killed after publishing, before cleanup
+                remove_tree(run_dir / ".work" / stage.dirname, run_dir)
             model = load_model(str(out)) if stage.config.name not in forgetting else None
         else:
             model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
