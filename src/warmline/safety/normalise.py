@@ -161,6 +161,9 @@ def normalise_text(text: Any, *, english: bool = True) -> str:
 
 def _normalise_clean(text: str, events: Counter[str], english: bool = True) -> str:
     text = unicodedata.normalize("NFKC", text)
+    if len(text) > MAX_CHARS:  # NFKC can lengthen text ("¼" is three characters after it)
+        events["truncated"] += 1
+        text = text[: MAX_CHARS // 2] + "\n" + text[-(MAX_CHARS // 2) :]
     invisible = len(_INVISIBLE.findall(text))
     if invisible:
         events["invisible_removed"] += invisible
