@@ -367,7 +367,10 @@ def export(
     model_id: Annotated[
         str | None, typer.Option(help="--to space: load this hub id on the Space instead of copying the model.")
     ] = None,
-    locale: Locale = "us",
+    locale: Annotated[
+        str | None,
+        typer.Option(help="--to space: the country whose crisis lines the Space gives, as `serve --locale`."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Export a model: a GGUF file with a Modelfile (--to gguf), or a Hugging Face Space folder (--to space).
