@@ -34,12 +34,17 @@ Q8_TOP1_FLOOR = 0.90
 
 
 def load_gguf(path: Path):
-    """The exported file through transformers' GGUF loader (the path warmline uses for its packaged model)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The exported model through transformers' GGUF loader (the path warmline uses for its packaged model)."""
+    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    return model.eval(), tokenizer
+    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def load_gguf_tokenizer(path: Path):
+    """The exported tokenizer through transformers' GGUF loader (slow for GPT-2's 50k merges: load it once)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 def source_model(folder: Path):
@@ -91,7 +96,7 @@ def the_gguf(folder: Path) -> Path:
 def test_f16_logits_match_the_source_model(name, exports, tiny_llama_dir, tiny_gpt2_dir) -> None:
     source_dir = tiny_llama_dir if name == "llama" else tiny_gpt2_dir
     source, tokenizer = source_model(source_dir)
-    exported, _ = load_gguf(the_gguf(exports[(name, "f16")]))
+    exported = load_gguf(the_gguf(exports[(name, "f16")]))
     ids = tokenizer(PROMPT_TEXT)["input_ids"]
     expected, got = logits_for(source, ids), logits_for(exported, ids)
     max_diff = (expected - got).abs().max().item()
@@ -105,7 +110,7 @@ def test_q8_0_keeps_the_top_token(name, exports, tiny_llama_dir, tiny_gpt2_dir) 
     source_dir = tiny_llama_dir if name == "llama" else tiny_gpt2_dir
     source, tokenizer = source_model(source_dir)
     path = the_gguf(exports[(name, "q8_0")])
-    exported, _ = load_gguf(path)
+    exported = load_gguf(path)
     ids = tokenizer(PROMPT_TEXT)["input_ids"]
     expected, got = logits_for(source, ids), logits_for(exported, ids)
     agreement = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
@@ -137,7 +142,7 @@ def test_rows_that_are_not_whole_q8_blocks_stay_f16(tmp_path: Path, chatml_token
     assert types["token_embd.weight"] == "F16"
     assert types["blk.0.ffn_down.weight"] == "Q8_0"  # (48, 64): rows of 64 = 2 blocks
     source, tokenizer = source_model(source_dir)
-    exported, _ = load_gguf(path)
+    exported = load_gguf(path)
     ids = tokenizer(PROMPT_TEXT)["input_ids"]
     agreement = (logits_for(source, ids).argmax(-1) == logits_for(exported, ids).argmax(-1)).float().mean()
     assert agreement.item() >= Q8_TOP1_FLOOR
@@ -148,7 +153,7 @@ def test_the_tokenizer_round_trips(name, exports, tiny_llama_dir, tiny_gpt2_dir)
     source_dir = tiny_llama_dir if name == "llama" else tiny_gpt2_dir
     _, tokenizer = source_model(source_dir)
     path = the_gguf(exports[(name, "f16")])
-    _, loaded = load_gguf(path)
+    loaded = load_gguf_tokenizer(path)
     samples = [
         PROMPT_TEXT,
         "  Two spaces, digits 12345, café, emoji 🙂 and <|im_start|>user\nhi<|im_end|>",
@@ -327,7 +332,7 @@ def test_the_space_keeps_the_classifier_on_by_default(tmp_path: Path, tiny_llama
     from warmline.export.run import export_space
 
     config = json.loads((export_space(str(tiny_llama_dir), tmp_path / "s") / "warmline_space.json").read_text())
-    assert config["use_classifier"] is True and config["locale"] == "us" and config["model_dir"] == "model"
+    assert config["use_classifier"] is True and config["locale"] is None and config["model_dir"] == "model"
     assert config["generation"]["temperature"] == 0.7 and config["system_prompt"]
 
 
@@ -382,7 +387,8 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
         assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(chunks, chunks[1:], strict=False))
 
         crisis = Client(url, verbose=False).predict("I want to end my life", api_name="/chat")
-        assert "988" in crisis  # the US crisis line (locale us), from the fixed crisis reply
+        # The fixed crisis reply; no locale (as `warmline serve`): findahelpline.com and the main lines.
+        assert "findahelpline.com" in crisis and "988" in crisis
         assert (space_dir / "warmline" / "resources").is_dir() and not list(space_dir.glob("*.json.tmp"))
     finally:
         process.terminate()
@@ -410,7 +416,7 @@ def test_the_packaged_smollm2_round_trips(quant, tmp_path: Path) -> None:
     out = export_gguf(reference, out=tmp_path / "export", quant=quant)
     path = the_gguf(out)
     source, tokenizer = source_model(source_dir)
-    exported, loaded_tokenizer = load_gguf(path)
+    exported, loaded_tokenizer = load_gguf(path), load_gguf_tokenizer(path)
     text = "<|im_start|>user\nI've been so stressed at work that I can't sleep. What can I do?<|im_end|>\n"
     ids = tokenizer(text)["input_ids"]
     assert loaded_tokenizer(text)["input_ids"] == ids

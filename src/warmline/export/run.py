@@ -109,7 +109,8 @@ def export_gguf(reference: str, *, out: Path | None = None, quant: Quant = "f16"
 
 
 def export_space(
-    reference: str, out: Path, *, model_id: str | None = None, locale: str = "us", use_classifier: bool = True
+    reference: str, out: Path, *, model_id: str | None = None, locale: str | None = None,
+    use_classifier: bool = True,
 ) -> Path:
     """Write a Hugging Face Space folder for `reference` into `out` (see `warmline.export.space`)."""
     from warmline.export.space import write_space

@@ -182,7 +182,7 @@ def write_space(
     name: str,
     model_id: str | None,
     system_prompt: str | None,
-    locale: str,
+    locale: str | None,
     generation: dict[str, Any],
     use_classifier: bool = True,
 ) -> Path:
