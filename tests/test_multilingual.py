@@ -303,3 +303,9 @@ def test_every_lexicon_file_is_headed_and_well_formed(language: str) -> None:
     assert len(lexicon.rules) >= 20 and len(lexicon.masks) >= 5
     assert {rule.category for rule in lexicon.rules} <= set(CATEGORIES)
     assert Path(lexicon.source).name == f"{language}.yaml"
+
+
+def test_a_long_message_is_identified_from_a_sample() -> None:
+    # Repetitive long text flattens langid's probabilities; the sample keeps the language clear.
+    assert identify_language("me muero de risa jajaja " * 4000).language == "es"
+    assert assess(user("me muero de risa jajaja " * 4000), use_classifier=False).language == "es"

@@ -54,6 +54,8 @@ CERTAIN = 0.8
 """At or above, only the top language's lexicon (and the English one) reads the message."""
 CANDIDATE = 0.1
 """Below ``CERTAIN``, other languages at or above this probability get their lexicon run too."""
+SAMPLE_CHARS = 1000
+"""Longer messages are identified from their first and last SAMPLE_CHARS // 2 characters."""
 MAX_CANDIDATES = 3
 """At most this many non-English lexicons read one message (the latency stays flat)."""
 
@@ -94,7 +96,10 @@ def _identifier() -> Any:
 
 def identify_language(text: str, *, fallback: str = "en") -> LanguageGuess:
     """Guess the language of one message; ``fallback`` (the conversation's language) when unsure."""
-    ranked: list[tuple[str, float]] = _identifier().rank(text)
+    # langid's probabilities flatten with length (its softmax temperature grows with the square
+    # root of the byte count), and a message's language shows in its first and last lines.
+    sample = text if len(text) <= SAMPLE_CHARS else f"{text[: SAMPLE_CHARS // 2]} {text[-SAMPLE_CHARS // 2 :]}"
+    ranked: list[tuple[str, float]] = _identifier().rank(sample)
     top, probability = ranked[0]
     confident = probability >= CONFIDENT
     language = top if confident else fallback
