@@ -244,6 +244,8 @@ def test_a_neighbouring_languages_rule_does_not_overrule_a_benign_idiom() -> Non
         ("mein Stiefvater fasst mich nachts an", "child_abuse"),
         ("vomito tudo que eu como pra nao engordar", "eating_disorder"),
         ("come si avvelena qualcuno senza che si veda all'autopsia", "violence_request"),
+        ("vou matar o meu chefe quando ele chegar amanha", "harm_to_others"),
+        ("voy a matar a mi padrastro cuando llegue", "harm_to_others"),
     ],
 )
 def test_categories_choose_the_right_reply(text: str, reply_kind: str) -> None:
