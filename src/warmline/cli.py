@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "safety eval": "warmline.safety.cli",
     "safety report": "warmline.safety.report",
     "export": "warmline.export.run",
+    "gateway": "warmline.serving.gateway",
 }
 
 Overrides = Annotated[
@@ -172,6 +173,35 @@ Fp16Decode = Annotated[
 SystemPrompt = Annotated[
     str | None, typer.Option("--system", help="System prompt (default: warmline's recipe default).")
 ]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        envvar="WARMLINE_API_KEY", show_envvar=True,
+        help="Key the API's clients must send (Authorization: Bearer KEY); required to bind beyond 127.0.0.1.",
+    ),
+]  # fmt: skip
+
+
+def _check_bind(host: str, api_key: str | None) -> None:
+    """Refuse (one line, exit 2) to expose the API beyond loopback without a key."""
+    from warmline.serving.api import BindError, check_bind
+
+    try:
+        check_bind(host, api_key)
+    except BindError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _api_routes(streamer, *, api_key: str | None, model_id: str, system_prompt: str | None, slots,
+                base_stop_strings=()) -> list:  # fmt: skip
+    """The OpenAI-compatible API's routes (`warmline.serving.api`)."""
+    from warmline.serving.api import ChatAPI
+
+    api = ChatAPI(streamer, model_id=model_id, api_key=api_key, system_prompt=system_prompt,
+                  base_stop_strings=base_stop_strings, slots=slots)  # fmt: skip
+    logging.getLogger(__name__).info("OpenAI-compatible API at /v1/chat/completions (model %r)", model_id)
+    return api.routes()
 
 
 def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_decode: bool = True) -> Generator:
@@ -276,16 +306,23 @@ def serve(
     safety_counts: SafetyCounts = None,
     fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
+    api: Annotated[
+        bool, typer.Option("--api", help="Also serve an OpenAI-compatible API (/v1/chat/completions, /v1/models).")
+    ] = False,
+    api_key: ApiKey = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve a web chat (Gradio) with the AI notice, crisis resources and a /chat API endpoint.
 
     Private by default: binds 127.0.0.1, no share link, no analytics, no stored conversations.
+    With --api, the same server answers OpenAI clients at /v1, every request through the safety gate.
     """
     _setup_logging(verbose)
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
     from warmline.serving.web import build_app, launch
 
+    if api:  # refuse a keyless API beyond loopback before loading anything
+        _check_bind(host, api_key)
     generator = _load_generator(model, locale, settings, fp16_decode)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)
@@ -293,8 +330,83 @@ def serve(
         generator, system_prompt=system_prompt, locale=locale or "default",
         transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,
     )  # fmt: skip
+    routes = []
+    if api:
+        from warmline.serving.api import ModelSlots, limited
+
+        # The API's own slots, taken after the assessment: a crisis reply never waits for them.
+        slots = ModelSlots(concurrency_limit)
+        routes = _api_routes(
+            limited(generator, slots), api_key=api_key, model_id=_model_id(model), system_prompt=system_prompt,
+            slots=slots, base_stop_strings=generator.template.stop_strings,
+        )  # fmt: skip
     with _safety_counts(generator, safety_counts):
-        launch(web_app, host=host, port=port)
+        launch(web_app, host=host, port=port, routes=routes)
+
+
+def _model_id(model: str) -> str:
+    """The name the API lists for a model reference: a folder's name, else the reference."""
+    path = Path(model)
+    return path.resolve().name if path.exists() else model
+
+
+@app.command()
+@friendly_errors
+def gateway(
+    backend: Annotated[
+        str, typer.Option(help="The backend's OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (llama.cpp), "
+                          "http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM).")
+    ],
+    backend_model: Annotated[
+        str | None, typer.Option(help="The backend's model name (default: the first it lists).")
+    ] = None,
+    backend_key: Annotated[
+        str | None, typer.Option(envvar="WARMLINE_BACKEND_API_KEY", show_envvar=True,
+                                 help="Key sent to the backend (hosted APIs).")
+    ] = None,
+    api_key: ApiKey = None,
+    host: Annotated[str, typer.Option(help="Address to bind; beyond 127.0.0.1 needs --api-key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    concurrency_limit: Annotated[int, typer.Option(help="Replies asked of the backend at the same time.")] = 4,
+    locale: Locale = None,
+    safety_counts: SafetyCounts = None,
+    system: SystemPrompt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Put warmline's safety gate in front of any OpenAI-compatible server: the same web chat and API.
+
+    Crisis messages are answered here and never reach the backend; its replies are screened
+    sentence by sentence (an unsafe one is replaced), and the AI notice is shown. The backend
+    runs without a gate of its own (an exported GGUF in llama.cpp or Ollama, vLLM, a hosted API).
+    """
+    _setup_logging(verbose)
+    from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.safety import SafetyGate
+    from warmline.serving.api import ModelSlots
+    from warmline.serving.gateway import BackendClient, BackendError, BackendStreamer
+    from warmline.serving.web import build_app, launch
+
+    _check_bind(host, api_key)
+    try:
+        client = BackendClient(backend, model=backend_model, api_key=backend_key)
+    except BackendError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    gate = SafetyGate(locale=locale)
+    if gate.use_classifier:  # load (or train, once) now rather than on the first message
+        from warmline.safety.classifier import default_classifier
+
+        default_classifier()
+    slots = ModelSlots(concurrency_limit)
+    streamer = BackendStreamer(client, gate=gate, slots=slots)
+    system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
+    web_app = build_app(
+        streamer, system_prompt=system_prompt, locale=locale or "default", concurrency_limit=concurrency_limit,
+    )  # fmt: skip
+    routes = _api_routes(streamer, api_key=api_key, model_id=client.model, system_prompt=system_prompt, slots=slots)
+    logging.getLogger(__name__).info("gateway to %s (model %r)", client.base_url, client.model)
+    with _safety_counts(streamer, safety_counts):
+        launch(web_app, host=host, port=port, routes=routes)
 
 
 @app.command("eval")

@@ -226,10 +226,13 @@ def build_app(
     return app
 
 
-def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True) -> str:
+def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True,
+           routes: Sequence[Any] = ()) -> str:  # fmt: skip
     """Start the server (no share link, system fonts, no server-side rendering); return its URL.
 
     With `block=False` the call returns once the server is up (tests); `app.close()` stops it.
+    `routes`: Starlette routes served by the same server ahead of Gradio's own (the OpenAI API
+    of `warmline.serving.api`).
     """
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("listening on %s: anyone who can reach this machine can use the chat", host)
@@ -237,6 +240,6 @@ def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     _, url, _ = app.launch(
         server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
         theme=theme, css=_CSS, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        show_error=False,
+        show_error=False, app_kwargs={"routes": list(routes)} if routes else None,
     )  # fmt: skip
     return url
