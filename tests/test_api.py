@@ -377,7 +377,7 @@ def test_the_gateway_passes_a_reply_through_and_never_forwards_a_crisis(
     # One notice (the gateway's; the backend's own is removed), then the backend's seeded reply.
     assert through.choices[0].message.content == direct.choices[0].message.content
     assert through.choices[0].message.content.count(AI_NOTICE) == 1
-    assert counts(api_server)["api"]["chat_completions"] == before["chat_completions"] + 2
+    assert counts(api_server)["api"]["chat_completions"] == before.get("chat_completions", 0) + 2
 
     for stream in (False, True):
         reply = gw.chat.completions.create(model="x", messages=[{"role": "user", "content": CRISIS}], stream=stream)
@@ -388,7 +388,7 @@ def test_the_gateway_passes_a_reply_through_and_never_forwards_a_crisis(
         else:
             content, extra = reply.choices[0].message.content, reply.model_extra["warmline"]
         assert "988" in content and extra["stop_reason"] == "crisis" and extra["risk_level"] in ("elevated", "imminent")
-    assert counts(api_server)["api"]["chat_completions"] == before["chat_completions"] + 2  # nothing reached it
+    assert counts(api_server)["api"]["chat_completions"] == before.get("chat_completions", 0) + 2  # nothing reached it
     gateway_counts = counts(gateway_to_warmline, key=None)
     assert gateway_counts["api"]["model_calls"] == 1 and gateway_counts["gate"]["crisis_replies"] == 2
     assert "Traceback" not in gateway_to_warmline.output() and "end my life" not in gateway_to_warmline.output()
