@@ -326,16 +326,17 @@ def serve(
     generator = _load_generator(model, locale, settings, fp16_decode)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     generator.warm_up(system_prompt)
+    from warmline.serving.api import ModelSlots, limited
+
+    # One pool of model slots for the web app and the API, taken after the assessment: a
+    # crisis reply never waits for them.
+    slots = ModelSlots(concurrency_limit, max_waiting=24)
     web_app = build_app(
         generator, system_prompt=system_prompt, locale=locale or "default",
-        transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit,
+        transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit, slots=slots,
     )  # fmt: skip
     routes = []
     if api:
-        from warmline.serving.api import ModelSlots, limited
-
-        # The API's own slots, taken after the assessment: a crisis reply never waits for them.
-        slots = ModelSlots(concurrency_limit)
         routes = _api_routes(
             limited(generator, slots), api_key=api_key, model_id=_model_id(model), system_prompt=system_prompt,
             slots=slots, base_stop_strings=generator.template.stop_strings,

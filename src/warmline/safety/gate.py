@@ -196,6 +196,14 @@ class SafetyGate:
         self._count("distress_notes")
         return resources_note(self.locale, self.resources_path, language=assessment.language)
 
+    def count_repairs(self, events: Mapping[str, int]) -> None:
+        """Count what ``clean`` repaired in text at a surface's boundary (invalid bytes, lone
+        surrogates, control characters, truncation) as ``input_repaired:<event>``; counts only."""
+        with self._lock:
+            for event, n in events.items():
+                if n:
+                    self.counters[f"input_repaired:{event}"] += n
+
     def snapshot(self) -> dict[str, int]:
         """A copy of the event counters, sorted by key (safe to take while serving)."""
         with self._lock:

@@ -2,19 +2,25 @@
 
 Only the replies go to stdout (so `warmline chat MODEL > replies.txt` keeps just them); the AI
 notice, the prompt, command feedback and, with --verbose, timings go to stderr. Nothing is
-written to disk unless the user asks with `/save FILE`.
+written to disk unless the user asks with `/save FILE` (owner-only: the file 0600, a folder it
+creates 0700; an existing file is replaced only when the user answers y).
+
+Input is read tolerant of invalid UTF-8 and cleaned at this boundary (`clean`): nothing a user
+types or pipes in can crash the gate; the repairs are counted on the gate, never logged as text.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from warmline.data.formats import Conversation
+from warmline.safety.normalise import clean
 from warmline.safety.notice import SessionNotice
 from warmline.serving.generator import GenerationResult, Generator
 
@@ -22,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 HELP = "Commands: /reset (start over), /save FILE (write this conversation to FILE), /quit (or Ctrl-D)."
 USER_PROMPT = "you> "
+EMPTY_MESSAGE = "(Type what's on your mind and press Enter; /help lists the commands.)"
 
 
 @dataclass
@@ -45,11 +52,37 @@ class ChatSession:
         return sum(1 for t in self.conversation if t["role"] == "user")
 
 
-def save_transcript(path: Path, conversation: Conversation, *, model: str, locale: str) -> None:
-    """Write the conversation as JSON ({"model", "locale", "messages"}); "messages" is warmline's format."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"model": model, "locale": locale, "messages": conversation}
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def save_transcript(
+    path: Path, conversation: Conversation, *, model: str, locale: str, overwrite: bool = False
+) -> None:
+    """Write the conversation as JSON ({"model", "locale", "messages"}); "messages" is warmline's format.
+
+    Owner-only: the file is created 0600 and folders this creates 0700 (a transcript of a
+    mental-health chat is nobody else's to read). An existing file raises FileExistsError
+    unless ``overwrite``.
+    """
+    make_private_dirs(path.parent)
+    data = json.dumps({"model": model, "locale": locale, "messages": conversation}, indent=2, ensure_ascii=False)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an overwritten file keeps its old mode otherwise
+        os.write(fd, (data + "\n").encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
+def make_private_dirs(folder: Path) -> None:
+    """Create `folder` and any missing parents as 0700; existing folders are left as they are."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for new in reversed(missing):
+        new.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(new, 0o700)  # mkdir's mode is reduced by the umask
 
 
 def run_chat(
@@ -71,6 +104,8 @@ def run_chat(
     have passed (``notice``: a ``SessionNotice``, with a fake clock in tests).
     """
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    _tolerate_invalid_bytes(stdin)
+    gate = getattr(generator, "gate", None)
     notice = notice or SessionNotice()
     print(notice.due() or "", file=stderr)
     print(HELP, file=stderr)
@@ -86,24 +121,37 @@ def run_chat(
         if not line:  # end of input (Ctrl-D)
             stderr.write("\n")
             break
-        message = line.strip()
+        message, repairs = clean(line)  # invalid bytes, lone surrogates, control characters
+        message = message.strip()
+        if repairs and gate is not None:
+            gate.count_repairs(repairs)
         if not message:
+            if line.strip("\r\n"):  # only spaces: say what to do rather than ask the model
+                print(EMPTY_MESSAGE, file=stderr)
             continue
         if message.startswith("/"):
-            if not _command(message, session, model_name=model_name, locale=locale, stderr=stderr):
+            if not _command(
+                message, session, model_name=model_name, locale=locale, stdin=stdin, stderr=stderr
+            ):
                 break
             continue
         conversation = session.conversation + [{"role": "user", "content": message}]
         if repeat := notice.due():  # 3 hours of continued use since the last notice
             print(repeat, file=stderr)
         result = GenerationResult()
+        shown = ""
         try:
             for piece in generator.stream(conversation, seed=seed, result=result):
                 stdout.write(piece)
                 stdout.flush()
+                shown += piece
         except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
             stdout.write("\n")
-            print("(reply stopped; it is not kept in the conversation)", file=stderr)
+            stdout.flush()
+            # The user's message stays, with the part of the reply they saw (screened sentences
+            # only): the next turn answers in context, and the roles keep alternating.
+            session.conversation = conversation + [{"role": "assistant", "content": shown.strip()}]
+            print("(reply stopped; your message is kept)", file=stderr)
             continue
         stdout.write("\n")
         stdout.flush()
@@ -111,6 +159,16 @@ def run_chat(
         if verbose:
             print(_timings(result), file=stderr)
     return session
+
+
+def _tolerate_invalid_bytes(stdin: TextIO) -> None:
+    """Read invalid UTF-8 as escaped bytes (repaired by `clean`) instead of raising mid-chat."""
+    reconfigure = getattr(stdin, "reconfigure", None)
+    if reconfigure is not None and getattr(stdin, "errors", "strict") == "strict":
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # pragma: no cover - a stream that cannot change
+            pass
 
 
 def _read_line(stdin: TextIO) -> str:
@@ -127,7 +185,9 @@ def _read_line(stdin: TextIO) -> str:
     return stdin.readline()
 
 
-def _command(message: str, session: ChatSession, *, model_name: str, locale: str, stderr: TextIO) -> bool:
+def _command(
+    message: str, session: ChatSession, *, model_name: str, locale: str, stdin: TextIO, stderr: TextIO
+) -> bool:
     """Run a /command; False means quit."""
     name, _, arg = message.partition(" ")
     arg = arg.strip()
@@ -140,8 +200,21 @@ def _command(message: str, session: ChatSession, *, model_name: str, locale: str
         if not arg:
             print("usage: /save FILE", file=stderr)
             return True
+        path = Path(arg).expanduser()
+        overwrite = False
+        if path.exists():
+            stderr.write(f"{arg} exists. Replace it? [y/N] ")
+            stderr.flush()
+            try:
+                answer = clean(_read_line(stdin))[0].strip().lower()
+            except KeyboardInterrupt:
+                answer = ""
+            if answer not in ("y", "yes"):
+                print("(not saved; /save NEW_FILE picks another name)", file=stderr)
+                return True
+            overwrite = True
         try:
-            save_transcript(Path(arg).expanduser(), session.conversation, model=model_name, locale=locale)
+            save_transcript(path, session.conversation, model=model_name, locale=locale, overwrite=overwrite)
         except OSError as err:
             print(f"could not save to {arg}: {err.strerror or err}", file=stderr)
         else:

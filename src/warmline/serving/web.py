@@ -2,9 +2,15 @@
 
 Private by default: it binds 127.0.0.1, makes no share link, sends no Gradio analytics, loads
 no web fonts, keeps no conversation in the browser's storage and stores no transcripts unless
-the operator passes --save-transcripts DIR (the page then says so). Each browser session (and
-each API client) has its own history, held by Gradio per session; a queue with a concurrency
-limit lets several people chat at once without one long reply starving the others.
+the operator passes --save-transcripts DIR (the page then says so; files 0600 in a 0700 folder).
+Each browser session (and each API client) has its own history, held by Gradio per session.
+
+Crisis replies never wait for the model: Gradio's queue runs every event at once (no
+concurrency limit there), and the model's limit is a `ModelSlots` taken by the generator's
+engine inside the gate flow's ``reply``, which `turn` calls only after the assessment found
+no crisis. So a crisis message is answered while long replies hold every slot. Messages are
+cleaned at this boundary (`clean`: invalid bytes, lone surrogates, control characters), and
+empty ones get a gentle prompt instead of a model call.
 
 Programmatic clients use the named endpoint:
 
@@ -28,6 +34,7 @@ import gradio as gr
 
 from warmline.data.formats import Conversation
 from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+from warmline.safety.normalise import clean
 from warmline.safety.notice import SessionNotices, strip_notice, with_notice
 from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
 
@@ -40,6 +47,8 @@ DEFAULT_CONCURRENCY_LIMIT = 4
 # System fonts only: a web font would tell a third party who opened a mental-health chat.
 _FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+EMPTY_MESSAGE = "Take your time. Type what's on your mind, in your own words, and press Enter."
+BUSY_MESSAGE = "Many people are chatting right now. Please send your message again in a minute."
 _CSS = "#ai-notice { border-left: 4px solid #d97706; padding: 0.25rem 0.75rem; background: #fffbeb; }"
 
 
@@ -85,12 +94,13 @@ def message_text(content: Any) -> str:
 
 
 def history_to_conversation(history: list[dict[str, Any]]) -> Conversation:
-    """Gradio's per-session history as user and assistant turns (nothing else is trusted from it)."""
+    """Gradio's per-session history as user and assistant turns (nothing else is trusted from it),
+    each text cleaned (`clean_text`)."""
     turns: Conversation = []
-    for message in history:
+    for message in history if isinstance(history, list) else []:
         role = message.get("role") if isinstance(message, dict) else None
         if role in ("user", "assistant"):
-            text = message_text(message.get("content"))
+            text = clean(message_text(message.get("content")))[0]
             text = strip_notice(text) if role == "assistant" else text  # a 3-hour notice is not the model's
             if turns and turns[-1]["role"] == role:  # grouped bubbles: one turn
                 turns[-1] = {"role": role, "content": f"{turns[-1]['content']}\n{text}"}
@@ -103,9 +113,11 @@ class TranscriptWriter:
     """One JSON file per session, rewritten after every turn (only when the operator asked)."""
 
     def __init__(self, folder: Path, *, locale: str):
+        from warmline.serving.chat import make_private_dirs
+
         self.folder = folder
         self.locale = locale
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(folder)  # 0700: transcripts are the operator's alone
 
     def path_for(self, session: str) -> Path:
         """The session's transcript file."""
@@ -123,7 +135,10 @@ class TranscriptWriter:
             "messages": conversation,
         }
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            os.fchmod(fd, 0o600)  # the umask cannot widen it; a leftover tmp keeps no old mode
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
 
 
@@ -137,13 +152,20 @@ def build_app(
     examples: list[str] | None = None,
     title: str = "warmline",
     notices: SessionNotices | None = None,
+    slots: Any = None,
 ) -> gr.Blocks:
     """The chat app: notice, streaming chat with examples, settings accordion, `/chat` endpoint.
 
     `locale` picks the crisis resources shown (default: the generator's safety gate's locale).
     `notices` times the AI notice's 3-hourly repeat per session (a fake clock in tests).
+    `slots`: the `warmline.serving.api.ModelSlots` bounding replies generated at once (pass the
+    API's to share one limit; default: `concurrency_limit` slots of the app's own).
     Launch it with `launch(app, ...)`.
     """
+    from warmline.serving.api import Busy, ModelSlots
+
+    slots = ModelSlots(concurrency_limit, max_waiting=_MAX_WAITING) if slots is None else slots
+    generator = _behind_slots(generator, slots)
     # Gradio reads this when an app is built; analytics_enabled=False is passed as well.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     gate = getattr(generator, "gate", None)
@@ -160,6 +182,12 @@ def build_app(
         repetition_penalty: float, max_new_tokens: float, seed: float | None, request: gr.Request,
     ) -> Iterator[str]:  # fmt: skip
         """Stream the reply to `message` as the growing text; end with the text to keep."""
+        message, repairs = clean(message_text(message))  # raw JSON may carry lone surrogates
+        if repairs and gate is not None:
+            gate.count_repairs(repairs)
+        if not message.strip():
+            yield EMPTY_MESSAGE  # nothing for the model to answer
+            return
         conversation = system + history_to_conversation(history) + [{"role": "user", "content": message}]
         result = GenerationResult()
         pieces = generator.stream(
@@ -171,9 +199,13 @@ def build_app(
         session = getattr(request, "session_hash", None) or "anonymous"
         notice = notices.due(session, shown_at_start=True)
         shown = ""
-        for piece in pieces:
-            shown += piece
-            yield with_notice(shown, notice)
+        try:
+            for piece in pieces:
+                shown += piece
+                yield with_notice(shown, notice)
+        except Busy:  # more waiting for the model than the app queues (never a crisis reply)
+            yield BUSY_MESSAGE
+            return
         if result.text != shown or not shown:
             yield with_notice(result.text, notice)  # a screened reply is replaced by the fallback
         if writer is not None:
@@ -222,8 +254,40 @@ def build_app(
             api_name=API_NAME,
             analytics_enabled=False,
         )
-    app.queue(default_concurrency_limit=concurrency_limit)
+    # No limit in Gradio's queue: a crisis message must not wait behind long replies there.
+    # The model's limit is `slots`, taken after the assessment (see the module docstring).
+    app.queue(default_concurrency_limit=None)
     return app
+
+
+# Requests that may wait for a model slot; Gradio runs each waiting one on a thread of its
+# pool of 40, which must keep room for the crisis replies that never wait.
+_MAX_WAITING = 24
+
+
+def _behind_slots(generator: Any, slots: Any) -> Any:
+    """`generator` with its model calls bounded by `slots`, taken after the gate's assessment."""
+    from warmline.serving.api import limited
+
+    if getattr(generator, "engine", None) is not None:  # a Generator: its engine waits for a slot
+        return limited(generator, slots)
+    if getattr(generator, "slots", None) is not None:  # takes its own slots inside the flow (gateway)
+        return generator
+    return _HeldStreamer(generator, slots)
+
+
+class _HeldStreamer:
+    """Any other streamer (a scripted one in tests): the whole stream holds a slot."""
+
+    def __init__(self, streamer: Any, slots: Any):
+        self._streamer, self._slots = streamer, slots
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._streamer, name)
+
+    def stream(self, conversation: Conversation, **kwargs: Any) -> Iterator[str]:
+        """The wrapped streamer's pieces, once a slot is free."""
+        return self._slots.hold(lambda: self._streamer.stream(conversation, **kwargs))
 
 
 def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True,
