@@ -12,7 +12,6 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from warmline.data.tokens import TokenizedExample
-from warmline.evaluation.loss import evaluate_loss
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +108,15 @@ class MetricsLogger(TrainerCallback):
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    def log_validation(self, model, epoch: float, step: int) -> dict:
-        result = evaluate_loss(model, self.validation, precision=self.precision)
-        self._write({"event": "validation", "step": step, "epoch": epoch, "val_loss": result["loss"],
-                     "val_perplexity": result["perplexity"]})  # fmt: skip
+    def log_validation(self, model, epoch: float, step: int, *, write: bool = True) -> dict:
+        """Validation loss, scored across every process (a collective: all of them call it);
+        only the one with `write` appends it to metrics.jsonl."""
+        from warmline.training.train import evaluate_gathered
+
+        result = evaluate_gathered(model, self.validation, precision=self.precision)
+        if write:
+            self._write({"event": "validation", "step": step, "epoch": epoch, "val_loss": result["loss"],
+                         "val_perplexity": result["perplexity"]})  # fmt: skip
         return result
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -135,7 +139,10 @@ class MetricsLogger(TrainerCallback):
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         # The last epoch's validation is part of the stage-end evaluation on every split.
         last_epoch = state.epoch is not None and state.epoch >= args.num_train_epochs - 1e-6
-        if model is not None and state.is_world_process_zero and self.validation and not last_epoch:
-            result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3), step=state.global_step)
-            print(f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True)
+        # Every process scores its share of the split; the main one writes and prints.
+        if model is not None and self.validation and not last_epoch:
+            result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3), step=state.global_step,
+                                         write=state.is_world_process_zero)  # fmt: skip
+            if state.is_world_process_zero:
+                print(f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True)
         return control

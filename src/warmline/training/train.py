@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -36,7 +37,7 @@ from warmline.data.tokens import (
     tokenize_prototype,
 )
 from warmline.evaluation.loss import evaluate_loss
-from warmline.hardware import configure_threads, resolve_precision
+from warmline.hardware import configure_threads, physical_cores, resolve_precision
 from warmline.models import load_model, load_tokenizer
 from warmline.recipe import Recipe, RecipeError, StageConfig, recipe_to_dict
 from warmline.training.manifest import file_sha256, write_json_atomic, write_manifest
@@ -139,7 +140,44 @@ def replay_examples(stages: list[PreparedStage], current: PreparedStage, seed: i
 
 def evaluate_all(model, stages: list[PreparedStage], precision: str) -> dict[str, dict]:
     """Validation loss on every stage's validation split (a row of the forgetting matrix)."""
-    return {s.config.name: evaluate_loss(model, s.validation, precision=precision) for s in stages}
+    return {s.config.name: evaluate_gathered(model, s.validation, precision=precision) for s in stages}
+
+
+def evaluate_gathered(model, examples: list[TokenizedExample], *, precision: str) -> dict[str, float]:
+    """`evaluate_loss` under `accelerate launch`: each process scores every N-th example and the
+    summed losses and token counts are added up across processes, so the result is the same
+    token-weighted mean a single process computes (up to float summation order). Every process
+    must call it (it is a collective); with one process it is `evaluate_loss` itself."""
+    state = _process_state()
+    if state.num_processes == 1:
+        return evaluate_loss(model, examples, precision=precision)
+    import torch
+    import torch.distributed as dist
+
+    shard = examples[state.process_index :: state.num_processes]
+    part = evaluate_loss(model, shard, precision=precision) if shard else {"loss": 0.0, "tokens": 0}
+    # float64: a sum of per-token losses over a large split keeps its digits
+    totals = torch.tensor([part["loss"] * part["tokens"] if part["tokens"] else 0.0, float(part["tokens"])],
+                          dtype=torch.float64, device=state.device)  # fmt: skip
+    dist.all_reduce(totals)
+    loss_sum, tokens = totals.tolist()
+    loss = loss_sum / max(tokens, 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": int(tokens)}
+
+
+def accumulation_steps(global_batch_size: int, micro_batch_size: int, num_processes: int, source: str) -> int:
+    """Micro-batches each process accumulates per optimizer step, so that a step sees the recipe's
+    global batch whatever the number of processes: global / (micro x processes)."""
+    per_step = micro_batch_size * num_processes
+    if global_batch_size % per_step:
+        fits = [n for n in range(1, global_batch_size // micro_batch_size + 1)
+                if global_batch_size % (micro_batch_size * n) == 0]  # fmt: skip
+        raise RecipeError(
+            f"{source}: 'training.global_batch_size' {global_batch_size} is not a multiple of micro_batch_size "
+            f"{micro_batch_size} x {num_processes} processes; change global_batch_size or micro_batch_size, or "
+            f"launch with --num_processes in {fits}"
+        )
+    return global_batch_size // per_step
 
 
 def train_recipe(
@@ -155,20 +193,29 @@ def train_recipe(
     started = time.time()
     source, run_dir = str(recipe_path or "recipe"), recipe.run_dir
     logger.info("recipe:\n%s", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-    threads = configure_threads(recipe.training.num_threads)
-    precision = resolve_precision(recipe.training.precision)
-    logger.info("precision %s, %d threads", precision, threads)
+    check_launch()
+    state = _process_state()  # under `accelerate launch`: this process's rank among N
+    t = recipe.training
+    # Processes on one machine share its cores: each gets its share (set num_threads to override).
+    threads = configure_threads(t.num_threads or max(1, physical_cores() // _local_processes()))
+    precision = resolve_precision(t.precision)
+    logger.info("precision %s, %d threads, process %d of %d", precision, threads, state.process_index + 1,
+                state.num_processes)  # fmt: skip
 
     # --- check and prepare everything before any weights load ---------------------------
+    accumulation_steps(t.global_batch_size, t.micro_batch_size, state.num_processes, source)
     check_against_model(recipe, source)  # the config and module names, on the meta device
     tokenizer = load_training_tokenizer(recipe)
     stages = prepare_stages(recipe, tokenizer, source)  # every stage: replay and forgetting need them all
     if resume:
         check_resume(recipe, _trained_folders(run_dir, stages), force=force)
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, forgetting_path = run_dir / "metrics.jsonl", run_dir / "forgetting.json"
-    if not resume and metrics_path.exists():
-        metrics_path.unlink()
+    # Only the main process writes files; the others wait for it wherever they read them next.
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and metrics_path.exists():
+            metrics_path.unlink()
+    state.wait_for_everyone()
 
     # --- row 0 of the forgetting matrix: the base model ---------------------------------
     forgetting = json.loads(forgetting_path.read_text()) if resume and forgetting_path.exists() else {}
@@ -182,8 +229,8 @@ def train_recipe(
         out = stage_dir(run_dir, stage)
         if resume and is_published(out):
             logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
-            if (run_dir / ".work" / stage.dirname).exists():  # killed after publishing, before cleanup
-                remove_tree(run_dir / ".work" / stage.dirname, run_dir)
+            if state.is_main_process and (run_dir / ".work" / stage.dirname).exists():
+                remove_tree(run_dir / ".work" / stage.dirname, run_dir)  # killed after publishing, before cleanup
             model = load_model(str(out)) if stage.config.name not in forgetting else None
         else:
             model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
@@ -191,15 +238,18 @@ def train_recipe(
             forgetting[stage.config.name] = evaluate_all(model, stages, precision)
             del model
             _write_forgetting(forgetting_path, forgetting, stages)
-            _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
-                                           "validation": forgetting[stage.config.name]})  # fmt: skip
+            if state.is_main_process:
+                _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
+                                               "validation": forgetting[stage.config.name]})  # fmt: skip
         previous = str(out)
 
     # --- final model: a copy of the last stage, with that stage's manifest -------------------
     final = run_dir / "final"
-    if _process_state().is_main_process:
+    if state.is_main_process:
         publish_final(Path(previous), final, run_dir, run_wall_time_s=time.time() - started)
-    _process_state().wait_for_everyone()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return final
     _print_summary(forgetting, stages)
     logger.info("final model: %s (%.0f s)", final, time.time() - started)
     if samples:
@@ -257,7 +307,9 @@ def build_training_args(recipe: Recipe, stage: PreparedStage, work_dir: Path, pr
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=max(1, t.global_batch_size // t.micro_batch_size),
+        # The recipe's global batch whatever the number of processes (checked before weights load).
+        gradient_accumulation_steps=accumulation_steps(t.global_batch_size, t.micro_batch_size,
+                                                       _process_state().num_processes, "recipe"),  # fmt: skip
         lr_scheduler_type="constant_with_warmup" if prototype else t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps (recipe-checked)
         weight_decay=t.weight_decay,
@@ -312,11 +364,14 @@ def build_stage_trainer(
 
     t = recipe.training
     work = run_dir / ".work" / stage.dirname
-    if not resume and work.exists():
-        remove_tree(work, run_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    # What trained this stage's checkpoints: a resume compares it with its own recipe.
-    (work / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    state = _process_state()
+    if state.is_main_process:
+        if not resume and work.exists():
+            remove_tree(work, run_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        # What trained this stage's checkpoints: a resume compares it with its own recipe.
+        (work / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+    state.wait_for_everyone()
     model = load_model(init_from)
     model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
     if t.trainable_layers is not None and not t.lora.enabled:
@@ -355,7 +410,9 @@ def run_stage_training(built: StageTrainer, *, resume: bool):
     checkpoint = latest_complete_checkpoint(built.work_dir) if resume else None
     if resume:
         step = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
-        trim_metrics(built.run_dir / "metrics.jsonl", name, keep_through_step=step)
+        if _process_state().is_main_process:
+            trim_metrics(built.run_dir / "metrics.jsonl", name, keep_through_step=step)
+        _process_state().wait_for_everyone()
     if checkpoint:
         logger.info("resuming stage '%s' from %s", name, checkpoint)
     built.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -391,8 +448,8 @@ def publish_stage(built: StageTrainer, model, *, recipe: Recipe, stages: list[Pr
         write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=built.metrics.elapsed_s(),
                        extra={"stage": stage.config.name, "init_from": built.init_from, "precision": precision})  # fmt: skip
         _replace_folder(tmp, out, run_dir)
+        remove_tree(built.work_dir, run_dir)
     state.wait_for_everyone()
-    remove_tree(built.work_dir, run_dir)
     return out
 
 
@@ -596,9 +653,36 @@ def _has_tensorboard() -> bool:
 
 
 def _process_state():
-    from accelerate import PartialState
+    """accelerate's view of this process: its rank among the launched processes.
 
-    return PartialState()
+    `cpu` follows the hardware: without CUDA, processes launched by torchrun
+    (`accelerate launch --multi_gpu`) join a gloo group; with `cpu=False` accelerate would treat
+    each of them as a lone process."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
+def check_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` (N > 1) starts ONE process unless an MPI hostfile
+    is given: fail instead of silently training on one process when several were asked for."""
+    from accelerate.utils import parse_flag_from_env
+
+    asked_for_several = "MASTER_ADDR" in os.environ and parse_flag_from_env("ACCELERATE_USE_CPU")
+    launched = any(k in os.environ for k in ("LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if asked_for_several and not launched:
+        raise RecipeError(
+            "`accelerate launch --cpu --num_processes N` starts a single process (accelerate needs mpirun for "
+            "several CPU processes); on a CPU-only machine launch with `accelerate launch --multi_gpu "
+            "--num_processes N -m warmline train RECIPE` (torchrun; gloo when there is no CUDA), or drop --cpu"
+        )
+
+
+def _local_processes() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE under `accelerate launch`)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def _append_metrics(path: Path, record: dict) -> None:
