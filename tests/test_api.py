@@ -425,3 +425,30 @@ def test_a_gateway_whose_backend_is_down_says_so_in_one_line(env) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not list the models" in errors[0] and "--backend-model" in errors[0]
+
+
+# --- the model's slots ----------------------------------------------------------------------
+
+
+def test_a_crisis_reply_never_waits_for_a_model_slot(tiny_llama_dir: Path) -> None:
+    """With the only slot held (a long reply) and no room to wait, a crisis message is still
+    answered, and an ordinary one is refused rather than sent to the model."""
+    from warmline.safety import SafetyGate
+    from warmline.serving.api import Busy, ModelSlots, limited
+    from warmline.serving.generator import GenerationResult, Generator
+
+    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=SafetyGate(use_classifier=False))
+    slots = ModelSlots(1, max_waiting=0)
+    holder = slots.hold(lambda: iter(range(3)))
+    next(holder)  # a reply in progress holds the only slot
+    behind = limited(generator, slots)
+    result = GenerationResult()
+    crisis = "".join(behind.stream([{"role": "user", "content": CRISIS}], result=result))
+    assert result.stop_reason == "crisis" and "988" in crisis and slots.taken == 1
+    with pytest.raises(Busy):
+        "".join(behind.stream([{"role": "user", "content": "I feel lonely."}], max_new_tokens=4))
+    holder.close()  # the slot is free again
+    later = GenerationResult()
+    for _ in behind.stream([{"role": "user", "content": "I feel lonely."}], seed=1, max_new_tokens=4, result=later):
+        pass
+    assert later.stop_reason in ("eos", "max_new_tokens") and later.new_tokens > 0 and slots.taken == 2

@@ -132,16 +132,18 @@ class ModelSlots:
 
     def hold(self, texts: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         """Wait for a slot, then yield from `texts()`; the slot is released when it ends or closes."""
-        with self._lock:
-            if self._waiting >= self.max_waiting:
-                raise Busy
-            self._waiting += 1
-        try:
-            self._slots.acquire()
-        finally:
+        if not self._slots.acquire(blocking=False):  # all taken: join the line, if there is room
             with self._lock:
-                self._waiting -= 1
-                self.taken += 1
+                if self._waiting >= self.max_waiting:
+                    raise Busy
+                self._waiting += 1
+            try:
+                self._slots.acquire()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+        with self._lock:
+            self.taken += 1
         try:
             yield from texts()
         finally:
