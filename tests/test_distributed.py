@@ -185,3 +185,37 @@ def test_two_process_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path,
     for row in f_full:
         for split in f_full[row]:
             assert f_cut[row][split]["loss"] == pytest.approx(f_full[row][split]["loss"], abs=LOSS_TOLERANCE)
+
+
+LAUNCH_CONFIGS = {
+    "single-gpu.yaml": ("NO", 1),
+    "multi-gpu-ddp.yaml": ("MULTI_GPU", 2),
+    "fsdp-full-shard.yaml": ("FSDP", 2),
+    "deepspeed-zero2.yaml": ("DEEPSPEED", 2),
+    "deepspeed-zero3.yaml": ("DEEPSPEED", 2),
+}
+
+
+def test_shipped_launch_configs_load_with_accelerates_loader():
+    """Every recipes/accelerate/*.yaml loads with accelerate's own config loader, says in its first
+    line when to use it, and leaves precision to the recipe (mixed_precision 'no')."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = REPO / "recipes" / "accelerate"
+    assert sorted(p.name for p in folder.glob("*.yaml")) == sorted(LAUNCH_CONFIGS)
+    for name, (kind, processes) in LAUNCH_CONFIGS.items():
+        path = folder / name
+        config = load_config_from_file(str(path))
+        assert config.distributed_type.value == kind, name
+        assert config.num_processes == processes, name
+        assert str(config.mixed_precision) == "no", name
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and " when " in first.lower(), name
+    fsdp = load_config_from_file(str(folder / "fsdp-full-shard.yaml")).fsdp_config
+    assert fsdp["fsdp_reshard_after_forward"] is True and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    stages = {n: load_config_from_file(str(folder / n)).deepspeed_config["zero_stage"]
+              for n in ("deepspeed-zero2.yaml", "deepspeed-zero3.yaml")}  # fmt: skip
+    assert stages == {"deepspeed-zero2.yaml": 2, "deepspeed-zero3.yaml": 3}
+    # Accumulation is the Trainer's (from the recipe and process count), never fixed in a config.
+    for n in stages:
+        assert "gradient_accumulation_steps" not in load_config_from_file(str(folder / n)).deepspeed_config
