@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -103,3 +104,22 @@ def test_benchmark_probe_and_step_marks_ride_on_the_real_stage_trainer(tmp_path,
     assert [m["step"] for m in marks] == [1, 2, 3]  # 1 warm-up + 2 timed steps, then stopped
     assert probe.totals["micro_batches"] == 6 and probe.totals["unmatched"] == 0
     assert len(set(probe.conversations)) == 6  # each trained conversation found in the pool
+
+
+def test_serve_load_runs_sessions_and_crisis_probes_against_a_real_server(tiny_llama_dir, tmp_path):
+    """benchmarks/serve_load.py, small: 2 sessions for a few seconds against `warmline serve` on
+    a tiny model. The figures are counted, never timed."""
+    import serve_load
+
+    out = tmp_path / "serve_load.json"
+    figures = serve_load.main([
+        str(tiny_llama_dir), "--sessions", "2", "--duration-s", "4", "--max-requests", "6",
+        "--max-new-tokens", "16", "--crisis-after-s", "0.5", "--crisis-every-s", "0.5", "--json", str(out),
+    ])  # fmt: skip
+    print({k: figures[k] for k in ("server_startup_s", "wall_s", "replies", "crisis_reply_s")})
+    assert figures["errors"] == 0, figures["error_samples"]
+    assert 1 <= figures["replies"] <= 6 and figures["reply_s"]["n"] == figures["replies"]
+    assert figures["crisis_reply_s"]["n"] >= 1
+    assert figures["crisis_replies_with_resources"] == figures["crisis_reply_s"]["n"]
+    assert figures["server_rss_mb"]["max"] > 0
+    assert json.loads(out.read_text())["sessions"] == 2

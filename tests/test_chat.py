@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from warmline import cli
@@ -195,3 +197,146 @@ def test_chat_runs_the_one_gate_flow_on_a_real_model(tiny_llama_dir: Path, monke
     assert ordinary[:2] == ["check_input", "reply_for"] and ordinary[-1] == "note_for"
     assert set(ordinary[2:-1]) == {"screen"}  # every released sentence, and the whole reply
     assert crisis == ["check_input", "reply_for"]  # the fixed reply: no model, nothing to screen
+
+
+# --- bad input, empty messages, Ctrl-C, private transcripts (issue 14) ---------------------
+
+
+def test_invalid_utf8_on_stdin_gets_the_crisis_reply(tiny_llama_dir: Path, monkeypatch) -> None:
+    # `printf '... ending my life \xff\n' | warmline chat MODEL`: the byte used to end the chat.
+    monkeypatch.setattr("warmline.safety.SafetyGate", functools.partial(SafetyGate, use_classifier=False))
+    raw = b"I have been thinking about ending my life \xff\n"
+    result = CliRunner().invoke(cli.app, ["chat", str(tiny_llama_dir), "--locale", "uk"], input=raw)
+    assert result.exit_code == 0, result.output
+    message = "I have been thinking about ending my life \ufffd"
+    crisis = crisis_reply(assess([{"role": "user", "content": message}], use_classifier=False), "uk")
+    assert "Samaritans" in crisis and result.stdout == f"{crisis}\n"
+
+
+class GatedEcho:
+    """The real gate flow (`turn`, a real SafetyGate) over a scripted text source."""
+
+    def __init__(self) -> None:
+        self.settings = GenerationSettings()
+        self.gate = SafetyGate(use_classifier=False)
+
+    def stream(self, conversation, *, seed=None, result=None, **overrides):
+        from warmline.safety.gate import turn
+
+        return turn(conversation, lambda: ["Thank you", "Thank you for telling me."], gate=self.gate, result=result)
+
+
+def chat_on(raw: bytes) -> tuple[str, str]:
+    """run_chat on `raw` bytes as stdin (decoded strictly as UTF-8, like a pipe): (stdout, stderr)."""
+    import io
+
+    from warmline.serving.chat import run_chat
+
+    stdin = io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors="strict", newline=None)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    run_chat(GatedEcho(), system_prompt="Be kind.", stdin=stdin, stdout=stdout, stderr=stderr)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+_long = st.builds(lambda c, n: c * n, st.sampled_from(["a", "\x00", "é", "\udc80", "💀", " ", "kill "]),
+                  st.integers(90_000, 110_000))  # fmt: skip
+_text = st.one_of(st.text(), st.text(st.characters(codec=None, categories=["Cc", "Cs", "Zs", "Co"])), _long)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(_text.map(lambda t: t.encode("utf-8", "surrogatepass")), st.binary(max_size=400)))
+def test_any_input_gets_a_reply_and_never_raises(raw: bytes) -> None:
+    stdout, stderr = chat_on(b"I feel " + raw + b"\n")
+    # The first line starts with words, so it always gets a reply (the model's or a crisis one).
+    assert stdout.strip(), stderr
+    assert "Traceback" not in stderr
+
+
+def test_empty_and_blank_messages_are_not_sent_to_the_model(echo: EchoGenerator) -> None:
+    from warmline.serving.chat import EMPTY_MESSAGE
+
+    result = run(["   ", "\t", "hello"])
+    assert [c[-1]["content"] for c in echo.conversations] == ["hello"]
+    assert result.stderr.count(EMPTY_MESSAGE) == 2 and result.stdout == "reply 1: hello\n"
+
+
+def test_save_is_owner_only_and_asks_before_replacing(echo: EchoGenerator, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)  # the usual umask: files 0644 and folders 0755 unless we choose
+    try:
+        target = tmp_path / "private" / "nested" / "t.json"
+        run(["one", f"/save {target}"])
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+        assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(target.parent.parent.stat().st_mode) == 0o700
+        first = target.read_text()
+
+        result = run(["one", "two", f"/save {target}", "n"])  # answered no: the file stays
+        assert target.read_text() == first and "not saved" in result.stderr
+        result = run(["one", "two", f"/save {target}"])  # no answer at all (end of input): no
+        assert target.read_text() == first
+
+        target.chmod(0o644)
+        run(["one", "two", f"/save {target}", "y"])
+        assert [t["content"] for t in json.loads(target.read_text())["messages"] if t["role"] == "user"] == [
+            "one", "two",
+        ]  # fmt: skip
+        assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+_SLOW_CHAT = """
+import json, sys, time
+from warmline.safety import SafetyGate
+from warmline.serving.chat import run_chat
+from warmline.serving.generator import GenerationSettings, Generator
+
+gen = Generator.from_pretrained(sys.argv[1], gate=SafetyGate(use_classifier=False),
+                                settings=GenerationSettings(max_new_tokens=400), fp16_decode=False)
+tokens = gen.engine.tokens
+
+def slow_tokens(*args, **kwargs):  # a deliberately slow engine: Ctrl-C lands mid-reply
+    for n, token in enumerate(tokens(*args, **kwargs)):
+        if n == 0:
+            print("FIRST_TOKEN", file=sys.stderr, flush=True)
+        time.sleep(0.05)
+        yield token
+
+gen.engine.tokens = slow_tokens
+session = run_chat(gen, system_prompt=None, seed=0)
+print("CONVERSATION " + json.dumps(session.conversation), file=sys.stderr, flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_reply_and_keeps_the_message(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "slow_chat.py"
+    script.write_text(_SLOW_CHAT)
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_llama_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        child.stdin.write("I feel lonely.\n")
+        child.stdin.flush()
+        seen = ""
+        while "FIRST_TOKEN" not in seen:  # the reply is being generated
+            line = child.stderr.readline()
+            assert line, f"the chat ended early: {seen}"
+            seen += line
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate("/quit\n", timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, err
+    assert "reply stopped" in err
+    conversation = json.loads(err.split("CONVERSATION ", 1)[1])
+    assert [t["role"] for t in conversation] == ["user", "assistant"]
+    assert conversation[0]["content"] == "I feel lonely."
+    assert conversation[1]["content"] == out.strip()  # what was shown is what is kept

@@ -252,6 +252,7 @@ def build_app(
             flagging_mode="never",
             save_history=False,
             api_name=API_NAME,
+            concurrency_limit=None,  # the model's limit is `slots` (see the module docstring)
             analytics_enabled=False,
         )
     # No limit in Gradio's queue: a crisis message must not wait behind long replies there.
