@@ -233,6 +233,9 @@ class Lexicon:
         # Optional cues (the other languages' lexicons may not have them).
         self.framing = compile_pattern(cues["framing"], "cues.framing") if "framing" in cues else None
         self.minor = compile_pattern(cues["minor"], "cues.minor") if "minor" in cues else None
+        self.reported_speech = (
+            compile_pattern(cues["reported_speech"], "cues.reported_speech") if "reported_speech" in cues else None
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
@@ -274,6 +277,10 @@ class Lexicon:
         hits += self._combinations(masked)
 
         hits = self._attribute_third_party(hits, masked)
+        # The same words read as self-injury and as an eating disorder ("punish myself by not
+        # eating") are the eating disorder: its reply and resources are the specific ones.
+        eating_starts = {hit.start for hit in hits if hit.category == "eating_disorder"}
+        hits = [hit for hit in hits if not (hit.category == "self_harm" and hit.start in eating_starts)]
         hits = self._attribute_child_abuse(hits, masked)
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
         hits = [self._resolve_context(hit, context or distress_here) for hit in hits]
@@ -391,7 +398,12 @@ class Lexicon:
         if not cues:
             return False
         after_cue = window[cues[-1].end() :]
-        return not self.negation_breakers.search(after_cue)
+        if self.negation_breakers.search(after_cue):
+            return False
+        # Text without punctuation (or in capitals, typed fast) runs clauses together: "im not ok
+        # i want to die". A new first-person subject after the cue ends its scope, unless a verb
+        # of saying or thinking hands the negation on ("i don't think i want to").
+        return not (self.language == "en" and _NEW_FIRST_PERSON_CLAUSE.search(after_cue))
 
     def _attribute_third_party(self, hits: list[Hit], text: str) -> list[Hit]:
         """Self-risk phrases in a sentence about someone else belong to them, not the writer.
@@ -403,19 +415,23 @@ class Lexicon:
         third_party_sentences = {
             _sentence_span(text, hit.start) for hit in hits if hit.category == "third_party"
         }
-        if not third_party_sentences:
-            return hits
         out: list[Hit] = []
         for hit in hits:
-            first_person = _FIRST_PERSON.search(hit.phrase)
-            if (
-                hit.category in SELF_CATEGORIES
-                and _sentence_span(text, hit.start) in third_party_sentences
-                and not first_person
+            if hit.category in SELF_CATEGORIES and (
+                (_sentence_span(text, hit.start) in third_party_sentences and not _FIRST_PERSON.search(hit.phrase))
+                or self._reported(text, hit.start)
             ):
                 hit = replace(hit, category="third_party")
             out.append(hit)
         return out
+
+    def _reported(self, text: str, start: int) -> bool:
+        """Someone else's words quoted just before ``start``: "my bf keeps saying kms" is his
+        risk, told by the writer, even though the quoted words are in the first person."""
+        if self.reported_speech is None:
+            return False
+        sentence_start = _sentence_span(text, start)[0]
+        return bool(self.reported_speech.search(text[sentence_start:start].rstrip() + " "))
 
     def _attribute_child_abuse(self, hits: list[Hit], text: str) -> list[Hit]:
         """Abuse disclosed by a writer who says they are a child is child abuse.
@@ -438,6 +454,11 @@ class Lexicon:
         return hit
 
 
+_NEW_FIRST_PERSON_CLAUSE = re.compile(
+    r"(?<!think )(?<!thought )(?<!believe )(?<!feel )(?<!felt )(?<!say )(?<!said )(?<!saying )(?<!mean )"
+    r"(?<!sure )(?<!like )(?<!that )(?<!guess )(?<!suppose )(?<!if )(?<!wish )(?<!hope )"
+    r"(?<!pretend )(?<!admit )(?<!claim )(?<!reckon )(?<!expect )(?<!want )(?<!care if )\bi(?:'m|'ve)?\b"
+)
 _FIRST_PERSON = re.compile(r"\b(?:i|me|my|myself|i'm|i've|i'd|i'll)\b")
 
 

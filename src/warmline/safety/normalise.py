@@ -181,6 +181,9 @@ def _normalise_clean(text: str, events: Counter[str], english: bool = True) -> s
     table = slang_table()
     text = _WORDLIKE.sub(lambda m: _fix_word(m.group(0), table, events), text)
     text = table.rewrite(text, events)
+    if len(text) > MAX_CHARS:  # word fixes and slang lengthen text ("kil" -> "kill", "ngl")
+        events["truncated"] += 1
+        text = text[: MAX_CHARS // 2] + "\n" + text[-(MAX_CHARS // 2) :]
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
@@ -311,8 +314,12 @@ class SlangTable:
 
 @lru_cache(maxsize=8192)
 def _correct(table: SlangTable, word: str) -> str:
-    if len(word) < _MIN_FUZZY_LENGTH or word in table.risk_terms or table.is_known(word):
+    if word in table.risk_terms or table.is_known(word):
         return word
+    if len(word) < _MIN_FUZZY_LENGTH:
+        # Too short for edit distance ("kil" is one edit from kill, kid, kit...); only a
+        # double letter typed once ("kil", "pils") is undone, as the one typo that is safe here.
+        return _single_letter_forms(table).get(word, word) if len(word) >= 3 else word
     # One edit for short words, two from eight letters; the first letter must agree (typos
     # rarely hit it, and it keeps names and rare words from turning into risk terms).
     limit = 1 if len(word) < 8 else 2
@@ -321,6 +328,17 @@ def _correct(table: SlangTable, word: str) -> str:
         return word
     best = process.extractOne(word, candidates, scorer=OSA.distance, score_cutoff=limit)
     return best[0] if best is not None else word
+
+
+@lru_cache(maxsize=4)
+def _single_letter_forms(table: SlangTable) -> dict[str, str]:
+    """Risk terms with each doubled letter written once: {"kil": "kill", "pils": "pills"}."""
+    forms: dict[str, str] = {}
+    for term in sorted(table.risk_terms):
+        single = re.sub(r"([a-z])\1", r"\1", term)
+        if single != term and len(single) >= 3 and not table.is_known(single):
+            forms.setdefault(single, term)
+    return forms
 
 
 def packaged_slang_path() -> Path:

@@ -10,12 +10,14 @@ kidding" or a change of subject does not clear it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from warmline.safety.classifier import (
     CLASS_CATEGORIES,
+    CLASS_LEVELS,
     ClassifierScore,
     RiskClassifier,
     default_classifier,
@@ -48,6 +50,27 @@ _OTHER_DIRECTED: frozenset[str] = frozenset(
 
 # Classifier classes that need a lexicon hit to make a crisis (see _combine).
 _NEEDS_LEXICON: frozenset[str] = frozenset({"violence_request", "harm_to_others", "intrusive_thoughts"})
+# Classifier classes that need some risk language in the message (a lexicon hit, distress
+# included, or a word of danger from _RISK_WORDS): their training examples all start "my friend
+# ..." or "my boss ...", so alone the classifier reads "my friend has been quiet lately" as a
+# friend at risk and "my boss yelled at me" as abuse.
+_NEEDS_RISK_WORDS: frozenset[str] = frozenset({"third_party", "harm_from_others"})
+_RISK_WORDS = re.compile(
+    r"\b(?:die|dies|died|dying|dead|death|kill\w*|suicid\w*|end (?:it|her life|his life|their life)|pills?|tablets?|overdos\w*"
+    r"|meds|hurts?|hurting|harm\w*|cut\w*|bleed\w*|hit|hits|hitting|beat\w*|punch\w*|chok\w*|slap\w*|kick\w*|strangl\w*"
+    r"|threat\w*|scared|afraid|terrified|unsafe|danger\w*|abus\w*|rap(?:e|ed|es)|touch\w*|forc\w*|lock\w*|eat|eats|eaten|eating"
+    r"|starv\w*|faint\w*|throw\w* up|purg\w*|weigh\w*|hospital|police|ambulance|knife|gun|rope|bridge|jump\w*|goodbye"
+    r"|gone|disappear\w*|alive|weapon|bruis\w*|blood|sleep\w*|drunk|drink\w*|drugs?|isn't answering|not answering"
+    r"|secret\w*|don't tell|not to tell|naked|photos?|pictures?|private|grab\w*|push\w*|shov\w*|belt|marks?"
+    r"|stalk\w*|bedroom|hate me|shut me|won't let me)\b",
+    re.IGNORECASE,
+)
+
+# The classifier alone (no lexicon hit of any kind) does not make a crisis of a message shorter
+# than this many words: "cool thanks" or "ok" carry no content, and the embeddings of very short
+# texts sit in odd places (a p_risk of 0.77 for "cool thanks" was seen). Short risk messages
+# ("kms", "want to die", "end it tonight") are the lexicon's to catch.
+MIN_CLASSIFIER_WORDS = 4
 
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
@@ -152,7 +175,12 @@ def assess_text(
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(text)
         risk_score = score.risk
-        level, categories, evidence = _combine(found, score, level, categories, evidence)
+        if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
+            # Too short to judge by embeddings alone: an uncertain score is at most distress.
+            score = _capped(score)
+        english = lexicon or default_lexicon()
+        minor = english.minor is not None and bool(english.minor.search(text.lower()))
+        level, categories, evidence = _combine(found, score, level, categories, evidence, text=text, minor=minor)
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
     )
@@ -164,8 +192,12 @@ def _combine(
     level: RiskLevel,
     categories: list[str],
     evidence: list[str],
+    *,
+    text: str = "",
+    minor: bool = False,
 ) -> tuple[RiskLevel, list[str], list[str]]:
-    """Let the classifier raise (never lower) the lexicon's level.
+    """Let the classifier raise (never lower) the lexicon's level (``text``: the message;
+    ``minor``: the writer says they are a child, whose disclosures are often in mild words).
 
     When the lexicon recognised a benign reading (an idiom, a negation, a recovered history,
     an informational question) and found no risk phrase, the classifier is not allowed to
@@ -184,14 +216,19 @@ def _combine(
         raised = RiskLevel.IMMINENT if imminent else RiskLevel.ELEVATED
         category = CLASS_CATEGORIES[top]
         lexicon_categories = {hit.category for hit in found.hits if hit.level.is_crisis}
-        if top in _NEEDS_LEXICON and not lexicon_categories:
+        # The lexicon agreeing on the kind, even at distress level ("I want to hurt him", intrusive
+        # images of dropping her), is the second opinion an other-directed class needs.
+        agreeing = CLASS_CATEGORIES[top] in {hit.category for hit in found.hits}
+        if (top in _NEEDS_LEXICON and not lexicon_categories and not agreeing) or (
+            top in _NEEDS_RISK_WORDS and not found.hits and not _RISK_WORDS.search(text) and not minor
+        ):
             # The embeddings of "how do I stab a balloon" and "how do I stab someone" are close:
             # alone, the classifier's other-directed classes only add resources. The writer's
             # own risk still counts when the self classes carry the probability by themselves.
             self_risk = sum(p for c, p in score.probabilities.items() if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES)
             if self_risk < RISK_THRESHOLD:
                 distress = RiskLevel.highest(level, RiskLevel.DISTRESS)
-                note = f"classifier {top}: p_risk={score.risk:.2f} (alone: distress, a request or intent needs the lexicon)"
+                note = f"classifier {top}: p_risk={score.risk:.2f} (alone: distress, this kind needs the lexicon too)"
                 return distress, categories + [c for c in ("distress", category) if c not in categories], [*evidence, note]
             top = max((c for c in score.probabilities if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES), key=score.probabilities.__getitem__)
             category = CLASS_CATEGORIES[top]
@@ -208,6 +245,21 @@ def _combine(
             [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
         )
     return level, categories, evidence
+
+
+def _capped(score: ClassifierScore) -> ClassifierScore:
+    """``score`` with its risk probability capped just under RISK_THRESHOLD (the excess goes to
+    "distress"), so the classifier alone can only add a resources line."""
+    risk = score.risk
+    ceiling = RISK_THRESHOLD - 0.01
+    if risk <= ceiling:
+        return score
+    scale = ceiling / risk
+    probabilities = {
+        c: p * scale if CLASS_LEVELS.get(c, RiskLevel.NONE).is_crisis else p for c, p in score.probabilities.items()
+    }
+    probabilities["distress"] = probabilities.get("distress", 0.0) + risk - ceiling
+    return ClassifierScore(probabilities)
 
 
 @lru_cache(maxsize=4096)
