@@ -106,6 +106,7 @@ def test_benchmark_probe_and_step_marks_ride_on_the_real_stage_trainer(tmp_path,
     assert len(set(probe.conversations)) == 6  # each trained conversation found in the pool
 
 
+@pytest.mark.slow  # starting `warmline serve` (imports, classifier) takes 30-90 s on 2 shared cores
 def test_serve_load_runs_sessions_and_crisis_probes_against_a_real_server(tiny_llama_dir, tmp_path):
     """benchmarks/serve_load.py, small: 2 sessions for a few seconds against `warmline serve` on
     a tiny model. The figures are counted, never timed."""
@@ -116,7 +117,6 @@ def test_serve_load_runs_sessions_and_crisis_probes_against_a_real_server(tiny_l
         str(tiny_llama_dir), "--sessions", "2", "--duration-s", "4", "--max-requests", "6",
         "--max-new-tokens", "16", "--crisis-after-s", "0.5", "--crisis-every-s", "0.5", "--json", str(out),
     ])  # fmt: skip
-    print({k: figures[k] for k in ("server_startup_s", "wall_s", "replies", "crisis_reply_s")})
     assert figures["errors"] == 0, figures["error_samples"]
     assert 1 <= figures["replies"] <= 6 and figures["reply_s"]["n"] == figures["replies"]
     assert figures["crisis_reply_s"]["n"] >= 1

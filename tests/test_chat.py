@@ -306,6 +306,7 @@ def slow_tokens(*args, **kwargs):  # a deliberately slow engine: Ctrl-C lands mi
         yield token
 
 gen.engine.tokens = slow_tokens
+gen.engine.stop_token_ids = set()  # no early end of the reply
 session = run_chat(gen, system_prompt=None, seed=0)
 print("CONVERSATION " + json.dumps(session.conversation), file=sys.stderr, flush=True)
 """

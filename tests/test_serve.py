@@ -251,3 +251,87 @@ def test_the_server_runs_the_one_gate_flow(served, tiny_llama_dir: Path) -> None
     assert set(ordinary[2:-1]) == {"screen"}
     reply = client.predict("I want to kill myself", api_name="/chat")
     assert gate.steps == ["check_input", "reply_for"] and "988" in reply
+
+
+# --- issue 14: bad text, blank messages, crisis replies that never wait ---------------------
+
+
+def test_a_lone_surrogate_in_raw_json_gets_the_crisis_reply(served, tiny_llama_dir: Path) -> None:
+    import httpx
+
+    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=SafetyGate(use_classifier=False))
+    url = served(build_app(generator)).rstrip("/")
+    # Raw JSON with an escaped lone surrogate, as any HTTP client may send it.
+    body = '{"data": ["I have been thinking about ending my life \\udc80", 0.7, 50, 0.92, 1.2, 20, -1]}'
+    posted = httpx.post(f"{url}/gradio_api/call/chat", content=body, headers={"Content-Type": "application/json"})
+    assert posted.status_code == 200, posted.text
+    events = httpx.get(f"{url}/gradio_api/call/chat/{posted.json()['event_id']}", timeout=60).text
+    assert "event: error" not in events and "event: complete" in events
+    assert "findahelpline.com" in events  # the crisis reply (no locale: the international directory)
+    assert generator.gate.snapshot()["input_repaired:invalid_replaced"] == 1
+
+
+def test_a_blank_message_gets_a_prompt_and_never_reaches_the_model(served) -> None:
+    from warmline.serving.web import EMPTY_MESSAGE
+
+    generator = CountingGenerator(delay_s=0)
+    client = Client(served(build_app(generator)), verbose=False)
+    assert client.predict("   \n\t", api_name="/chat") == EMPTY_MESSAGE
+    assert generator.max_active == 0
+
+
+_SLOW_SERVER = """
+import sys, time
+from warmline.safety import SafetyGate
+from warmline.serving.generator import GenerationSettings, Generator
+from warmline.serving.web import build_app, launch
+
+gen = Generator.from_pretrained(sys.argv[1], gate=SafetyGate(use_classifier=False), fp16_decode=False,
+                                settings=GenerationSettings(max_new_tokens=300, stop_strings=()))
+gen.engine.stop_token_ids = set()  # every long reply runs to max_new_tokens
+tokens = gen.engine.tokens
+
+def slow_tokens(*args, **kwargs):  # a deliberately slow model: 300 tokens take 15 s or more
+    for n, token in enumerate(tokens(*args, **kwargs)):
+        if n == 0:
+            print("FIRST_TOKEN", flush=True)
+        time.sleep(0.05)
+        yield token
+
+gen.engine.tokens = slow_tokens
+print("URL " + launch(build_app(gen, concurrency_limit=1), port=int(sys.argv[2]), block=False), flush=True)
+sys.stdin.read()  # serve until the test closes stdin
+"""
+
+
+def test_a_crisis_reply_does_not_wait_for_a_busy_model(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """A real server process, one model slot, held by a long reply with a second one waiting:
+    the crisis message is answered before either long reply finishes."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "slow_server.py"
+    script.write_text(_SLOW_SERVER)
+    server = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_llama_dir), str(free_port())],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        while url is None:
+            line = server.stdout.readline()
+            assert line, "the server exited"
+            url = line.split(" ", 1)[1].strip() if line.startswith("URL ") else None
+        long_a = Client(url, verbose=False).submit("Tell me about your day.", api_name="/chat")
+        while server.stdout.readline().strip() != "FIRST_TOKEN":  # the model's one slot is taken
+            pass
+        long_b = Client(url, verbose=False).submit("Tell me about your week.", api_name="/chat")  # waits
+        crisis = Client(url, verbose=False).predict("I want to end my life tonight", api_name="/chat")
+        finished_before_crisis = [long_a.done(), long_b.done()]
+        assert "findahelpline.com" in crisis
+        assert finished_before_crisis == [False, False]
+        assert len(long_a.result(timeout=120)) > 0  # the long reply still completes
+    finally:
+        server.stdin.close()
+        server.kill()
+        server.wait()
