@@ -443,3 +443,74 @@ def test_new_checkpoint_is_marked_before_an_old_one_is_deleted(tmp_path, tiny_ll
     rotations = [d for d in deletions if d[0] != "checkpoint-8"]
     assert rotations, "the run should rotate checkpoints (save_steps 2, 8 steps)"
     assert all(newer_marked for _, newer_marked in rotations), deletions
+
+
+# --- QLoRA: what runs without CUDA (the 4-bit load itself needs a GPU and bitsandbytes) ----------
+
+
+def test_qlora_without_cuda_fails_before_any_weights_load(tmp_path, tiny_llama_dir, monkeypatch):
+    """`quantize: 4bit` here (no CUDA): one line naming plain LoRA, raised by the recipe check."""
+    from warmline.recipe import RecipeError
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true",
+                                                              "training.lora.quantize=4bit"])  # fmt: skip
+    assert recipe.training.lora.quantize == "4bit"
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded before the recipe check failed")
+
+    monkeypatch.setattr(train_mod, "load_model", no_weights)
+    monkeypatch.setattr(train_mod, "load_training_tokenizer", no_weights)
+    with pytest.raises(RecipeError, match=r"needs a CUDA GPU .*use plain LoRA instead: set 'training.lora.quantize: null'") as err:
+        train_mod.train_recipe(recipe)
+    assert "\n" not in str(err.value)
+    assert not recipe.run_dir.exists()
+
+
+def test_quantize_without_lora_is_a_recipe_error(tmp_path, tiny_llama_dir):
+    from warmline.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match=r"'training.lora.quantize' is '4bit' but LoRA is off"):
+        load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.quantize=4bit"])
+    with pytest.raises(RecipeError, match=r"expected one of \['4bit'\]"):
+        load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=8bit"])
+
+
+def test_qlora_config_is_nf4_double_quantised_with_bf16_compute():
+    from warmline.recipe import LoraSettings
+
+    assert train_mod.quantization_config(LoraSettings(enabled=True)) is None
+    config = train_mod.quantization_config(LoraSettings(enabled=True, quantize="4bit"))
+    assert config.load_in_4bit and not config.load_in_8bit
+    assert config.bnb_4bit_quant_type == "nf4"
+    assert config.bnb_4bit_use_double_quant is True
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_adapters_merge_into_a_fresh_full_precision_copy(tmp_path, tiny_llama_dir):
+    """QLoRA's merge: the trained adapters, copied onto the fp32 weights loaded afresh from the
+    stage's start, give exactly the weights that merging in place gives (here the trained base is
+    fp32, so the two must agree), and a plain fp32 transformers model."""
+    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir, ["training.lora.enabled=true", "training.lora.r=4",
+                                                                "stages.0.epochs=1"])  # fmt: skip
+    built.trainer.train()
+    peft_model = built.trainer.model
+    fresh = train_mod.merge_into_full_precision(peft_model, built.init_from)
+    in_place = peft_model.merge_and_unload()
+    fresh_sd, in_place_sd = fresh.state_dict(), in_place.state_dict()
+    assert fresh_sd.keys() == in_place_sd.keys()
+    assert not any("lora" in k for k in fresh_sd)
+    for name, tensor in in_place_sd.items():
+        assert fresh_sd[name].dtype == torch.float32, name
+        torch.testing.assert_close(fresh_sd[name], tensor, rtol=0, atol=1e-6, msg=name)
+    base = _weights(tiny_llama_dir)
+    assert any(not torch.equal(base[n], fresh_sd[n]) for n in base if "proj" in n), "the adapters trained"
+
+
+def test_shipped_qlora_recipe_fails_here_naming_plain_lora_before_the_hub():
+    from warmline.recipe import RecipeError
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "mistral-7b-qlora.yaml")
+    assert recipe.training.lora.enabled and recipe.training.lora.quantize == "4bit"
+    with pytest.raises(RecipeError, match="needs a CUDA GPU.*use plain LoRA instead"):
+        train_mod.train_recipe(recipe)  # the hub is not asked: the check comes first

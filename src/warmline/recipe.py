@@ -79,6 +79,9 @@ class LoraSettings:
     """Dropout on the adapter input."""
     target_modules: str | list[str] = "all-linear"
     """Modules to adapt (PEFT names, or `all-linear`)."""
+    quantize: Literal["4bit"] | None = None
+    """QLoRA: `4bit` loads the frozen base in 4-bit (bitsandbytes NF4, double quantisation, bf16
+    compute; needs CUDA); each stage still merges into a full-precision copy. None: full precision."""
 
 
 @dataclass
@@ -405,6 +408,11 @@ def _check(recipe: Recipe, source: str) -> None:
     _check_range(t.lora.r, "training.lora.r", source, 1, 4096)
     _check_range(t.lora.alpha, "training.lora.alpha", source, 0, 1e6, low_open=True)
     _check_range(t.lora.dropout, "training.lora.dropout", source, 0, 1, high_open=True)
+    if t.lora.quantize and not t.lora.enabled:
+        raise RecipeError(
+            f"{source}: 'training.lora.quantize' is {t.lora.quantize!r} but LoRA is off; quantising the base needs "
+            "adapters to train: set 'training.lora.enabled: true' (or quantize: null)"
+        )
     targets = [t.lora.target_modules] if isinstance(t.lora.target_modules, str) else t.lora.target_modules
     if not targets or not all(x.strip() for x in targets):
         raise RecipeError(f"{source}: 'training.lora.target_modules' is empty; use all-linear or module names")

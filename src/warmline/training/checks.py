@@ -35,11 +35,13 @@ def check_against_model(recipe: Recipe, source: str) -> None:
     from warmline.models import resolve_model
     from warmline.training.train import transformer_blocks
 
+    t = recipe.training
+    if t.lora.quantize:  # first: it needs no model, and no amount of downloading fixes it
+        check_quantization(t.lora.quantize, source)
     resolved = resolve_model(recipe.base_model)
     config = AutoConfig.from_pretrained(resolved.path)
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
-    t = recipe.training
     n_blocks = len(transformer_blocks(model))
     if t.trainable_layers is not None and not t.lora.enabled and t.trainable_layers > n_blocks:
         raise RecipeError(
@@ -55,6 +57,22 @@ def check_against_model(recipe: Recipe, source: str) -> None:
             )
     if t.lora.enabled:
         check_lora_targets(model, t.lora, recipe.base_model, source)
+
+
+def check_quantization(quantize: str, source: str) -> None:
+    """4-bit QLoRA needs a CUDA GPU and the bitsandbytes package: say so before any weights load,
+    naming the alternative that runs here (plain LoRA on the full-precision base)."""
+    import importlib.util
+
+    import torch
+
+    plain = "use plain LoRA instead: set 'training.lora.quantize: null' (or --set training.lora.quantize=null)"
+    if not torch.cuda.is_available():
+        raise RecipeError(f"{source}: 'training.lora.quantize: {quantize}' needs a CUDA GPU (bitsandbytes), and none "
+                          f"is available here; {plain}")  # fmt: skip
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RecipeError(f"{source}: 'training.lora.quantize: {quantize}' needs the bitsandbytes package: "
+                          f"pip install 'warmline[gpu]'; or {plain}")  # fmt: skip
 
 
 def check_lora_targets(model, lora, model_name: str, source: str) -> None:

@@ -274,6 +274,7 @@ class StageTrainer:
     replay: list[TokenizedExample]
     metrics: object  # MetricsLogger
     padding: dict = field(default_factory=dict)
+    quantized: bool = False  # QLoRA: the trained base is 4-bit; merge into a full-precision copy
 
 
 def train_stage(
@@ -372,7 +373,7 @@ def build_stage_trainer(
         # What trained this stage's checkpoints: a resume compares it with its own recipe.
         (work / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     state.wait_for_everyone()
-    model = load_model(init_from)
+    model = load_stage_model(init_from, t.lora)
     model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
     if t.trainable_layers is not None and not t.lora.enabled:
         freeze_below(model, t.trainable_layers)
@@ -398,7 +399,8 @@ def build_stage_trainer(
     padding = padding_stats([len(e.input_ids) for e in train_examples], t.micro_batch_size, seed=t.seed,
                             padding_free=args.padding_free, pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
     logger.info("stage '%s': padding %s", stage.config.name, padding)
-    return StageTrainer(stage, trainer, init_from, work, run_dir, train_examples, replay, metrics, padding)
+    return StageTrainer(stage, trainer, init_from, work, run_dir, train_examples, replay, metrics, padding,
+                        quantized=t.lora.quantize is not None)  # fmt: skip
 
 
 def run_stage_training(built: StageTrainer, *, resume: bool):
@@ -417,10 +419,57 @@ def run_stage_training(built: StageTrainer, *, resume: bool):
         logger.info("resuming stage '%s' from %s", name, checkpoint)
     built.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     model = built.trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: plain weights that transformers loads alone
+    if built.quantized:  # QLoRA: the adapters go onto full-precision weights, never the 4-bit ones
+        model = merge_into_full_precision(model, built.init_from)
+    elif hasattr(model, "merge_and_unload"):  # LoRA: plain weights that transformers loads alone
         model = model.merge_and_unload()
     model.config.use_cache = True
     return model
+
+
+def quantization_config(lora):
+    """transformers' BitsAndBytesConfig for `lora.quantize` (QLoRA's settings: NF4 weights, double
+    quantisation of the scales, bf16 compute), or None for a full-precision base."""
+    if lora.quantize is None:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+
+
+def load_stage_model(init_from: str, lora):
+    """The stage's starting weights: full precision (fp32; autocast does the rest), or with QLoRA the
+    same weights quantised to 4-bit on this process's GPU (recipe-checked: CUDA and bitsandbytes)."""
+    if lora.quantize is None:
+        return load_model(init_from)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from warmline.models import resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model(init_from).path, quantization_config=quantization_config(lora), dtype=torch.bfloat16,
+        device_map={"": _process_state().local_process_index},  # one whole copy per process (DDP)
+    )  # fmt: skip
+
+
+def merge_into_full_precision(peft_model, init_from: str):
+    """The stage's LoRA adapters merged into a full-precision copy of the weights they trained on.
+
+    Merging into 4-bit weights would round the update away (and re-quantise the base at every
+    stage); instead the trained adapter tensors are copied onto the fp32 base loaded afresh from
+    `init_from`, and merged there. Returns a plain transformers model."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    adapters = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
+    config = peft_model.peft_config[peft_model.active_adapter]
+    full = get_peft_model(load_model(init_from), config)
+    result = set_peft_model_state_dict(full, adapters)
+    if result.unexpected_keys:
+        raise RuntimeError(f"LoRA adapters did not fit the full-precision model: {result.unexpected_keys[:3]}")
+    return full.merge_and_unload()
 
 
 def publish_stage(built: StageTrainer, model, *, recipe: Recipe, stages: list[PreparedStage], tokenizer,
@@ -666,8 +715,9 @@ def _process_state():
 
 
 def check_launch() -> None:
-    """`accelerate launch --cpu --num_processes N` (N > 1) starts ONE process unless an MPI hostfile
-    is given: fail instead of silently training on one process when several were asked for."""
+    """Fail, naming the command that works, when a launch would not do what it asks: accelerate's
+    `--cpu --num_processes N` starts ONE process unless an MPI hostfile is given, and FSDP or DeepSpeed
+    on CPU processes would run as plain DDP."""
     from accelerate.utils import parse_flag_from_env
 
     asked_for_several = "MASTER_ADDR" in os.environ and parse_flag_from_env("ACCELERATE_USE_CPU")
@@ -677,6 +727,16 @@ def check_launch() -> None:
             "`accelerate launch --cpu --num_processes N` starts a single process (accelerate needs mpirun for "
             "several CPU processes); on a CPU-only machine launch with `accelerate launch --multi_gpu "
             "--num_processes N -m warmline train RECIPE` (torchrun; gloo when there is no CUDA), or drop --cpu"
+        )
+    sharding = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+                if parse_flag_from_env(flag)]  # fmt: skip
+    if sharding and not _cuda_available():
+        # accelerate enables FSDP only on accelerator devices: on CPU processes it would quietly run
+        # plain DDP (every process holding everything), not what the launch config promised.
+        raise RecipeError(
+            f"{sharding[0]} needs GPUs (accelerate does not shard on CPU processes; it would silently run plain "
+            "DDP); on a CPU-only machine launch with `accelerate launch --multi_gpu --num_processes N -m warmline "
+            "train RECIPE`, or use recipes/accelerate/multi-gpu-ddp.yaml"
         )
 
 
