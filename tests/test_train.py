@@ -514,3 +514,92 @@ def test_shipped_qlora_recipe_fails_here_naming_plain_lora_before_the_hub():
     assert recipe.training.lora.enabled and recipe.training.lora.quantize == "4bit"
     with pytest.raises(RecipeError, match="needs a CUDA GPU.*use plain LoRA instead"):
         train_mod.train_recipe(recipe)  # the hub is not asked: the check comes first
+
+
+# --- warmline train --plan ------------------------------------------------------------------------
+
+
+def test_plan_step_counts_equal_what_the_trainer_then_does(tmp_path, tiny_llama_dir):
+    """The plan's optimizer steps and examples per stage, against a real run of the same recipe
+    (1.5 epochs and a last, short accumulation step: the rounding the Trainer does)."""
+    from warmline.training.plan import plan_recipe
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.micro_batch_size=2", "stages.0.epochs=1.5",
+                                                              "stages.1.epochs=1"])  # fmt: skip
+    planned = {s.name: s for s in plan_recipe(recipe)["stages"]}
+    train_mod.train_recipe(recipe)
+    steps: dict[str, int] = {}
+    for stage, step in _log_steps(recipe.run_dir):
+        steps[stage] = max(steps.get(stage, 0), step)
+    assert steps == {name: s.optimizer_steps for name, s in planned.items()}
+    assert steps["alpha"] == 6  # 14 examples / micro 2 = 7 batches, accumulation 2 -> 4 per epoch x 1.5
+    for i, name in enumerate(["alpha", "beta"], start=1):
+        stats = json.loads((recipe.run_dir / f"stage-0{i}-{name}" / "data_stats.json").read_text())
+        assert planned[name].examples == stats["train_examples"] + stats["replay_examples"]
+        assert planned[name].accumulation_steps == 2 and planned[name].processes == 1
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_plan_steps_follow_accelerates_even_shards(processes):
+    from warmline.training.plan import optimizer_steps
+
+    # 18 examples, micro 2, global 8: 9 micro-batches; with 2 processes 5 each (accelerate tops up
+    # the last shard), accumulation 2 -> 3 steps; with 4 processes 3 each, accumulation 1 -> 3.
+    accumulation = 8 // (2 * processes)
+    assert optimizer_steps(18, 2, accumulation, processes, 1.0) == {1: 3, 2: 3, 4: 3}[processes]
+    assert optimizer_steps(18, 2, accumulation, processes, 2.5) == {1: 8, 2: 8, 4: 8}[processes]
+
+
+@pytest.mark.parametrize("overrides", [["training.lora.enabled=true", "training.lora.r=4"],
+                                       ["training.lora.enabled=true", "training.lora.r=8",
+                                        "training.lora.target_modules=[q_proj, v_proj]"],
+                                       ["training.trainable_layers=1"], []])  # fmt: skip
+def test_plan_counts_the_parameters_the_trainer_trains(tmp_path, tiny_llama_dir, overrides):
+    from warmline.training.plan import count_parameters
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), overrides)
+    counted = count_parameters(recipe)
+    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir, overrides)
+    model = built.trainer.model
+    trained = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    assert counted["trained"] == trained
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    assert counted["total"] == sum(p.numel() for p in {id(p): p for p in base.parameters()}.values())
+
+
+def test_plan_says_does_not_fit_and_names_the_setting(tmp_path, tiny_llama_dir, monkeypatch):
+    import warmline.hardware as hardware
+    from warmline.training.plan import estimate_memory, format_plan, plan_recipe
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.micro_batch_size=2"])
+    monkeypatch.setattr(hardware, "device_memory", lambda: ("cuda", 10 * 1024**2))  # a 10 MiB "GPU"
+    result = plan_recipe(recipe)
+    text = format_plan(result, recipe)
+    assert text.count("DOES NOT FIT") == 2
+    assert "lower training.micro_batch_size (now 2" in text  # activations + logits lead at this size
+    monkeypatch.setattr(hardware, "device_memory", lambda: ("cuda", 1 << 40))
+    assert "DOES NOT FIT" not in format_plan(plan_recipe(recipe), recipe)
+    # The parts move the way they must: LoRA trains less, 4-bit shrinks the weights, checkpointing
+    # the activations, and a longer max_length costs more.
+    params = result["parameters"]
+    full = estimate_memory(params, recipe, 64, "fp32", "cuda")
+    longer = estimate_memory(params, recipe, 128, "fp32", "cuda")
+    assert longer["activations"] > full["activations"] and longer["weights"] == full["weights"]
+    ck = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.micro_batch_size=2",
+                                                         "training.gradient_checkpointing=true"])  # fmt: skip
+    assert estimate_memory(params, ck, 64, "fp32", "cuda")["activations"] < full["activations"]
+    q = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=4bit"])
+    assert estimate_memory(params, q, 64, "bf16", "cuda")["weights"] < full["weights"]
+
+
+def test_cli_plan_prints_every_stage_and_trains_nothing(tmp_path, tiny_llama_dir):
+    from typer.testing import CliRunner
+
+    from warmline.cli import app
+
+    path = _recipe(tmp_path, tiny_llama_dir)
+    result = CliRunner().invoke(app, ["train", str(path), "--plan"])
+    assert result.exit_code == 0, result.output
+    assert "stage 'alpha'" in result.output and "stage 'beta'" in result.output
+    assert "optimizer steps 8: global batch 4 = micro 4 x accumulation 1 x 1 process(es)" in result.output
+    assert not (tmp_path / "runs").exists()

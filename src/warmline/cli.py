@@ -94,14 +94,25 @@ def train(
         bool, typer.Option(help="With --resume: keep finished stages trained with a different recipe.")
     ] = False,
     samples: Annotated[int, typer.Option(help="Print this many sample replies from the final model.")] = 0,
+    plan: Annotated[
+        bool, typer.Option(help="Print per stage examples, tokens, optimizer steps and estimated memory; train nothing.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Train the recipe's stages in order, each starting from the previous stage's weights."""
+    """Train the recipe's stages in order, each starting from the previous stage's weights.
+
+    Several GPUs: `accelerate launch --num_processes N -m warmline train RECIPE`."""
     _setup_logging(verbose)
     from warmline.recipe import load_recipe
-    from warmline.training.train import train_recipe
 
     loaded = load_recipe(recipe, overrides)
+    if plan:
+        from warmline.training.plan import format_plan, plan_recipe
+
+        typer.echo(format_plan(plan_recipe(loaded, str(recipe)), loaded))
+        return
+    from warmline.training.train import train_recipe
+
     train_recipe(loaded, recipe_path=recipe, resume=resume, force=force, samples=samples)
 
 

@@ -56,3 +56,14 @@ def configure_threads(num_threads: int | None = None) -> int:
     n = num_threads or physical_cores()
     torch.set_num_threads(n)
     return n
+
+
+def device_memory() -> tuple[str, int]:
+    """("cuda", the first GPU's memory) or ("cpu", the machine's RAM), in bytes."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_properties(0).total_memory
+    import psutil
+
+    return "cpu", psutil.virtual_memory().total

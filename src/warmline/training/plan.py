@@ -1,0 +1,253 @@
+"""`warmline train RECIPE --plan`: what a run will do and need, before it does anything.
+
+Per stage: examples and tokens after cleaning, optimizer steps (the Trainer's own arithmetic:
+batches per process, then accumulation, then epochs), batch sizes, parameters, and an estimate of
+peak memory per process. The model is built on the meta device, so no weights load.
+
+The memory estimate is a sum of named parts (weights, gradients, optimizer state, activations,
+logits, runtime); each part is a simple count, written out below, not a measurement. Activations
+in particular depend on kernels (attention implementation, fused losses) and are a rough upper
+estimate for the recipe's micro batch at the stage's max length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from warmline.recipe import Recipe
+
+GIB = 1024**3
+# Python, torch, transformers/TRL and the tokenizer resident before the model (CPU RSS), or the
+# CUDA context and allocator slack on a GPU. Rough, constant figures.
+RUNTIME_BYTES = {"cpu": int(0.9 * GIB), "cuda": int(1.0 * GIB)}
+ADAM_BYTES_PER_PARAM = 8  # two fp32 moments per trained parameter (torch AdamW)
+# Bytes per weight in 4-bit NF4 with double quantisation: 4 bits plus ~0.127 bits of scales.
+NF4_BYTES_PER_PARAM = (4 + 0.127) / 8
+
+
+@dataclass
+class StagePlan:
+    """What one stage will do and an estimate of what it needs, per process."""
+
+    name: str
+    examples: int
+    replayed: int
+    tokens: int
+    assistant_tokens: int
+    max_length: int
+    epochs: float
+    micro_batch_size: int
+    global_batch_size: int
+    accumulation_steps: int
+    processes: int
+    optimizer_steps: int
+    memory: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(self.memory.values())
+
+
+def optimizer_steps(examples: int, micro_batch_size: int, accumulation: int, processes: int, epochs: float) -> int:
+    """Optimizer steps the Trainer takes: micro-batches per process (accelerate evens the shards,
+    so the last one is topped up), steps per epoch rounded up, then `ceil(epochs x steps)`."""
+    batches = math.ceil(examples / micro_batch_size)
+    per_process = math.ceil(batches / processes)
+    per_epoch = max(math.ceil(per_process / accumulation), 1)
+    return math.ceil(epochs * per_epoch)
+
+
+def count_parameters(recipe: Recipe) -> dict[str, object]:
+    """Parameter counts from the model built on the meta device: total, trained (after
+    `trainable_layers` or LoRA), the share in linear layers (what 4-bit quantises), and shapes."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from warmline.models import resolve_model
+    from warmline.training.checks import LORA_LAYER_TYPES
+    from warmline.training.train import freeze_below, transformer_blocks
+
+    config = AutoConfig.from_pretrained(resolve_model(recipe.base_model).path)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # on the meta device the output head is not tied yet; loaded models are
+    t = recipe.training
+    unique = {id(p): p for p in model.parameters()}  # tied embeddings count once
+    total = sum(p.numel() for p in unique.values())
+    blocks = transformer_blocks(model)
+    output = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    if t.lora.enabled:
+        trained = _lora_parameters(model, t.lora, output, LORA_LAYER_TYPES)
+        layers_backpropagated = len(blocks)
+    elif t.trainable_layers is not None:
+        freeze_below(model, t.trainable_layers)
+        trained = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+        layers_backpropagated = min(t.trainable_layers, len(blocks))
+    else:
+        trained, layers_backpropagated = total, len(blocks)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None) or text.n_embd
+    return {
+        "total": total,
+        "trained": trained,
+        "linear_in_blocks": linear,
+        "layers": len(blocks),
+        "layers_backpropagated": layers_backpropagated,
+        "hidden": hidden,
+        "intermediate": getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden,
+        "heads": getattr(text, "num_attention_heads", None) or text.n_head,
+        "vocab": text.vocab_size,
+    }
+
+
+def _lora_parameters(model, lora, output_layer, layer_types) -> int:
+    """r x (in + out) per adapted layer, by PEFT's matching rule (all-linear skips the output head)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = LoraConfig(target_modules=lora.target_modules) if lora.target_modules != "all-linear" else None
+    total = 0
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind not in layer_types or kind == "Embedding" or module is output_layer:
+            continue
+        if config is not None and not check_target_module_exists(config, name):
+            continue
+        rows, cols = module.weight.shape  # Linear: (out, in); GPT-2's Conv1D: (in, out): the sum is the same
+        total += lora.r * (rows + cols)
+    return total
+
+
+def estimate_memory(params: dict, recipe: Recipe, max_length: int, precision: str, device: str) -> dict[str, int]:
+    """Peak bytes per process, by part. Weights are fp32 (autocast computes in bf16/fp16), or 4-bit
+    linear layers plus bf16 for the rest with QLoRA; gradients fp32 for trained parameters;
+    AdamW's two fp32 moments; activations stored for backward in the blocks that backpropagate."""
+    t = recipe.training
+    total, trained = params["total"], params["trained"]
+    if t.lora.quantize:
+        weights = params["linear_in_blocks"] * NF4_BYTES_PER_PARAM + (total - params["linear_in_blocks"]) * 2
+    else:
+        weights = total * 4
+    act_bytes = 2 if precision in {"bf16", "fp16"} else 4
+    tokens = t.micro_batch_size * max_length  # the worst micro batch: every example at max length
+    h, i, layers = params["hidden"], params["intermediate"], params["layers_backpropagated"]
+    # Tensors a decoder block saves for backward, per token: ~10 of width hidden (norm inputs and
+    # outputs, q/k/v, attention output, residuals) and ~5 of the MLP width (gate, up, activation,
+    # product, down input). Masked attention over a packed row (micro batch > 1 with packing) also
+    # keeps the attention weights: heads x row length per token.
+    per_token_layer = 10 * h + 5 * i
+    if t.packing and t.micro_batch_size > 1:
+        per_token_layer += params["heads"] * tokens
+    if t.gradient_checkpointing:  # each block's input, plus one block recomputed at a time
+        activations = tokens * (layers * h + per_token_layer) * act_bytes
+    else:
+        activations = tokens * layers * per_token_layer * act_bytes
+    # logits in the compute dtype, their fp32 upcast for the loss, and its gradient
+    logits = tokens * params["vocab"] * (act_bytes + 4 + 4)
+    return {
+        "weights": int(weights),
+        "gradients": int(trained * 4),
+        "optimizer": int(trained * ADAM_BYTES_PER_PARAM),
+        "activations": int(activations),
+        "logits": int(logits),
+        "runtime": RUNTIME_BYTES["cuda" if device == "cuda" else "cpu"],
+    }
+
+
+def plan_recipe(recipe: Recipe, source: str = "recipe", num_processes: int | None = None) -> dict:
+    """Everything `--plan` prints, as data: per-stage plans, parameters, device and its memory."""
+    from warmline.hardware import device_memory, resolve_precision
+    from warmline.training.checks import check_against_model
+    from warmline.training.train import (
+        _process_state,
+        accumulation_steps,
+        load_training_tokenizer,
+        prepare_stages,
+        replay_examples,
+    )
+
+    t = recipe.training
+    processes = num_processes or _process_state().num_processes
+    accumulation = accumulation_steps(t.global_batch_size, t.micro_batch_size, processes, source)
+    check_against_model(recipe, source)
+    precision = resolve_precision(t.precision)
+    device, memory_bytes = device_memory()
+    params = count_parameters(recipe)
+    tokenizer = load_training_tokenizer(recipe)
+    stages = prepare_stages(recipe, tokenizer, source)
+    plans = []
+    for stage in stages:
+        examples = stage.train + replay_examples(stages, stage, t.seed)
+        plans.append(StagePlan(
+            name=stage.config.name,
+            examples=len(examples),
+            replayed=len(examples) - len(stage.train),
+            tokens=sum(len(e.input_ids) for e in examples),
+            assistant_tokens=sum(sum(lbl != -100 for lbl in e.labels) for e in examples),
+            max_length=stage.config.max_length,
+            epochs=stage.config.epochs,
+            micro_batch_size=t.micro_batch_size,
+            global_batch_size=t.global_batch_size,
+            accumulation_steps=accumulation,
+            processes=processes,
+            optimizer_steps=optimizer_steps(len(examples), t.micro_batch_size, accumulation, processes,
+                                            stage.config.epochs),  # fmt: skip
+            memory=estimate_memory(params, recipe, stage.config.max_length, precision, device),
+        ))  # fmt: skip
+    return {"stages": plans, "parameters": params, "precision": precision, "device": device,
+            "device_memory_bytes": memory_bytes, "processes": processes}  # fmt: skip
+
+
+def advice(plan: StagePlan, recipe: Recipe) -> str:
+    """The setting to change first: the one behind the largest part of the estimate."""
+    part = max(("weights", "gradients", "optimizer", "activations", "logits"), key=lambda k: plan.memory[k])
+    t = recipe.training
+    if part in {"activations", "logits"}:
+        if t.micro_batch_size > 1:
+            return f"lower training.micro_batch_size (now {t.micro_batch_size}; accumulation keeps the global batch)"
+        if not t.gradient_checkpointing and part == "activations":
+            return "set training.gradient_checkpointing: true"
+        return f"lower stages.N.max_length (now {plan.max_length})"
+    if part in {"gradients", "optimizer"}:
+        return "train fewer parameters: training.lora.enabled: true (or training.trainable_layers: N)"
+    if not t.lora.quantize:
+        return ("load the base in 4-bit: training.lora: {enabled: true, quantize: 4bit} (CUDA), or shard it "
+                "with recipes/accelerate/fsdp-full-shard.yaml")
+    return "use a GPU with more memory, or shard with recipes/accelerate/deepspeed-zero3.yaml"
+
+
+def _trained_what(recipe: Recipe) -> str:
+    t = recipe.training
+    if t.lora.enabled:
+        return f"LoRA r={t.lora.r} on {t.lora.target_modules}"
+    return f"top {t.trainable_layers} blocks" if t.trainable_layers is not None else "all weights"
+
+
+def format_plan(result: dict, recipe: Recipe) -> str:
+    """The plan as the terminal table `--plan` prints."""
+    p, memory = result["parameters"], result["device_memory_bytes"]
+    lines = [
+        f"plan for '{recipe.name}': {result['processes']} process(es), precision {result['precision']}, "
+        f"device {result['device']} with {memory / GIB:.1f} GiB",
+        f"parameters: {p['total'] / 1e6:.1f}M, trained {p['trained'] / 1e6:.2f}M "
+        f"({_trained_what(recipe)}"
+        f"{', base in 4-bit' if recipe.training.lora.quantize else ''})",
+    ]
+    for s in result["stages"]:
+        m = s.memory
+        # Processes on one CPU machine share its memory; GPUs each have their own.
+        need = s.peak_bytes * (s.processes if result["device"] == "cpu" else 1)
+        fits = "fits" if need <= memory else f"DOES NOT FIT: {advice(s, recipe)}"
+        lines += [
+            f"stage '{s.name}': {s.examples} examples ({s.replayed} replayed), {s.tokens} tokens "
+            f"({s.assistant_tokens} trained), max_length {s.max_length}, {s.epochs:g} epoch(s)",
+            f"  optimizer steps {s.optimizer_steps}: global batch {s.global_batch_size} = micro {s.micro_batch_size} "
+            f"x accumulation {s.accumulation_steps} x {s.processes} process(es)",
+            f"  peak memory per process ~{s.peak_bytes / GIB:.2f} GiB (weights {m['weights'] / GIB:.2f}, gradients "
+            f"{m['gradients'] / GIB:.2f}, optimizer {m['optimizer'] / GIB:.2f}, activations {m['activations'] / GIB:.2f}, "
+            f"logits {m['logits'] / GIB:.2f}, runtime {m['runtime'] / GIB:.2f}): {fits}",
+        ]
+    return "\n".join(lines)
