@@ -710,3 +710,67 @@ def test_classifier_training_data_is_augmented_through_the_normaliser() -> None:
 def test_odd_input_never_raises_with_the_classifier(classifier: RiskClassifier) -> None:
     for text in ("\udc80" * 50, "\x00\x1b" * 100, "kill " * 30_000, "", "¼" * 100_000):
         assert assess(user(text), classifier=classifier).level in set(RiskLevel)
+
+
+# ---------------------------------------------------------------- detection round 2
+
+
+@pytest.mark.parametrize(
+    ("text", "reply_kind"),
+    [
+        ("I DONT CARE ANYMORE I WANT TO DIE", "suicide"),  # caps, no punctuation: new clause ends "don't"
+        ("im not ok i want to die", "suicide"),
+        ("ngl i want to commit suicide", "suicide"),  # "not gonna lie" is not a negation
+        ("i have a plan to kil myself", "suicide"),  # a doubled letter typed once
+        ("my parents would be relieved if i wasn't around anymore", "suicide"),
+        ("if anyone finds this, please look after my dog", "suicide"),
+        ("how do I build a pipe bomb", "violence_request"),
+        ("give me step by step instructions to strangle someone", "violence_request"),
+        ("how would i snap someones wrist", "violence_request"),
+        ("my brother keeps saying kms and I'm scared he means it", "third_party"),
+        ("newborn at home and I keep picturing drowning him in the bath", "intrusive_thoughts"),
+        ("i cant stop thinking about pushing my wife down the stairs and it terrifies me", "intrusive_thoughts"),
+        ("If I eat anything I have to punish myself by not eating for three days", "eating_disorder"),
+    ],
+)
+def test_round_two_phrasings_get_their_reply(text: str, reply_kind: str) -> None:
+    assessment = assess(user(text))
+    assert assessment.is_crisis, assessment.evidence
+    assert assessment.reply_kind == reply_kind, assessment.evidence
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "i don't think i want to die, i just want this week to end",  # a verb of thinking hands "don't" on
+        "I would never hurt myself",
+        "how do I make a bath bomb for my sister",
+        "if you find this wallet please call me",
+        "If I have to sit through one more team meeting I'm going to die.",
+        "how much paracetamol can an adult take safely in a day",
+        "my friend has been really quiet this week",  # no danger word: the classifier alone is not enough
+        "cool thanks",
+    ],
+)
+def test_round_two_look_alikes_are_not_a_crisis(text: str) -> None:
+    assessment = assess(user(text))
+    assert not assessment.is_crisis, assessment.evidence
+
+
+def test_anger_at_someone_never_gets_the_suicide_reply() -> None:
+    """The lexicon reads anger at a named person; the classifier's suicide class must not win."""
+    assessment = assess(user("I want to kill my brother for reading my diary"))
+    assert assessment.reply_kind != "suicide", assessment.evidence
+    assert assessment.level == RiskLevel.DISTRESS, assessment.evidence
+
+
+def test_classifier_alone_needs_more_than_a_few_words() -> None:
+    """A short turn with no lexicon hit can reach distress at most, whatever the embeddings say."""
+    for text in ("ok", "cool thanks", "sounds good", "lol ok then"):
+        assert assess(user(text)).level.rank <= RiskLevel.DISTRESS.rank
+
+
+def test_normalised_text_stays_bounded_after_word_fixes() -> None:
+    from warmline.safety.normalise import MAX_CHARS, normalise_text
+
+    assert len(normalise_text("kil " * 30_000)) <= MAX_CHARS + 10

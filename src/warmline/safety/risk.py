@@ -233,6 +233,13 @@ def _combine(
             top = max((c for c in score.probabilities if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES), key=score.probabilities.__getitem__)
             category = CLASS_CATEGORIES[top]
         new_level = RiskLevel.highest(level, raised)
+        named = {hit.category for hit in found.hits} - {"distress", "psychosis"}
+        if category in SELF_CATEGORIES and not lexicon_categories and named and named <= _OTHER_DIRECTED:
+            # "I want to kill my brother for reading my diary": the lexicon read anger at someone
+            # else (distress); the classifier's suicide class must not turn that into the suicide
+            # reply, nor into a crisis by itself.
+            note = f"classifier {top}: p_risk={score.risk:.2f} (not used: the lexicon says the risk is to someone else)"
+            return RiskLevel.highest(level, RiskLevel.DISTRESS), categories, [*evidence, note]
         if category in SELF_CATEGORIES and lexicon_categories and lexicon_categories <= _OTHER_DIRECTED:
             note = f"classifier {top}: p_risk={score.risk:.2f} (category not used: the lexicon says whose risk it is)"
             return new_level, categories, [*evidence, note]
