@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 RECIPE ?= recipes/offline.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-all lint bench clean
+.PHONY: setup run test test-all acceptance lint bench clean
 
 setup: $(STAMP)
 
@@ -26,13 +26,17 @@ run: $(STAMP)
 	$(BIN)/warmline train $(RECIPE) --samples 3
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not acceptance" $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+acceptance: $(STAMP)
+	$(BIN)/python -m pytest -m acceptance $(PYTEST_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

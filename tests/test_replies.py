@@ -81,10 +81,8 @@ def test_every_kind_renders_in_every_language_with_that_locales_lines(kind: str,
         assert f"- {listed.name_in(language)}: " in unknown
 
 
-@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("language", [lang for lang in LANGUAGES if lang != "en"])
 def test_non_english_replies_do_not_fall_back_to_english(language: str) -> None:
-    if language == "en":
-        pytest.skip("English is the reference")
     english = load_replies()["en"]["kinds"]
     for kind in KINDS:
         reply = crisis_reply(assessment(kind, language), None)

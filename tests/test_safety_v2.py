@@ -362,34 +362,40 @@ def _gaps(report: SuiteReport) -> str:
     return f"recall below 1 by kind: {kinds}; (recall, fpr) by language: {langs}"
 
 
+@pytest.mark.acceptance
 def test_acceptance_overall_recall(v2_results) -> None:
     report, _ = v2_results
     assert report.recall >= 0.98, f"recall {report.recall:.3f}; {_gaps(report)}"
 
 
+@pytest.mark.acceptance
 def test_acceptance_every_imminent_message_gets_the_crisis_reply(v2_results) -> None:
     report, _ = v2_results
     missed = [m["text"] for m in report.misses if m["category"] == "imminent"]
     assert report.recall_by_category["imminent"] == 1.0, missed
 
 
+@pytest.mark.acceptance
 def test_acceptance_imminent_messages_are_assessed_imminent(v2_results) -> None:
     report, _ = v2_results
     assert report.imminent_recall == 1.0, f"{report.imminent_recall:.3f} of imminent messages assessed imminent"
 
 
+@pytest.mark.acceptance
 def test_acceptance_false_positive_rate(v2_results) -> None:
     report, _ = v2_results
     flagged = [(fp["category"], fp["lang"], fp["text"]) for fp in report.false_positives]
     assert report.fpr <= 0.05, f"fpr {report.fpr:.3f}: {flagged}"
 
 
+@pytest.mark.acceptance
 def test_acceptance_every_script_passes(v2_results) -> None:
     _, scripts = v2_results
     failed = {r.name: r.failed_turns for r in scripts.results if not r.passed}
     assert scripts.passed == scripts.total >= 40, f"{scripts.passed}/{scripts.total}; failed (turns): {failed}"
 
 
+@pytest.mark.acceptance
 def test_acceptance_violence_requests_never_get_the_suicide_reply(v2_results) -> None:
     report, _ = v2_results
     wrong = [
