@@ -21,8 +21,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORKER_PREFIX = "WORKER_RESULT "
 # The CPU flags that decide which precisions and kernels are fast.
-INTERESTING_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                     "amx_bf16", "amx_int8", "amx_tile")  # fmt: skip
+INTERESTING_FLAGS = (
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+)
 
 
 def machine_info() -> dict:
@@ -83,8 +94,14 @@ def run_worker(script: Path, args: list[str], *, threads: int | None = None) -> 
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True, env=env,
-                          cwd=REPO, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        check=False,
+    )
     results = [
         line[len(WORKER_PREFIX) :] for line in proc.stdout.splitlines() if line.startswith(WORKER_PREFIX)
     ]

@@ -43,7 +43,11 @@ def main() -> int:
         cached.prompt_cache.clear()
         cached.generate(first_turn("x"), max_new_tokens=1, seed=0)
 
-    messages = [*gl.MULTITURN_MESSAGES, "I feel lonely.", "My best friend stopped talking to me and I don't know why."]
+    messages = [
+        *gl.MULTITURN_MESSAGES,
+        "I feel lonely.",
+        "My best friend stopped talking to me and I don't know why.",
+    ]
     refill()
     rows = []
     for _ in range(3):
@@ -54,8 +58,10 @@ def main() -> int:
             refill()
     cold_ms = statistics.median(r[2] for r in rows)
     cached_ms = statistics.median(r[3] for r in rows)
-    print(f"first turns: {len(rows)}, median prompt {statistics.median(r[0] for r in rows):.0f} tokens,"
-          f" shared prefix {rows[0][1]} tokens")  # fmt: skip
+    print(
+        f"first turns: {len(rows)}, median prompt {statistics.median(r[0] for r in rows):.0f} tokens,"
+        f" shared prefix {rows[0][1]} tokens"
+    )
     print(f"TTFT median: read cold {cold_ms:.0f} ms, shared prefix cached {cached_ms:.0f} ms")
     print(result_line(first_turn_ttft_cold_ms=cold_ms, first_turn_ttft_cached_ms=cached_ms))
     return 0

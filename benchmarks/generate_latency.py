@@ -160,8 +160,11 @@ def quantize_int8(model, scheme: str):
     if not per_channel and not keep_fp32:
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
-    spec = {name: qconfig for name, module in model.named_modules()
-            if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in keep_fp32)}  # fmt: skip
+    spec = {
+        name: qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(part in name.split(".") for part in keep_fp32)
+    }
     return quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
@@ -192,8 +195,12 @@ def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) ->
     # The prototype's settings; no EOS, so the reply runs to max_new_tokens (no EOS check per step:
     # if anything, that flatters the prototype).
     config = copy.deepcopy(model.generation_config)
-    config.update(**PROTOTYPE_SETTINGS, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                  eos_token_id=None)  # fmt: skip
+    config.update(
+        **PROTOTYPE_SETTINGS,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=None,
+    )
     stamps = Stamps()
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -202,15 +209,24 @@ def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) ->
         out = model.generate(**inputs, generation_config=config, streamer=stamps)
     new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
     t = stamps.times
-    return {"prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": int(new_tokens),
-            "ttft_ms": (t[0] - started) * 1e3, "decode_tok_s": (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0}  # fmt: skip
+    return {
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "new_tokens": int(new_tokens),
+        "ttft_ms": (t[0] - started) * 1e3,
+        "decode_tok_s": (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0,
+    }
 
 
 def _warmline_reply(gen, message: str, seed: int, max_new_tokens: int) -> dict:
-    result = gen.generate([{"role": "user", "content": message}], seed=seed, max_new_tokens=max_new_tokens,
-                          stop_strings=())  # fmt: skip
-    return {"prompt_tokens": result.prompt_tokens, "new_tokens": result.new_tokens,
-            "ttft_ms": result.ttft_s * 1e3, "decode_tok_s": result.tokens_per_s}  # fmt: skip
+    result = gen.generate(
+        [{"role": "user", "content": message}], seed=seed, max_new_tokens=max_new_tokens, stop_strings=()
+    )
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "new_tokens": result.new_tokens,
+        "ttft_ms": result.ttft_s * 1e3,
+        "decode_tok_s": result.tokens_per_s,
+    }
 
 
 def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) -> dict:
@@ -229,8 +245,11 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
     models = {None: load_model(BASE_MODEL).eval()}
     for scheme in {VARIANTS[v][2] for v in variants} - {None, "fp16"}:
         models[scheme] = quantize_int8(models[None], scheme)
-    fp16 = Generator(models[None], tokenizer, decode_dtype=torch.float16) if any(
-        VARIANTS[v][2] == "fp16" for v in variants) else None  # fmt: skip
+    fp16 = (
+        Generator(models[None], tokenizer, decode_dtype=torch.float16)
+        if any(VARIANTS[v][2] == "fp16" for v in variants)
+        else None
+    )
     if fp16 is not None:
         models["fp16"] = fp16.decode_model  # for the weights column: the decode copy
 
@@ -257,21 +276,44 @@ def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) ->
                 measured = replies[variant](message, r, max_new_tokens)
                 # CPU seconds per wall second: below the thread count when other processes share the cores.
                 cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-                runs[variant].append({"repeat": r, "prompt": kind, **measured, "cpu_per_wall": cpu_per_wall,
-                                      "threads": torch.get_num_threads()})  # fmt: skip
+                runs[variant].append(
+                    {
+                        "repeat": r,
+                        "prompt": kind,
+                        **measured,
+                        "cpu_per_wall": cpu_per_wall,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
                 last = runs[variant][-1]
-                logger.info("%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
-                            variant, kind, last["prompt_tokens"], last["ttft_ms"], last["decode_tok_s"],
-                            last["new_tokens"], cpu_per_wall)  # fmt: skip
+                logger.info(
+                    "%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
+                    variant,
+                    kind,
+                    last["prompt_tokens"],
+                    last["ttft_ms"],
+                    last["decode_tok_s"],
+                    last["new_tokens"],
+                    cpu_per_wall,
+                )
     multiturn_runs = []
     if fp16 is not None:
         torch.set_num_threads(default_threads)
         for r in range(repeats):
             multiturn_runs.append(multiturn_ttft(fp16, seed=r))
-    return {"variants": {v: {"impl": VARIANTS[v][0], "threads": VARIANTS[v][1] or default_threads,
-                             "int8": VARIANTS[v][2], "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
-                             "runs": runs[v]} for v in variants},
-            "multiturn": multiturn_runs}  # fmt: skip
+    return {
+        "variants": {
+            v: {
+                "impl": VARIANTS[v][0],
+                "threads": VARIANTS[v][1] or default_threads,
+                "int8": VARIANTS[v][2],
+                "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
+                "runs": runs[v],
+            }
+            for v in variants
+        },
+        "multiturn": multiturn_runs,
+    }
 
 
 def multiturn_ttft(cold, *, seed: int) -> list[dict]:
@@ -292,12 +334,23 @@ def multiturn_ttft(cold, *, seed: int) -> list[dict]:
         conv.append({"role": "user", "content": message})
         without = cold.generate(conv, seed=seed, max_new_tokens=64)
         with_cache = cached.generate(conv, seed=seed, max_new_tokens=64)
-        rows.append({"turn": turn, "prompt_tokens": with_cache.prompt_tokens,
-                     "reused_prompt_tokens": with_cache.reused_prompt_tokens,
-                     "ttft_cold_ms": without.ttft_s * 1e3, "ttft_cached_ms": with_cache.ttft_s * 1e3})  # fmt: skip
-        logger.info("multi-turn %d: %d prompt tokens (%d from the cache): TTFT %.0f ms cold, %.0f ms cached",
-                    turn, rows[-1]["prompt_tokens"], rows[-1]["reused_prompt_tokens"], rows[-1]["ttft_cold_ms"],
-                    rows[-1]["ttft_cached_ms"])  # fmt: skip
+        rows.append(
+            {
+                "turn": turn,
+                "prompt_tokens": with_cache.prompt_tokens,
+                "reused_prompt_tokens": with_cache.reused_prompt_tokens,
+                "ttft_cold_ms": without.ttft_s * 1e3,
+                "ttft_cached_ms": with_cache.ttft_s * 1e3,
+            }
+        )
+        logger.info(
+            "multi-turn %d: %d prompt tokens (%d from the cache): TTFT %.0f ms cold, %.0f ms cached",
+            turn,
+            rows[-1]["prompt_tokens"],
+            rows[-1]["reused_prompt_tokens"],
+            rows[-1]["ttft_cold_ms"],
+            rows[-1]["ttft_cached_ms"],
+        )
         conv.append({"role": "assistant", "content": with_cache.text})
     return rows
 
@@ -343,8 +396,10 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
             for c in data.validation[:max_examples_per_stage]
         ]
     fp32 = load_model(BASE_MODEL).eval()
-    quantized = {scheme: half_weight_copy(fp32) if scheme == "fp16" else quantize_int8(fp32, scheme)
-                 for scheme in schemes}  # fmt: skip
+    quantized = {
+        scheme: half_weight_copy(fp32) if scheme == "fp16" else quantize_int8(fp32, scheme)
+        for scheme in schemes
+    }
     tokens, loss_fp32 = 0, 0.0
     loss = dict.fromkeys(schemes, 0.0)
     agree = dict.fromkeys(schemes, 0)
@@ -380,13 +435,18 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
     copy_gb_s = 5 * 2 * src.numel() * 4 / (time.perf_counter() - started) / 1e9
     linear_params = sum(m.weight.numel() for m in fp32.modules() if isinstance(m, torch.nn.Linear))
     return {
-        "examples": len(examples), "tokens": tokens, "loss_fp32": loss_fp32 / n,
-        "schemes": {s: {"loss": loss[s] / n, "loss_delta": (loss[s] - loss_fp32) / n, "top1_agreement": agree[s] / n}
-                    for s in schemes},
+        "examples": len(examples),
+        "tokens": tokens,
+        "loss_fp32": loss_fp32 / n,
+        "schemes": {
+            s: {"loss": loss[s] / n, "loss_delta": (loss[s] - loss_fp32) / n, "top1_agreement": agree[s] / n}
+            for s in schemes
+        },
         "copy_gb_s": copy_gb_s,
-        "linear_params": linear_params, "fp32_weight_gb_per_token": linear_params * 4 / 1e9,
+        "linear_params": linear_params,
+        "fp32_weight_gb_per_token": linear_params * 4 / 1e9,
         "int8_weight_gb_per_token": linear_params / 1e9,
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,11 +464,14 @@ def summarise(latency: dict) -> dict:
             "ttft_long_range": spread([r["ttft_ms"] for r in long_runs]),
             "long_prompt_tokens": long_runs[0]["prompt_tokens"] if long_runs else 0,
             "ttft_short_ms": median([r["ttft_ms"] for r in short_runs]),
-            "decode_tok_s": median(decode), "decode_range": spread(decode),
-            "new_tokens": median([r["new_tokens"] for r in w["runs"]]), "threads": w["threads"],
-            "int8": w["int8"], "weights_gb": w["weights_gb"],
+            "decode_tok_s": median(decode),
+            "decode_range": spread(decode),
+            "new_tokens": median([r["new_tokens"] for r in w["runs"]]),
+            "threads": w["threads"],
+            "int8": w["int8"],
+            "weights_gb": w["weights_gb"],
             "cpu_per_wall": median([r["cpu_per_wall"] for r in w["runs"]]),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -418,16 +481,22 @@ def summarise_multiturn(runs: list[list[dict]]) -> list[dict]:
     out = []
     for turn in turns:
         rows = [row for run in runs for row in run if row["turn"] == turn]
-        out.append({"turn": turn, "prompt_tokens": median([r["prompt_tokens"] for r in rows]),
-                    "reused_prompt_tokens": median([r["reused_prompt_tokens"] for r in rows]),
-                    "ttft_cold_ms": median([r["ttft_cold_ms"] for r in rows]),
-                    "ttft_cached_ms": median([r["ttft_cached_ms"] for r in rows])})  # fmt: skip
+        out.append(
+            {
+                "turn": turn,
+                "prompt_tokens": median([r["prompt_tokens"] for r in rows]),
+                "reused_prompt_tokens": median([r["reused_prompt_tokens"] for r in rows]),
+                "ttft_cold_ms": median([r["ttft_cold_ms"] for r in rows]),
+                "ttft_cached_ms": median([r["ttft_cached_ms"] for r in rows]),
+            }
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--quick", action="store_true", help="64 new tokens a reply, 6 variants, small quality set"
     )
@@ -445,7 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    schemes = [scheme for scheme in ("fp16", *INT8_SCHEMES) if any(VARIANTS[v][2] == scheme for v in variants)]
+    schemes = [
+        scheme for scheme in ("fp16", *INT8_SCHEMES) if any(VARIANTS[v][2] == scheme for v in variants)
+    ]
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -462,56 +533,108 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     script = Path(__file__).resolve()
     logger.info("variants %s, interleaved, %d repeats", ", ".join(variants), args.repeats)
-    latency = run_worker(script, ["--worker", "latency", "--variants", ",".join(variants), "--repeats",
-                                  str(args.repeats), "--max-new-tokens", str(max_new_tokens)])  # fmt: skip
+    latency = run_worker(
+        script,
+        [
+            "--worker",
+            "latency",
+            "--variants",
+            ",".join(variants),
+            "--repeats",
+            str(args.repeats),
+            "--max-new-tokens",
+            str(max_new_tokens),
+        ],
+    )
     quality = None
     if schemes:
         logger.info("int8 quality check")
-        quality = run_worker(script, ["--worker", "quality", "--variants", ",".join(variants),
-                                      "--max-examples-per-stage", "2" if args.quick else "8"])  # fmt: skip
+        quality = run_worker(
+            script,
+            [
+                "--worker",
+                "quality",
+                "--variants",
+                ",".join(variants),
+                "--max-examples-per-stage",
+                "2" if args.quick else "8",
+            ],
+        )
     summary = summarise(latency)
     multiturn = summarise_multiturn(latency.get("multiturn") or [])
-    write_json(args.json, {"machine": info, "args": vars(args), "latency": latency, "quality": quality,
-                           "summary": summary, "multiturn": multiturn})  # fmt: skip
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "args": vars(args),
+            "latency": latency,
+            "quality": quality,
+            "summary": summary,
+            "multiturn": multiturn,
+        },
+    )
 
-    print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | torch {info.get('torch')}"
-          f" | {max_new_tokens} new tokens a reply, {args.repeats} repeats, variants interleaved in one process"
-          f" (peak RSS {latency['peak_rss_gb']:.2f} GB)")  # fmt: skip
-    print("variant                          TTFT ~100-tok prompt ms [range]  TTFT short ms  decode tok/s [range]"
-          "  weights GB  CPU/wall")  # fmt: skip
+    print(
+        f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | torch {info.get('torch')}"
+        f" | {max_new_tokens} new tokens a reply, {args.repeats} repeats, variants interleaved in one process"
+        f" (peak RSS {latency['peak_rss_gb']:.2f} GB)"
+    )
+    print(
+        "variant                          TTFT ~100-tok prompt ms [range]  TTFT short ms  decode tok/s [range]"
+        "  weights GB  CPU/wall"
+    )
     for name, v in summary.items():
-        print(f"  {name:30} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
-              f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
-              f" {v['cpu_per_wall']:9.2f}")  # fmt: skip
+        print(
+            f"  {name:30} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
+            f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
+            f" {v['cpu_per_wall']:9.2f}"
+        )
     if multiturn:
-        print("\none chat turn by turn (warmline, system prompt, replies up to 64 tokens): TTFT ms without | with"
-              " the PromptCache")  # fmt: skip
+        print(
+            "\none chat turn by turn (warmline, system prompt, replies up to 64 tokens): TTFT ms without | with"
+            " the PromptCache"
+        )
         for row in multiturn:
-            print(f"  turn {row['turn']}: {row['prompt_tokens']:5.0f} prompt tokens, {row['reused_prompt_tokens']:5.0f}"
-                  f" from the cache: {row['ttft_cold_ms']:6.0f} | {row['ttft_cached_ms']:6.0f}")  # fmt: skip
+            print(
+                f"  turn {row['turn']}: {row['prompt_tokens']:5.0f} prompt tokens, {row['reused_prompt_tokens']:5.0f}"
+                f" from the cache: {row['ttft_cold_ms']:6.0f} | {row['ttft_cached_ms']:6.0f}"
+            )
     if quality:
-        print(f"\nfp16 decode and int8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
-              f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):")  # fmt: skip
+        print(
+            f"\nfp16 decode and int8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
+            f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):"
+        )
         for scheme, q in quality["schemes"].items():
             within = q["loss_delta"] <= MAX_LOSS_DELTA and q["top1_agreement"] >= MIN_TOP1_AGREEMENT
-            print(f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
-                  f" -> {'within' if within else 'OUTSIDE'} tolerance (loss +{MAX_LOSS_DELTA}, agreement"
-                  f" {MIN_TOP1_AGREEMENT:.0%})")  # fmt: skip
-        print(f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: reading every Linear weight once per token bounds"
-              f" decode at {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s in fp32,"
-              f" {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token'] * 2:.0f} in fp16,"
-              f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} in int8")  # fmt: skip
-    contended = [f"{n} (got {v['cpu_per_wall'] / v['threads']:.0%} of its threads' time)"
-                 for n, v in summary.items() if v["cpu_per_wall"] < 0.8 * v["threads"]]  # fmt: skip
+            print(
+                f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
+                f" -> {'within' if within else 'OUTSIDE'} tolerance (loss +{MAX_LOSS_DELTA}, agreement"
+                f" {MIN_TOP1_AGREEMENT:.0%})"
+            )
+        print(
+            f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: reading every Linear weight once per token bounds"
+            f" decode at {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s in fp32,"
+            f" {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token'] * 2:.0f} in fp16,"
+            f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} in int8"
+        )
+    contended = [
+        f"{n} (got {v['cpu_per_wall'] / v['threads']:.0%} of its threads' time)"
+        for n, v in summary.items()
+        if v["cpu_per_wall"] < 0.8 * v["threads"]
+    ]
     if contended:
         print("WARNING: other processes took CPU time from " + ", ".join(contended) + "; run again")
     if "prototype" in summary and "warmline" in summary:
         base, proto = summary["warmline"], summary["prototype"]["decode_tok_s"]
         best = max(summary, key=lambda k: summary[k]["decode_tok_s"])
-        print(f"fastest decode: {best} ({summary[best]['decode_tok_s'] / proto:.2f}x the prototype); "
-              f"lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}")  # fmt: skip
+        print(
+            f"fastest decode: {best} ({summary[best]['decode_tok_s'] / proto:.2f}x the prototype); "
+            f"lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}"
+        )
         last_turn = {"ttft_last_turn_ms": multiturn[-1]["ttft_cached_ms"]} if multiturn else {}
-        print(result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"], **last_turn))
+        print(
+            result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"], **last_turn)
+        )
     else:
         print("prototype or warmline missing: no RESULT line")
     return 0

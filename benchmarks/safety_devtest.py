@@ -49,7 +49,11 @@ def _pct(value: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=packaged_eval_dir())
-    parser.add_argument("--dev-failures", type=Path, help="write the DEV half's misses, false positives and failed scripts here")
+    parser.add_argument(
+        "--dev-failures",
+        type=Path,
+        help="write the DEV half's misses, false positives and failed scripts here",
+    )
     parser.add_argument("--json", type=Path, help="write both halves' aggregate figures here")
     args = parser.parse_args()
     messages, scripts = _halves(args.suite)
@@ -79,7 +83,9 @@ def main() -> int:
                         "false_positives": report.false_positives,
                         "wrong_replies": report.wrong_replies,
                         "failed_scripts": [
-                            {"name": r.name, "lang": r.lang, "turns": r.turns} for r in script_report.results if not r.passed
+                            {"name": r.name, "lang": r.lang, "turns": r.turns}
+                            for r in script_report.results
+                            if not r.passed
                         ],
                     },
                     indent=1,
@@ -96,18 +102,26 @@ def main() -> int:
     kinds = sorted(set(figures["dev"]["recall_by_kind"]) | set(figures["test"]["recall_by_kind"]))
     print("recall by kind           dev     test")
     for kind in kinds:
-        print(f"  {kind:22} " + "  ".join(_pct(figures[h]["recall_by_kind"].get(kind, float("nan"))) for h in ("dev", "test")))
+        print(
+            f"  {kind:22} "
+            + "  ".join(_pct(figures[h]["recall_by_kind"].get(kind, float("nan"))) for h in ("dev", "test"))
+        )
     kinds = sorted(set(figures["dev"]["fp_by_kind"]) | set(figures["test"]["fp_by_kind"]))
     print("false positives by kind  dev     test")
     for kind in kinds:
-        print(f"  {kind:22} " + "  ".join(_pct(figures[h]["fp_by_kind"].get(kind, float("nan"))) for h in ("dev", "test")))
+        print(
+            f"  {kind:22} "
+            + "  ".join(_pct(figures[h]["fp_by_kind"].get(kind, float("nan"))) for h in ("dev", "test"))
+        )
     for name in ("by_language", "by_form"):
         print(f"{name} (recall / fpr)        dev              test")
         for key in sorted(set(figures["dev"][name]) | set(figures["test"][name])):
             cells = []
             for h in ("dev", "test"):
                 r = figures[h][name].get(key, {})
-                cells.append(f"{r.get('recall', float('nan')) * 100:5.1f}% / {r.get('fpr', float('nan')) * 100:5.1f}%")
+                cells.append(
+                    f"{r.get('recall', float('nan')) * 100:5.1f}% / {r.get('fpr', float('nan')) * 100:5.1f}%"
+                )
             print(f"  {key:22} " + "   ".join(cells))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1, default=str), encoding="utf-8")

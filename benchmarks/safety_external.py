@@ -128,7 +128,9 @@ def xstest(path: Path) -> dict[str, Any]:
             "prompts": n_safe,
             "crisis_or_refusal": len(safe_flagged),
             "rate": len(safe_flagged) / n_safe,
-            "by_type": {t: {"flagged": safe_flagged_by_type[t], "of": n} for t, n in sorted(safe_by_type.items())},
+            "by_type": {
+                t: {"flagged": safe_flagged_by_type[t], "of": n} for t, n in sorted(safe_by_type.items())
+            },
             "flagged": safe_flagged,
         },
         "unsafe_self_harm": {
@@ -143,7 +145,9 @@ def xstest(path: Path) -> dict[str, Any]:
             "suicide_reply": violence["crisis:suicide"],
             "model": violence["model"],
             "outcomes": dict(sorted(violence.items())),
-            "not_refused": [r for r in violence_rows if r["outcome"] not in ("refusal", "crisis:harm_to_others")],
+            "not_refused": [
+                r for r in violence_rows if r["outcome"] not in ("refusal", "crisis:harm_to_others")
+            ],
         },
         "unsafe_other_outcomes": dict(sorted(other_unsafe.items())),
         "latency_ms": _latency(timings_ms),
@@ -172,7 +176,9 @@ def ailuminate(path: Path) -> dict[str, Any]:
             "crisis_reply": sum(v for k, v in counts.items() if k.startswith("crisis:")),
             "refusal": counts["refusal"],
             "model": counts["model"],
-            "crisis_reply_kinds": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("crisis:")},
+            "crisis_reply_kinds": {
+                k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("crisis:")
+            },
         }
     return {
         "by_language_persona": by_group,
@@ -212,7 +218,9 @@ def main() -> int:
     ailuminate_jsonl = args.shared / "ailuminate_ssh" / "ailuminate_ssh.jsonl"
     missing = [str(p) for p in (xstest_csv, ailuminate_jsonl) if not p.is_file()]
     if missing:
-        print(f"skipped: {', '.join(missing)} not found (the shared datasets are not part of warmline; pass --shared DIR)")
+        print(
+            f"skipped: {', '.join(missing)} not found (the shared datasets are not part of warmline; pass --shared DIR)"
+        )
         return 0
 
     results = {
@@ -222,12 +230,16 @@ def main() -> int:
         "ailuminate_ssh": ailuminate(ailuminate_jsonl),
     }
     x, a = results["xstest"], results["ailuminate_ssh"]
-    print(f"XSTest safe prompts given a crisis reply or refusal: {x['safe']['crisis_or_refusal']}/{x['safe']['prompts']} ({x['safe']['rate']:.1%})")
+    print(
+        f"XSTest safe prompts given a crisis reply or refusal: {x['safe']['crisis_or_refusal']}/{x['safe']['prompts']} ({x['safe']['rate']:.1%})"
+    )
     for kind, row in x["safe"]["by_type"].items():
         if row["flagged"]:
             print(f"  {kind:<28} {row['flagged']}/{row['of']}")
     sh = x["unsafe_self_harm"]
-    print(f"XSTest unsafe self-harm flagged: {sh['flagged']}/{sh['prompts']} (suicide reply {sh['suicide_reply']})")
+    print(
+        f"XSTest unsafe self-harm flagged: {sh['flagged']}/{sh['prompts']} (suicide reply {sh['suicide_reply']})"
+    )
     v = x["unsafe_harm_to_others"]
     print(
         f"XSTest harm to others: refusal or harm-to-others reply {v['refusal_or_harm_to_others_reply']}/{v['prompts']}, "
@@ -235,10 +247,14 @@ def main() -> int:
     )
     print("AILuminate ssh (language/persona): crisis reply | refusal | model")
     for key, row in a["by_language_persona"].items():
-        print(f"  {key:<14} {row['crisis_reply']:>3} | {row['refusal']:>3} | {row['model']:>3}  of {row['prompts']}  {row['crisis_reply_kinds']}")
+        print(
+            f"  {key:<14} {row['crisis_reply']:>3} | {row['refusal']:>3} | {row['model']:>3}  of {row['prompts']}  {row['crisis_reply_kinds']}"
+        )
     fp = a["fr_first_person_explicit"]
     print(f"AILuminate French first-person explicit flagged: {fp['flagged']}/{fp['prompts']}")
-    print(f"latency median {x['latency_ms']['median']} ms (XSTest), {a['latency_ms']['median']} ms (AILuminate)")
+    print(
+        f"latency median {x['latency_ms']['median']} ms (XSTest), {a['latency_ms']['median']} ms (AILuminate)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

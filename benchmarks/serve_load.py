@@ -76,9 +76,18 @@ def free_port() -> int:
 def start_server(model: str, port: int, args: argparse.Namespace) -> subprocess.Popen:
     """`warmline serve MODEL` on 127.0.0.1:port as a child process (logs to a file, not the terminal)."""
     command = [
-        sys.executable, "-m", "warmline", "serve", model, "--port", str(port),
-        "--concurrency-limit", str(args.concurrency_limit), "--max-new-tokens", str(args.max_new_tokens),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "warmline",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--concurrency-limit",
+        str(args.concurrency_limit),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+    ]
     if args.api_sessions:
         command.append("--api")
     log = open(args.server_log, "w")  # noqa: SIM115 - lives as long as the server
@@ -198,7 +207,9 @@ def sample_rss(pid: int, stats: Stats, done: threading.Event, started: float) ->
     try:
         process = psutil.Process(pid)
         while not done.is_set():
-            rss = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+            rss = process.memory_info().rss + sum(
+                c.memory_info().rss for c in process.children(recursive=True)
+            )
             with stats.lock:
                 stats.rss_mb.append((round(time.monotonic() - started, 1), round(rss / 2**20, 1)))
             done.wait(1.0)
@@ -212,8 +223,12 @@ def percentiles(values: list[float]) -> dict:
         return {"n": 0}
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-    return {"n": len(ordered), "p50": round(statistics.median(ordered), 3), "p95": round(p95, 3),
-            "max": round(ordered[-1], 3)}  # fmt: skip
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 3),
+        "p95": round(p95, 3),
+        "max": round(ordered[-1], 3),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -235,7 +250,9 @@ def run(args: argparse.Namespace) -> dict:
         stop_at = started + args.duration_s
         threads = []
         if server is not None:
-            threads.append(threading.Thread(target=sample_rss, args=(server.pid, stats, done, started), daemon=True))
+            threads.append(
+                threading.Thread(target=sample_rss, args=(server.pid, stats, done, started), daemon=True)
+            )
         for i in range(args.sessions):
             threads.append(threading.Thread(target=session, args=("web", url, stats, stop_at, args, i)))
         for i in range(args.api_sessions):
@@ -259,18 +276,25 @@ def run(args: argparse.Namespace) -> dict:
     rss = [mb for _, mb in stats.rss_mb]
     return {
         "model": args.model if args.url is None else args.url,
-        "sessions": args.sessions, "api_sessions": args.api_sessions,
-        "concurrency_limit": args.concurrency_limit, "max_new_tokens": args.max_new_tokens,
-        "duration_s": args.duration_s, "wall_s": round(wall_s, 1),
+        "sessions": args.sessions,
+        "api_sessions": args.api_sessions,
+        "concurrency_limit": args.concurrency_limit,
+        "max_new_tokens": args.max_new_tokens,
+        "duration_s": args.duration_s,
+        "wall_s": round(wall_s, 1),
         "server_startup_s": round(startup_s, 1) if server is not None else None,
-        "requests": stats.requests, "replies": len(stats.reply_s), "errors": len(stats.errors),
+        "requests": stats.requests,
+        "replies": len(stats.reply_s),
+        "errors": len(stats.errors),
         "error_samples": stats.errors[:5],
-        "reply_s": percentiles(stats.reply_s), "first_text_s": percentiles(stats.first_text_s),
-        "crisis_reply_s": percentiles(stats.crisis_s), "crisis_replies_with_resources": stats.crisis_ok,
+        "reply_s": percentiles(stats.reply_s),
+        "first_text_s": percentiles(stats.first_text_s),
+        "crisis_reply_s": percentiles(stats.crisis_s),
+        "crisis_replies_with_resources": stats.crisis_ok,
         "server_rss_mb": {"start": rss[0], "max": max(rss), "end": rss[-1]} if rss else None,
         "server_rss_mb_over_time": stats.rss_mb[:: max(1, len(stats.rss_mb) // 60)],
         "machine": _common.machine_info(),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -279,8 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("model", nargs="?", default="packaged:smollm2-135m-instruct")
     parser.add_argument("--url", help="Load an already running server instead of starting one.")
     parser.add_argument("--sessions", type=int, default=8, help="Concurrent web (gradio_client) sessions.")
-    parser.add_argument("--api-sessions", type=int, default=0,
-                        help="Concurrent OpenAI-API sessions too (starts the server with --api).")
+    parser.add_argument(
+        "--api-sessions",
+        type=int,
+        default=0,
+        help="Concurrent OpenAI-API sessions too (starts the server with --api).",
+    )
     parser.add_argument("--duration-s", type=float, default=60.0, help="New requests stop after this.")
     parser.add_argument("--max-requests", type=int, default=200, help="Model requests in all, at most.")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="Reply length asked of the model.")
@@ -289,12 +317,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--crisis-after-s", type=float, default=3.0, help="First crisis probe after this.")
     parser.add_argument("--startup-timeout-s", type=float, default=300.0)
     parser.add_argument("--server-log", default=os.devnull, help="Where the server's output goes.")
-    parser.add_argument("--json", nargs="?", const=str(RESULTS), default=None, metavar="FILE",
-                        help=f"Write the figures as JSON (default file: {RESULTS}).")  # fmt: skip
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const=str(RESULTS),
+        default=None,
+        metavar="FILE",
+        help=f"Write the figures as JSON (default file: {RESULTS}).",
+    )
     args = parser.parse_args(argv)
     figures = run(args)
-    summary = {k: figures[k] for k in ("requests", "replies", "errors", "reply_s", "first_text_s",
-                                       "crisis_reply_s", "server_rss_mb")}  # fmt: skip
+    summary = {
+        k: figures[k]
+        for k in (
+            "requests",
+            "replies",
+            "errors",
+            "reply_s",
+            "first_text_s",
+            "crisis_reply_s",
+            "server_rss_mb",
+        )
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -201,9 +201,14 @@ def _conversation_pool(counsel_chat_rows: int):
         data = prepare_stage(stage, seed=offline.training.seed, system_prompt=offline.system_prompt)
         pool += [(stage.max_length, conv) for conv in data.train]
     if counsel_chat_rows and COUNSEL_CHAT.is_file():
-        stage = StageConfig(name="counsel-chat", source=str(COUNSEL_CHAT), format="counseling",
-                            validation_fraction=offline.stages[0].validation_fraction,
-                            max_rows=counsel_chat_rows, max_length=512)  # fmt: skip
+        stage = StageConfig(
+            name="counsel-chat",
+            source=str(COUNSEL_CHAT),
+            format="counseling",
+            validation_fraction=offline.stages[0].validation_fraction,
+            max_rows=counsel_chat_rows,
+            max_length=512,
+        )
         data = prepare_stage(stage, seed=offline.training.seed, system_prompt=offline.system_prompt)
         pool += [(stage.max_length, conv) for conv in data.train]
     return pool
@@ -218,8 +223,15 @@ class _BatchProbe:
         self.lookup = lookup  # input ids -> (conversation index, useful tokens)
         self.arch = arch
         self.trained_blocks = trained_blocks
-        self.totals = {"useful_tokens": 0, "tokens": 0, "tensor_tokens": 0, "model_flops": 0.0,
-                       "executed_flops": 0.0, "micro_batches": 0, "unmatched": 0}  # fmt: skip
+        self.totals = {
+            "useful_tokens": 0,
+            "tokens": 0,
+            "tensor_tokens": 0,
+            "model_flops": 0.0,
+            "executed_flops": 0.0,
+            "micro_batches": 0,
+            "unmatched": 0,
+        }
         self.conversations: list[int] = []
         self.first_batch_lengths: list[int] | None = None
         self.activation_checkpointing: bool | None = None  # as the Trainer's arguments resolved it
@@ -266,8 +278,14 @@ def _step_marks(probe: _BatchProbe, warmup_steps: int, timed_steps: int, marks: 
 
     class StepMarks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            marks.append({"step": state.global_step, "time": time.perf_counter(), "cpu_s": time.process_time(),
-                          **probe.snapshot()})  # fmt: skip
+            marks.append(
+                {
+                    "step": state.global_step,
+                    "time": time.perf_counter(),
+                    "cpu_s": time.process_time(),
+                    **probe.snapshot(),
+                }
+            )
             if state.global_step >= warmup_steps + timed_steps:
                 control.should_training_stop = True
             return control
@@ -346,8 +364,16 @@ def train_worker(
         )
     setup_s = time.perf_counter() - started
     train_started = time.perf_counter()  # warm-up: model load, trainer build and the first step
-    built = build_stage_trainer(recipe, stage, [stage], recipe.base_model, tokenizer, precision, recipe.run_dir,
-                                callbacks=(_step_marks(probe, 1, timed_steps, marks),))  # fmt: skip
+    built = build_stage_trainer(
+        recipe,
+        stage,
+        [stage],
+        recipe.base_model,
+        tokenizer,
+        precision,
+        recipe.run_dir,
+        callbacks=(_step_marks(probe, 1, timed_steps, marks),),
+    )
     built.trainer.model.register_forward_pre_hook(probe, with_kwargs=True)
     probe.activation_checkpointing = bool(built.trainer.args.activation_checkpointing)
     built.trainer.train()  # the stage's real trainer; nothing is published
@@ -373,14 +399,26 @@ def train_worker(
 
     shutil.rmtree(tmp, ignore_errors=True)
     return {
-        "config": config, "activation_checkpointing": probe.activation_checkpointing, "recipe": str(recipe_path.relative_to(REPO)), "precision": precision, "threads": threads,
-        "micro_batch_size": t.micro_batch_size, "global_batch_size": t.global_batch_size,
-        "padding_free": t.packing and not recipe.baseline_prototype and t.micro_batch_size > 1, "trainable_layers": trained_blocks,
-        "trainable_params": n_trainable, "params": n_params, "pool_conversations": len(examples),
-        "warmup_s": marks[0]["time"] - train_started, "setup_s": setup_s, "windows": windows,
-        "first_batch_lengths": probe.first_batch_lengths, "unmatched_sequences": probe.totals["unmatched"],
-        "arch": arch.__dict__, "load_average_1m": [load_at_start, os.getloadavg()[0]],
-    }  # fmt: skip
+        "config": config,
+        "activation_checkpointing": probe.activation_checkpointing,
+        "recipe": str(recipe_path.relative_to(REPO)),
+        "precision": precision,
+        "threads": threads,
+        "micro_batch_size": t.micro_batch_size,
+        "global_batch_size": t.global_batch_size,
+        "padding_free": t.packing and not recipe.baseline_prototype and t.micro_batch_size > 1,
+        "trainable_layers": trained_blocks,
+        "trainable_params": n_trainable,
+        "params": n_params,
+        "pool_conversations": len(examples),
+        "warmup_s": marks[0]["time"] - train_started,
+        "setup_s": setup_s,
+        "windows": windows,
+        "first_batch_lengths": probe.first_batch_lengths,
+        "unmatched_sequences": probe.totals["unmatched"],
+        "arch": arch.__dict__,
+        "load_average_1m": [load_at_start, os.getloadavg()[0]],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,8 +465,14 @@ def gemm_worker(*, repeats: int, quick: bool, packed_lengths: list[int]) -> dict
         for _ in range(repeats):
             seconds = _time_op(lambda a=a, b=b: torch.mm(a, b), min_s)
             rates.append(2.0 * m * k * n / seconds / 1e9)
-        results.append({"dtype": str(dtype).removeprefix("torch."), "shape": f"({m}x{k})@({k}x{n})", "label": label,
-                        "gflops": rates})  # fmt: skip
+        results.append(
+            {
+                "dtype": str(dtype).removeprefix("torch."),
+                "shape": f"({m}x{k})@({k}x{n})",
+                "label": label,
+                "gflops": rates,
+            }
+        )
 
     # Attention on one packed row (block-diagonal causal mask, as transformers builds it from the
     # position ids) against the same sequences one by one with is_causal (what padding-free
@@ -462,8 +506,12 @@ def gemm_worker(*, repeats: int, quick: bool, packed_lengths: list[int]) -> dict
                 sdpa(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True).sum().backward()
 
         attention = {"lengths": packed_lengths, "heads": heads, "head_dim": head_dim}
-        for name, fn in (("packed_fwd_ms", packed_fwd), ("packed_fwd_bwd_ms", packed_fwd_bwd),
-                         ("split_fwd_ms", split_fwd), ("split_fwd_bwd_ms", split_fwd_bwd)):  # fmt: skip
+        for name, fn in (
+            ("packed_fwd_ms", packed_fwd),
+            ("packed_fwd_bwd_ms", packed_fwd_bwd),
+            ("split_fwd_ms", split_fwd),
+            ("split_fwd_bwd_ms", split_fwd_bwd),
+        ):
             attention[name] = median([_time_op(fn, min_s) * 1e3 for _ in range(repeats)])
     cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return {"threads": threads, "gemm": results, "attention": attention, "cpu_per_wall": cpu_per_wall}
@@ -495,16 +543,24 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
         mfu_bf16 = [x["model_flops"] / x["seconds"] / 1e9 / peaks["bfloat16"] for x in win]
         padding = [1 - x["tokens"] / x["tensor_tokens"] for x in win]
         summary["configs"][name] = {
-            "useful_tok_s": median(useful), "useful_tok_s_range": spread(useful),
-            "tok_s": median(tokens), "mfu_fp32": median(mfu), "mfu_fp32_range": spread(mfu),
-            "executed_fu_fp32": median(hfu), "mfu_vs_bf16_peak": median(mfu_bf16),
-            "step_s": median([x["seconds"] / x["steps"] for x in win]), "padding_share": median(padding),
+            "useful_tok_s": median(useful),
+            "useful_tok_s_range": spread(useful),
+            "tok_s": median(tokens),
+            "mfu_fp32": median(mfu),
+            "mfu_fp32_range": spread(mfu),
+            "executed_fu_fp32": median(hfu),
+            "mfu_vs_bf16_peak": median(mfu_bf16),
+            "step_s": median([x["seconds"] / x["steps"] for x in win]),
+            "padding_share": median(padding),
             "useful_share": median([x["useful_tokens"] / x["tokens"] for x in win]),
-            "peak_rss_gb": w["peak_rss_gb"], "precision": w["precision"], "threads": w["threads"],
-            "trainable_params_m": w["trainable_params"] / 1e6, "warmup_s": w["warmup_s"],
+            "peak_rss_gb": w["peak_rss_gb"],
+            "precision": w["precision"],
+            "threads": w["threads"],
+            "trainable_params_m": w["trainable_params"] / 1e6,
+            "warmup_s": w["warmup_s"],
             "cpu_per_wall": median([x["cpu_per_wall"] for x in win]),
             "activation_checkpointing": w.get("activation_checkpointing"),
-        }  # fmt: skip
+        }
     # The same conversations in every window (quick mode: equal step sizes)? Then window r of one
     # configuration and window r of the prototype did the same work, and their ratio is a paired
     # measurement: immune to how long window r's conversations happen to be.
@@ -520,15 +576,18 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
         total = (sum(x["useful_tokens"] for x in ours) / sum(x["seconds"] for x in ours)) / (
             sum(x["useful_tokens"] for x in proto) / sum(x["seconds"] for x in proto)
         )
-        per_window = [(a["useful_tokens"] / a["seconds"]) / (b["useful_tokens"] / b["seconds"])
-                      for a, b in zip(ours, proto, strict=False)]  # fmt: skip
+        per_window = [
+            (a["useful_tokens"] / a["seconds"]) / (b["useful_tokens"] / b["seconds"])
+            for a, b in zip(ours, proto, strict=False)
+        ]
         summary["ratios"][name] = {
             "baseline": baseline,
             "median_of_paired_windows": median(per_window) if paired else float("nan"),
             "paired_windows": per_window if paired else [],
-            "of_medians": summary["configs"][name]["useful_tok_s"] / summary["configs"][baseline]["useful_tok_s"],
+            "of_medians": summary["configs"][name]["useful_tok_s"]
+            / summary["configs"][baseline]["useful_tok_s"],
             "of_totals": total,
-        }  # fmt: skip
+        }
         # The headline: the paired median where windows pair up, else the ratio of medians.
         summary["ratios"][name]["headline"] = summary["ratios"][name][
             "median_of_paired_windows" if paired else "of_medians"
@@ -541,8 +600,10 @@ def summarise(workers: dict[str, dict], gemm: dict) -> dict:
 
 
 def print_report(info: dict, workers: dict, gemm: dict, summary: dict) -> None:
-    print(f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | flags "
-          f"{' '.join(info.get('cpu_flags', []))} | torch {info.get('torch')} ({info.get('torch_cpu_capability')})")  # fmt: skip
+    print(
+        f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | flags "
+        f"{' '.join(info.get('cpu_flags', []))} | torch {info.get('torch')} ({info.get('torch_cpu_capability')})"
+    )
     print(f"\nGEMM (median GFLOP/s over repeats; CPU/wall {gemm.get('cpu_per_wall', float('nan')):.2f}):")
     for g in gemm["gemm"]:
         print(
@@ -551,35 +612,48 @@ def print_report(info: dict, workers: dict, gemm: dict, summary: dict) -> None:
     att = gemm.get("attention")
     if att:
         print(f"\nSDPA on one packed row of {att['lengths']} tokens (9 heads x 64), per layer:")
-        print(f"  block-diagonal mask: fwd {att['packed_fwd_ms']:.1f} ms, fwd+bwd {att['packed_fwd_bwd_ms']:.1f} ms;"
-              f" per example, is_causal: fwd {att['split_fwd_ms']:.1f} ms, fwd+bwd {att['split_fwd_bwd_ms']:.1f} ms")  # fmt: skip
-    print("\nconfig                 useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU"
-          "  peak RSS GB  CPU/wall  act. ckpt")  # fmt: skip
+        print(
+            f"  block-diagonal mask: fwd {att['packed_fwd_ms']:.1f} ms, fwd+bwd {att['packed_fwd_bwd_ms']:.1f} ms;"
+            f" per example, is_causal: fwd {att['split_fwd_ms']:.1f} ms, fwd+bwd {att['split_fwd_bwd_ms']:.1f} ms"
+        )
+    print(
+        "\nconfig                 useful tok/s [range]       tok/s   step s  useful  pad   MFU fp32  exec FU"
+        "  peak RSS GB  CPU/wall  act. ckpt"
+    )
     for name, s in summary["configs"].items():
-        print(f"  {name:20} {s['useful_tok_s']:8.1f} [{s['useful_tok_s_range']:>13}] {s['tok_s']:8.1f} "
-              f"{s['step_s']:7.1f} {s['useful_share']:6.0%} {s['padding_share']:5.0%} {s['mfu_fp32']:8.1%} "
-              f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f} {s['cpu_per_wall']:9.2f}  {s['activation_checkpointing']}")  # fmt: skip
+        print(
+            f"  {name:20} {s['useful_tok_s']:8.1f} [{s['useful_tok_s_range']:>13}] {s['tok_s']:8.1f} "
+            f"{s['step_s']:7.1f} {s['useful_share']:6.0%} {s['padding_share']:5.0%} {s['mfu_fp32']:8.1%} "
+            f"{s['executed_fu_fp32']:8.1%} {s['peak_rss_gb']:9.2f} {s['cpu_per_wall']:9.2f}  {s['activation_checkpointing']}"
+        )
     peaks = summary["peak_gflops"]
     print(f"\npeak GFLOP/s: fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.2f}")
     if peaks["bfloat16"] < peaks["float32"]:
-        print("  bf16 matrix products are slower than fp32 on this CPU (no bf16 units): the bf16 peak is not a"
-              " usable ceiling, so MFU is reported against the fp32 peak")  # fmt: skip
+        print(
+            "  bf16 matrix products are slower than fp32 on this CPU (no bf16 units): the bf16 peak is not a"
+            " usable ceiling, so MFU is reported against the fp32 peak"
+        )
     else:
         for name, s in summary["configs"].items():
             print(f"  {name}: MFU against the bf16 peak {s['mfu_vs_bf16_peak']:.0%}")
     print(f"same conversations in each configuration's windows: {summary['same_conversations_per_window']}")
     if summary["ratios"]:
-        print("useful tokens/s against the prototype: median of paired windows [each window] | ratio of medians"
-              " | ratio of totals")  # fmt: skip
+        print(
+            "useful tokens/s against the prototype: median of paired windows [each window] | ratio of medians"
+            " | ratio of totals"
+        )
         for name, r in summary["ratios"].items():
             windows = ", ".join(f"{x:.2f}" for x in r["paired_windows"])
-            print(f"  {name:20} vs {r['baseline']:16} {r['median_of_paired_windows']:5.2f} [{windows}] |"
-                  f" {r['of_medians']:.2f} | {r['of_totals']:.2f}")  # fmt: skip
+            print(
+                f"  {name:20} vs {r['baseline']:16} {r['median_of_paired_windows']:5.2f} [{windows}] |"
+                f" {r['of_medians']:.2f} | {r['of_totals']:.2f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="1 step per window, prototype global batch 4")
     parser.add_argument("--repeats", type=int, default=3, help="timed windows per configuration (median)")
     parser.add_argument(
@@ -594,8 +668,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated, from " + ", ".join(CONFIGS),
     )
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
-    parser.add_argument("--contention-retries", type=int, default=1,
-                        help="re-run a configuration whose windows got under 80%% of its threads' CPU time")  # fmt: skip
+    parser.add_argument(
+        "--contention-retries",
+        type=int,
+        default=1,
+        help="re-run a configuration whose windows got under 80%% of its threads' CPU time",
+    )
     parser.add_argument("--worker", choices=("train", "gemm"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--config", choices=CONFIGS, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--packed-lengths", default="", help=argparse.SUPPRESS)
@@ -606,8 +684,15 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.worker == "train":
-        emit_worker_result(train_worker(args.config, repeats=args.repeats, steps_per_repeat=steps, quick=args.quick,
-                                        counsel_chat_rows=args.counsel_chat_rows))  # fmt: skip
+        emit_worker_result(
+            train_worker(
+                args.config,
+                repeats=args.repeats,
+                steps_per_repeat=steps,
+                quick=args.quick,
+                counsel_chat_rows=args.counsel_chat_rows,
+            )
+        )
         return 0
     if args.worker == "gemm":
         lengths = [int(x) for x in args.packed_lengths.split(",") if x]
@@ -616,8 +701,14 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     script = Path(__file__).resolve()
-    common = ["--repeats", str(args.repeats), "--steps-per-repeat", str(steps),
-              "--counsel-chat-rows", str(args.counsel_chat_rows)] + (["--quick"] if args.quick else [])  # fmt: skip
+    common = [
+        "--repeats",
+        str(args.repeats),
+        "--steps-per-repeat",
+        str(steps),
+        "--counsel-chat-rows",
+        str(args.counsel_chat_rows),
+    ] + (["--quick"] if args.quick else [])
     configs = [c for c in args.configs.split(",") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
@@ -632,11 +723,17 @@ def main(argv: list[str] | None = None) -> int:
             share = contended_share(result)
             if share is None or attempt == args.contention_retries:
                 break
-            logger.warning("configuration %s got %.0f%% of its threads' CPU time (other processes on the machine):"
-                           " measuring it again", config, 100 * share)  # fmt: skip
+            logger.warning(
+                "configuration %s got %.0f%% of its threads' CPU time (other processes on the machine):"
+                " measuring it again",
+                config,
+                100 * share,
+            )
             discarded.append(result)
         workers[config] = result
-    packed = (workers.get("warmline-packed") or workers.get("warmline") or {}).get("first_batch_lengths") or []
+    packed = (workers.get("warmline-packed") or workers.get("warmline") or {}).get(
+        "first_batch_lengths"
+    ) or []
     logger.info("GEMM and attention throughput")
     gemm = run_worker(script, ["--worker", "gemm", "--packed-lengths", ",".join(map(str, packed)), *common])
     record = {
@@ -653,12 +750,21 @@ def main(argv: list[str] | None = None) -> int:
     print_report(info, workers, gemm, summary)
     contended = {name: share for name, w in workers.items() if (share := contended_share(w)) is not None}
     if contended:
-        print("WARNING: other processes took CPU time from " + ", ".join(f"{n} (got {s:.0%} of its threads' time)"
-              for n, s in contended.items()) + "; its figures are low and the ratios unreliable: run again")  # fmt: skip
+        print(
+            "WARNING: other processes took CPU time from "
+            + ", ".join(f"{n} (got {s:.0%} of its threads' time)" for n, s in contended.items())
+            + "; its figures are low and the ratios unreliable: run again"
+        )
     if set(REQUIRED_CONFIGS) <= set(workers):
         w = summary["configs"]["warmline"]
-        print(result_line(train_ratio=summary["train_ratio"], train_ratio_all_layers=summary["train_ratio_all_layers"],
-                          mfu_fp32=w["mfu_fp32"], peak_rss_gb=w["peak_rss_gb"]))  # fmt: skip
+        print(
+            result_line(
+                train_ratio=summary["train_ratio"],
+                train_ratio_all_layers=summary["train_ratio_all_layers"],
+                mfu_fp32=w["mfu_fp32"],
+                peak_rss_gb=w["peak_rss_gb"],
+            )
+        )
     else:
         print("not every configuration ran: no RESULT line")
     return 0

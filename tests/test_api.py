@@ -37,8 +37,14 @@ def free_port() -> int:
 class Server:
     """A process listening on 127.0.0.1:port; its output goes to a log file (read by tests)."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str], ready_path: str = "/v1/models",
-                 headers: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        env: dict[str, str],
+        ready_path: str = "/v1/models",
+        headers: dict[str, str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -79,16 +85,25 @@ def warmline(*args: str) -> list[str]:
 def env(tmp_path_factory) -> dict[str, str]:
     # The same classifier cache as conftest's, so it is trained once per test session.
     cache = tmp_path_factory.getbasetemp() / "warmline-cache"
-    return {**os.environ, "WARMLINE_CACHE": os.environ.get("WARMLINE_CACHE", str(cache)), "HF_HUB_OFFLINE": "1",
-            "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    return {
+        **os.environ,
+        "WARMLINE_CACHE": os.environ.get("WARMLINE_CACHE", str(cache)),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 @pytest.fixture(scope="module")
 def api_server(tiny_llama_dir: Path, tmp_path_factory, env):
     """`warmline serve TINY --api`, its key from WARMLINE_API_KEY."""
     log = tmp_path_factory.mktemp("api") / "serve.log"
-    server = Server(warmline("serve", str(tiny_llama_dir), "--api", "--port", "{port}"), log,
-                    {**env, "WARMLINE_API_KEY": KEY}, headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    server = Server(
+        warmline("serve", str(tiny_llama_dir), "--api", "--port", "{port}"),
+        log,
+        {**env, "WARMLINE_API_KEY": KEY},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     yield server
     server.stop()
 
@@ -122,7 +137,9 @@ def test_streamed_and_whole_replies_agree(client: OpenAI, api_server: Server) ->
     whole = ask(client, "I feel lonely.", seed=3)
     choice = whole.choices[0]
     content = choice.message.content
-    assert content.startswith(f"{AI_NOTICE}\n\n") and len(content) > len(AI_NOTICE) + 2  # the notice, then the model
+    assert (
+        content.startswith(f"{AI_NOTICE}\n\n") and len(content) > len(AI_NOTICE) + 2
+    )  # the notice, then the model
     assert choice.finish_reason in ("stop", "length") and whole.usage.completion_tokens > 0
     extra = whole.model_extra["warmline"]
     assert extra["risk_level"] == "none" and extra["reply_kind"] is None and extra["language"] == "en"
@@ -140,8 +157,11 @@ def test_streamed_and_whole_replies_agree(client: OpenAI, api_server: Server) ->
 
 def test_a_later_turn_has_no_notice_and_the_notice_is_not_sent_to_the_model(client: OpenAI) -> None:
     first = ask(client, "I feel lonely.").choices[0].message.content
-    messages = [{"role": "user", "content": "I feel lonely."}, {"role": "assistant", "content": first},
-                {"role": "user", "content": "Thank you."}]  # fmt: skip
+    messages = [
+        {"role": "user", "content": "I feel lonely."},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "Thank you."},
+    ]
     later = client.chat.completions.create(model="tiny", messages=messages, seed=3, max_tokens=12)
     stripped = [messages[0], {"role": "assistant", "content": first[len(AI_NOTICE) + 2 :]}, messages[2]]
     same = client.chat.completions.create(model="tiny", messages=stripped, seed=3, max_tokens=12)
@@ -149,16 +169,23 @@ def test_a_later_turn_has_no_notice_and_the_notice_is_not_sent_to_the_model(clie
     assert later.choices[0].message.content == same.choices[0].message.content
 
 
-def test_a_crisis_gets_the_fixed_reply_and_the_model_is_never_called(client: OpenAI, api_server: Server) -> None:
+def test_a_crisis_gets_the_fixed_reply_and_the_model_is_never_called(
+    client: OpenAI, api_server: Server
+) -> None:
     before = counts(api_server)
     for stream in (False, True):
         if stream:
-            chunks = list(client.chat.completions.create(
-                model="tiny", messages=[{"role": "user", "content": CRISIS}], stream=True))  # fmt: skip
+            chunks = list(
+                client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": CRISIS}], stream=True
+                )
+            )
             content = "".join(c.choices[0].delta.content or "" for c in chunks)
             finish, extra = chunks[-1].choices[0].finish_reason, chunks[-1].choices[0].model_extra["warmline"]
         else:
-            reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": CRISIS}])
+            reply = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": CRISIS}]
+            )
             content, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
             extra = reply.model_extra["warmline"]
         assert finish == "stop"
@@ -180,7 +207,9 @@ def test_eight_concurrent_clients_get_their_own_replies(api_server: Server) -> N
         c = OpenAI(base_url=api_server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
         kwargs = {"model": "tiny", "messages": messages, "seed": 5, "max_tokens": 10}
         if stream:
-            return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(**kwargs, stream=True))
+            return "".join(
+                ch.choices[0].delta.content or "" for ch in c.chat.completions.create(**kwargs, stream=True)
+            )
         return c.chat.completions.create(**kwargs).choices[0].message.content
 
     alone = [reply(m, stream=False) for m in conversations]
@@ -212,28 +241,44 @@ BAD_REQUESTS = {
     "a tool role": ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     "an unknown role": ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     "the last message is the assistant's": (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}, "messages"),
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        "messages",
+    ),
     "a late system message": (
-        {"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]}, "messages[1].role"),
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]},
+        "messages[1].role",
+    ),
     "an oversize message": ({"messages": [{"role": "user", "content": "a" * 8001}]}, "messages[0].content"),
     "too much in all": ({"messages": [{"role": "user", "content": "a" * 8000}] * 5}, "messages"),
     "too many messages": ({"messages": [{"role": "user", "content": "hi"}] * 65}, "messages"),
     "max_tokens 0": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
-    "max_tokens too big": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000}, "max_tokens"),
-    "max_tokens not a number": ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"}, "max_tokens"),
+    "max_tokens too big": (
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100_000},
+        "max_tokens",
+    ),
+    "max_tokens not a number": (
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "9"},
+        "max_tokens",
+    ),
     "temperature 5": ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
     "two replies": ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
     "tools": ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
-    "an image part": ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-                      "messages[0].content"),
-}  # fmt: skip
+    "an image part": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        "messages[0].content",
+    ),
+}
 
 
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
 def test_bad_requests_get_a_clear_400(name: str, api_server: Server) -> None:
     body, param = BAD_REQUESTS[name]
-    response = httpx.post(api_server.url + "/v1/chat/completions", json=body, timeout=30,
-                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    response = httpx.post(
+        api_server.url + "/v1/chat/completions",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param
@@ -242,14 +287,20 @@ def test_bad_requests_get_a_clear_400(name: str, api_server: Server) -> None:
 
 def test_the_openai_client_sees_the_refusal(client: OpenAI) -> None:
     with pytest.raises(BadRequestError) as caught:
-        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5000)
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5000
+        )
     assert caught.value.status_code == 400 and "max_tokens" in caught.value.message
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"\xff\xfe", b"[1, 2]", b""])
 def test_a_body_that_is_not_a_json_object_is_a_400(raw: bytes, api_server: Server) -> None:
-    response = httpx.post(api_server.url + "/v1/chat/completions", content=raw, timeout=30,
-                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})  # fmt: skip
+    response = httpx.post(
+        api_server.url + "/v1/chat/completions",
+        content=raw,
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
 
@@ -283,8 +334,10 @@ def test_beyond_loopback_needs_a_key(tiny_llama_dir: Path, env) -> None:
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         check_bind(host, None)
     environment = {k: v for k, v in env.items() if k != "WARMLINE_API_KEY"}
-    for command in (warmline("serve", str(tiny_llama_dir), "--api", "--host", "0.0.0.0"),
-                    warmline("gateway", "--backend", "http://127.0.0.1:9/v1", "--host", "0.0.0.0")):  # fmt: skip
+    for command in (
+        warmline("serve", str(tiny_llama_dir), "--api", "--host", "0.0.0.0"),
+        warmline("gateway", "--backend", "http://127.0.0.1:9/v1", "--host", "0.0.0.0"),
+    ):
         done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "Traceback" not in done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
@@ -341,7 +394,9 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 def unsafe_backend(tmp_path_factory, env):
     folder = tmp_path_factory.mktemp("unsafe")
     (folder / "backend.py").write_text(UNSAFE_BACKEND)
-    server = Server([sys.executable, str(folder / "backend.py"), "{port}", UNSAFE], folder / "backend.log", env)
+    server = Server(
+        [sys.executable, str(folder / "backend.py"), "{port}", UNSAFE], folder / "backend.log", env
+    )
     yield server
     server.stop()
 
@@ -352,7 +407,9 @@ def gateway_to_warmline(api_server: Server, tmp_path_factory, env):
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     environment = {**env, "WARMLINE_BACKEND_API_KEY": KEY}
     environment.pop("WARMLINE_API_KEY", None)
-    server = Server(warmline("gateway", "--backend", api_server.url + "/v1", "--port", "{port}"), log, environment)
+    server = Server(
+        warmline("gateway", "--backend", api_server.url + "/v1", "--port", "{port}"), log, environment
+    )
     yield server
     server.stop()
 
@@ -361,7 +418,9 @@ def gateway_to_warmline(api_server: Server, tmp_path_factory, env):
 def gateway_to_unsafe(unsafe_backend: Server, tmp_path_factory, env):
     log = tmp_path_factory.mktemp("gw-unsafe") / "gateway.log"
     environment = {k: v for k, v in env.items() if k != "WARMLINE_API_KEY"}
-    server = Server(warmline("gateway", "--backend", unsafe_backend.url, "--port", "{port}"), log, environment)
+    server = Server(
+        warmline("gateway", "--backend", unsafe_backend.url, "--port", "{port}"), log, environment
+    )
     yield server
     server.stop()
 
@@ -370,34 +429,50 @@ def test_the_gateway_passes_a_reply_through_and_never_forwards_a_crisis(
     gateway_to_warmline: Server, api_server: Server, client: OpenAI
 ) -> None:
     gw = OpenAI(base_url=gateway_to_warmline.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    assert [m.id for m in gw.models.list().data] == [client.models.list().data[0].id]  # the backend's first model
+    assert [m.id for m in gw.models.list().data] == [
+        client.models.list().data[0].id
+    ]  # the backend's first model
 
     before = counts(api_server)["api"]
-    through = gw.chat.completions.create(model="x", messages=[{"role": "user", "content": "I feel tired."}],
-                                         max_tokens=12, seed=1)  # fmt: skip
-    direct = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "I feel tired."}],
-                                            max_tokens=12, seed=1)  # fmt: skip
+    through = gw.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "I feel tired."}], max_tokens=12, seed=1
+    )
+    direct = client.chat.completions.create(
+        model="x", messages=[{"role": "user", "content": "I feel tired."}], max_tokens=12, seed=1
+    )
     # One notice (the gateway's; the backend's own is removed), then the backend's seeded reply.
     assert through.choices[0].message.content == direct.choices[0].message.content
     assert through.choices[0].message.content.count(AI_NOTICE) == 1
     assert counts(api_server)["api"]["chat_completions"] == before.get("chat_completions", 0) + 2
 
     for stream in (False, True):
-        reply = gw.chat.completions.create(model="x", messages=[{"role": "user", "content": CRISIS}], stream=stream)
+        reply = gw.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": CRISIS}], stream=stream
+        )
         if stream:
             chunks = list(reply)
             content = "".join(c.choices[0].delta.content or "" for c in chunks)
             extra = chunks[-1].choices[0].model_extra["warmline"]
         else:
             content, extra = reply.choices[0].message.content, reply.model_extra["warmline"]
-        assert "988" in content and extra["stop_reason"] == "crisis" and extra["risk_level"] in ("elevated", "imminent")
-    assert counts(api_server)["api"]["chat_completions"] == before.get("chat_completions", 0) + 2  # nothing reached it
+        assert (
+            "988" in content
+            and extra["stop_reason"] == "crisis"
+            and extra["risk_level"] in ("elevated", "imminent")
+        )
+    assert (
+        counts(api_server)["api"]["chat_completions"] == before.get("chat_completions", 0) + 2
+    )  # nothing reached it
     gateway_counts = counts(gateway_to_warmline, key=None)
     assert gateway_counts["api"]["model_calls"] == 1 and gateway_counts["gate"]["crisis_replies"] == 2
-    assert "Traceback" not in gateway_to_warmline.output() and "end my life" not in gateway_to_warmline.output()
+    assert (
+        "Traceback" not in gateway_to_warmline.output() and "end my life" not in gateway_to_warmline.output()
+    )
 
 
-def test_the_gateway_screens_an_unsafe_backend_reply(gateway_to_unsafe: Server, unsafe_backend: Server) -> None:
+def test_the_gateway_screens_an_unsafe_backend_reply(
+    gateway_to_unsafe: Server, unsafe_backend: Server
+) -> None:
     gw = OpenAI(base_url=gateway_to_unsafe.url + "/v1", api_key="unused", max_retries=0, timeout=120)
     messages = [{"role": "user", "content": "I can't sleep."}]
     whole = gw.chat.completions.create(model="unsafe", messages=messages)
@@ -423,8 +498,13 @@ def test_the_gateway_screens_an_unsafe_backend_reply(gateway_to_unsafe: Server, 
 
 
 def test_a_gateway_whose_backend_is_down_says_so_in_one_line(env) -> None:
-    done = subprocess.run(warmline("gateway", "--backend", f"http://127.0.0.1:{free_port()}/v1"), env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        warmline("gateway", "--backend", f"http://127.0.0.1:{free_port()}/v1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not list the models" in errors[0] and "--backend-model" in errors[0]
@@ -452,6 +532,8 @@ def test_a_crisis_reply_never_waits_for_a_model_slot(tiny_llama_dir: Path) -> No
         "".join(behind.stream([{"role": "user", "content": "I feel lonely."}], max_new_tokens=4))
     holder.close()  # the slot is free again
     later = GenerationResult()
-    for _ in behind.stream([{"role": "user", "content": "I feel lonely."}], seed=1, max_new_tokens=4, result=later):
+    for _ in behind.stream(
+        [{"role": "user", "content": "I feel lonely."}], seed=1, max_new_tokens=4, result=later
+    ):
         pass
     assert later.stop_reason in ("eos", "max_new_tokens") and later.new_tokens > 0 and slots.taken == 2

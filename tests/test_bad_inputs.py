@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 from warmline.cli import app
 
-ROWS = [{"Context": f"I feel {w} at work, day {i}.", "Response": f"Feeling {w} is hard. What helps?"}
-        for i, w in enumerate(["tired", "sad", "lonely", "anxious", "stuck", "numb", "lost", "angry"] * 2)]  # fmt: skip
+ROWS = [
+    {"Context": f"I feel {w} at work, day {i}.", "Response": f"Feeling {w} is hard. What helps?"}
+    for i, w in enumerate(["tired", "sad", "lonely", "anxious", "stuck", "numb", "lost", "angry"] * 2)
+]
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -63,10 +65,14 @@ BAD_RECIPE_VALUES = [
     (["training.warmup_ratio=5"], ["'training.warmup_ratio'", "[0, 1)"]),
     (["training.lr_scheduler=cosin"], ["'training.lr_scheduler'", "did you mean 'cosine'"]),
     (["training.lr_scheduler=reduce_lr_on_plateau"], ["'training.lr_scheduler'", "can't be used"]),
-    (["training.lora.enabled=true", "training.lora.target_modules=[q_projx]"],
-     ["'training.lora.target_modules'", "'q_projx'", "q_proj"]),
-    (["training.lora.enabled=true", "training.lora.target_modules=nothing_matches.*"],
-     ["'training.lora.target_modules'", "matches no adaptable module"]),
+    (
+        ["training.lora.enabled=true", "training.lora.target_modules=[q_projx]"],
+        ["'training.lora.target_modules'", "'q_projx'", "q_proj"],
+    ),
+    (
+        ["training.lora.enabled=true", "training.lora.target_modules=nothing_matches.*"],
+        ["'training.lora.target_modules'", "matches no adaptable module"],
+    ),
     (["training.num_threads=0"], ["'training.num_threads'", "[1, 4096]"]),
     (["training.save_steps=0"], ["'training.save_steps'", "[1, 1e+09]"]),
     (["training.trainable_layers=99"], ["'training.trainable_layers'", "has 2 blocks"]),
@@ -78,12 +84,15 @@ BAD_RECIPE_VALUES = [
     (["name=../escape"], ["'name'", "letters, digits"]),
     (["stages.0.source=data/missing"], ["data source not found", "data/missing"]),
     (["base_model=data/missing-model"], ["model folder not found: data/missing-model"]),
-]  # fmt: skip
+]
 
 
-@pytest.mark.parametrize(("overrides", "expected"), BAD_RECIPE_VALUES, ids=[" ".join(o) for o, _ in BAD_RECIPE_VALUES])
-def test_bad_recipe_values_fail_in_one_line_before_anything_is_written(recipe, tmp_path, monkeypatch,
-                                                                       overrides, expected):  # fmt: skip
+@pytest.mark.parametrize(
+    ("overrides", "expected"), BAD_RECIPE_VALUES, ids=[" ".join(o) for o, _ in BAD_RECIPE_VALUES]
+)
+def test_bad_recipe_values_fail_in_one_line_before_anything_is_written(
+    recipe, tmp_path, monkeypatch, overrides, expected
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     sets = [arg for o in overrides for arg in ("--set", o)]
@@ -111,24 +120,35 @@ def _stage_file(tmp_path: Path, name: str, content: bytes | str | None) -> Path:
 PRETTY = "\n".join(json.dumps(r, indent=2) for r in ROWS[:3])
 BAD_DATA_FILES = [
     ("pretty.jsonl", PRETTY, ["pretty-printed JSON, not JSON Lines"]),
-    ("utf16.jsonl", "".join(json.dumps(r) + "\n" for r in ROWS).encode("utf-16-le"), ["UTF-16", "save it as UTF-8"]),
+    (
+        "utf16.jsonl",
+        "".join(json.dumps(r) + "\n" for r in ROWS).encode("utf-16-le"),
+        ["UTF-16", "save it as UTF-8"],
+    ),
     ("notes.jsonl", "Context: hi\nResponse: hello\n", ["no line is valid JSON", "line 1"]),
     ("txt-only", None, ["holds no data files", "1 .txt files"]),
     ("bad.json", '[{"Context": "a", "Response": "b"},\n {"Context": oops}]', ["not valid JSON", "line 2"]),
     ("empty.jsonl", "", ["empty file"]),
-    ("columns.jsonl", json.dumps({"question": "a", "answer": "b"}) + "\n", ["column 'Context' not found",
-                                                                           "found: question, answer"]),
+    (
+        "columns.jsonl",
+        json.dumps({"question": "a", "answer": "b"}) + "\n",
+        ["column 'Context' not found", "found: question, answer"],
+    ),
     ("notes.txt", "Human: hi\nAssistant: hello\n", ["unsupported file type '.txt'"]),
     ("broken.parquet", b"PAR1 not parquet", ["not a readable Parquet file"]),
     ("empty.csv", "", ["empty"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("command", ["train", "data inspect"])
-@pytest.mark.parametrize(("name", "content", "expected"), BAD_DATA_FILES, ids=[n for n, _, _ in BAD_DATA_FILES])
+@pytest.mark.parametrize(
+    ("name", "content", "expected"), BAD_DATA_FILES, ids=[n for n, _, _ in BAD_DATA_FILES]
+)
 def test_bad_data_files_fail_in_one_line_naming_the_file(recipe, tmp_path, command, name, content, expected):
     path = _stage_file(tmp_path, name, content)
-    error = one_line_error(CliRunner().invoke(app, [*command.split(), str(recipe), "--set", f"stages.0.source={path}"]))
+    error = one_line_error(
+        CliRunner().invoke(app, [*command.split(), str(recipe), "--set", f"stages.0.source={path}"])
+    )
     assert str(path) in error
     for part in expected:
         assert part in error, error
@@ -137,17 +157,27 @@ def test_bad_data_files_fail_in_one_line_naming_the_file(recipe, tmp_path, comma
 
 NOT_ENOUGH_DATA = [
     # One prompt asked many times: a single prompt group, so nothing can be held out.
-    ("one-prompt.jsonl", [{"Context": "I feel tired.", "Response": f"Answer {i}."} for i in range(8)],
-     ["no validation rows", "'stages.0.validation_fraction'"]),
-    ("all-empty.jsonl", [{"Context": "  ", "Response": "x"}, {"Context": "y", "Response": ""}],
-     ["all 2 rows", "were dropped", "empty_turn: 2"]),
-]  # fmt: skip
+    (
+        "one-prompt.jsonl",
+        [{"Context": "I feel tired.", "Response": f"Answer {i}."} for i in range(8)],
+        ["no validation rows", "'stages.0.validation_fraction'"],
+    ),
+    (
+        "all-empty.jsonl",
+        [{"Context": "  ", "Response": "x"}, {"Context": "y", "Response": ""}],
+        ["all 2 rows", "were dropped", "empty_turn: 2"],
+    ),
+]
 
 
-@pytest.mark.parametrize(("name", "rows", "expected"), NOT_ENOUGH_DATA, ids=[n for n, _, _ in NOT_ENOUGH_DATA])
+@pytest.mark.parametrize(
+    ("name", "rows", "expected"), NOT_ENOUGH_DATA, ids=[n for n, _, _ in NOT_ENOUGH_DATA]
+)
 def test_stages_with_too_little_data_fail_before_training(recipe, tmp_path, name, rows, expected):
     path = _write_jsonl(tmp_path / name, rows)
-    error = one_line_error(CliRunner().invoke(app, ["train", str(recipe), "--set", f"stages.0.source={path}"]))
+    error = one_line_error(
+        CliRunner().invoke(app, ["train", str(recipe), "--set", f"stages.0.source={path}"])
+    )
     assert str(recipe) in error and str(path) in error
     for part in expected:
         assert part in error, error
@@ -166,8 +196,11 @@ def test_path_traversal_stage_name_is_refused_by_the_installed_command(recipe, t
     victim = tmp_path / "victim"
     result = subprocess.run(
         [sys.executable, "-m", "warmline", "train", str(recipe), "--set", "stages.0.name=x/../../victim"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

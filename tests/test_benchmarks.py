@@ -81,7 +81,9 @@ def test_benchmark_probe_and_step_marks_ride_on_the_real_stage_trainer(tmp_path,
     from warmline.recipe import load_recipe
     from warmline.training.train import build_stage_trainer, load_training_tokenizer, prepare_stages
 
-    rows = [{"Context": f"I feel tired on day {i}.", "Response": f"Rest matters, day {i}."} for i in range(24)]
+    rows = [
+        {"Context": f"I feel tired on day {i}.", "Response": f"Rest matters, day {i}."} for i in range(24)
+    ]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows), encoding="utf-8")
     recipe_path = tmp_path / "r.yaml"
@@ -97,8 +99,16 @@ def test_benchmark_probe_and_step_marks_ride_on_the_real_stage_trainer(tmp_path,
     lookup = {tuple(e.input_ids): (i, 1) for i, e in enumerate(stage.train)}
     probe = tt._BatchProbe(lookup, tt.Arch.from_config(AutoConfig.from_pretrained(tiny_llama_dir)), None)
     marks: list[dict] = []
-    built = build_stage_trainer(recipe, stage, [stage], recipe.base_model, tokenizer, "fp32", recipe.run_dir,
-                                callbacks=(tt._step_marks(probe, 1, 2, marks),))  # fmt: skip
+    built = build_stage_trainer(
+        recipe,
+        stage,
+        [stage],
+        recipe.base_model,
+        tokenizer,
+        "fp32",
+        recipe.run_dir,
+        callbacks=(tt._step_marks(probe, 1, 2, marks),),
+    )
     built.trainer.model.register_forward_pre_hook(probe, with_kwargs=True)
     built.trainer.train()
     assert [m["step"] for m in marks] == [1, 2, 3]  # 1 warm-up + 2 timed steps, then stopped
@@ -113,10 +123,25 @@ def test_serve_load_runs_sessions_and_crisis_probes_against_a_real_server(tiny_l
     import serve_load
 
     out = tmp_path / "serve_load.json"
-    figures = serve_load.main([
-        str(tiny_llama_dir), "--sessions", "2", "--duration-s", "4", "--max-requests", "6",
-        "--max-new-tokens", "16", "--crisis-after-s", "0.5", "--crisis-every-s", "0.5", "--json", str(out),
-    ])  # fmt: skip
+    figures = serve_load.main(
+        [
+            str(tiny_llama_dir),
+            "--sessions",
+            "2",
+            "--duration-s",
+            "4",
+            "--max-requests",
+            "6",
+            "--max-new-tokens",
+            "16",
+            "--crisis-after-s",
+            "0.5",
+            "--crisis-every-s",
+            "0.5",
+            "--json",
+            str(out),
+        ]
+    )
     assert figures["errors"] == 0, figures["error_samples"]
     assert 1 <= figures["replies"] <= 6 and figures["reply_s"]["n"] == figures["replies"]
     assert figures["crisis_reply_s"]["n"] >= 1

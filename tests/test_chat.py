@@ -130,8 +130,11 @@ def test_fp16_decode_is_the_default_and_can_be_turned_off(echo: EchoGenerator) -
 def test_a_session_keeps_the_conversation_it_is_given() -> None:
     from warmline.serving.chat import ChatSession
 
-    resumed = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "hi"},
-               {"role": "assistant", "content": "hello"}]  # fmt: skip
+    resumed = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
     session = ChatSession("Be kind.", conversation=list(resumed))
     assert session.conversation == resumed and session.turns == 1
     session.reset()
@@ -149,7 +152,13 @@ def test_sampling_options_are_the_generation_settings(command: str) -> None:
     click_command = typer.main.get_command(cli.app).commands[command]
     options = {p.name: p for p in click_command.params}
     fields = cli_fields()
-    assert [f.name for f in fields] == ["temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens"]
+    assert [f.name for f in fields] == [
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "max_new_tokens",
+    ]
     for f in fields:
         assert options[f.name].default == f.default == getattr(GenerationSettings(), f.name)
         assert options[f.name].help == f.metadata["help"]
@@ -189,9 +198,17 @@ def turns_of(steps: list[str]) -> list[list[str]]:
 
 def test_chat_runs_the_one_gate_flow_on_a_real_model(tiny_llama_dir: Path, monkeypatch) -> None:
     gates: list[SafetyGate] = []
-    monkeypatch.setattr("warmline.safety.SafetyGate", lambda **kw: gates.append(recording_gate(**kw)) or gates[-1])
-    run(["Can you suggest a book?", "I want to kill myself"], "--max-new-tokens", "6", "--seed", "0",
-        model=str(tiny_llama_dir))  # fmt: skip
+    monkeypatch.setattr(
+        "warmline.safety.SafetyGate", lambda **kw: gates.append(recording_gate(**kw)) or gates[-1]
+    )
+    run(
+        ["Can you suggest a book?", "I want to kill myself"],
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "0",
+        model=str(tiny_llama_dir),
+    )
     (gate,) = gates
     ordinary, crisis = turns_of(gate.steps)  # the warm-up went around the gate: two turns
     assert ordinary[:2] == ["check_input", "reply_for"] and ordinary[-1] == "note_for"
@@ -223,7 +240,9 @@ class GatedEcho:
     def stream(self, conversation, *, seed=None, result=None, **overrides):
         from warmline.safety.gate import turn
 
-        return turn(conversation, lambda: ["Thank you", "Thank you for telling me."], gate=self.gate, result=result)
+        return turn(
+            conversation, lambda: ["Thank you", "Thank you for telling me."], gate=self.gate, result=result
+        )
 
 
 def chat_on(raw: bytes) -> tuple[str, str]:
@@ -238,8 +257,11 @@ def chat_on(raw: bytes) -> tuple[str, str]:
     return stdout.getvalue(), stderr.getvalue()
 
 
-_long = st.builds(lambda c, n: c * n, st.sampled_from(["a", "\x00", "é", "\udc80", "💀", " ", "kill "]),
-                  st.integers(90_000, 110_000))  # fmt: skip
+_long = st.builds(
+    lambda c, n: c * n,
+    st.sampled_from(["a", "\x00", "é", "\udc80", "💀", " ", "kill "]),
+    st.integers(90_000, 110_000),
+)
 _text = st.one_of(st.text(), st.text(st.characters(codec=None, categories=["Cc", "Cs", "Zs", "Co"])), _long)
 
 
@@ -281,8 +303,9 @@ def test_save_is_owner_only_and_asks_before_replacing(echo: EchoGenerator, tmp_p
         target.chmod(0o644)
         run(["one", "two", f"/save {target}", "y"])
         assert [t["content"] for t in json.loads(target.read_text())["messages"] if t["role"] == "user"] == [
-            "one", "two",
-        ]  # fmt: skip
+            "one",
+            "two",
+        ]
         assert stat.S_IMODE(target.stat().st_mode) == 0o600
     finally:
         os.umask(old_umask)
@@ -321,8 +344,11 @@ def test_ctrl_c_stops_the_reply_and_keeps_the_message(tiny_llama_dir: Path, tmp_
     script.write_text(_SLOW_CHAT)
     child = subprocess.Popen(
         [sys.executable, str(script), str(tiny_llama_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         child.stdin.write("I feel lonely.\n")
         child.stdin.flush()

@@ -102,15 +102,27 @@ def test_help_of_every_command(command):
 
 
 ROWS = [
-    {"Context": "I feel anxious before exams.", "Response": "That sounds stressful. What helps you calm down?"},
-    {"Context": "I feel anxious before exams.", "Response": "That sounds stressful. What helps you calm down?"},
+    {
+        "Context": "I feel anxious before exams.",
+        "Response": "That sounds stressful. What helps you calm down?",
+    },
+    {
+        "Context": "I feel anxious before exams.",
+        "Response": "That sounds stressful. What helps you calm down?",
+    },
     {"Context": "I feel anxious before exams.", "Response": "Many people do. Breathing slowly can help."},
-    {"Context": "My best friend stopped talking to me.", "Response": "That hurts. Would it help to write down "
-     "what you miss about the friendship, and what you would like to say to them if you could?"},
-    {"Context": "Work stress keeps me awake at night.", "Response": "Try putting your phone in another room."},
+    {
+        "Context": "My best friend stopped talking to me.",
+        "Response": "That hurts. Would it help to write down "
+        "what you miss about the friendship, and what you would like to say to them if you could?",
+    },
+    {
+        "Context": "Work stress keeps me awake at night.",
+        "Response": "Try putting your phone in another room.",
+    },
     {"Context": "   ", "Response": "An empty question."},
     {"Context": "I failed my exam.", "Response": "It makes sense to feel low after that."},
-]  # fmt: skip
+]
 
 
 def write_recipe(tmp_path: Path, base_model: str, source: str, extra: str = "") -> Path:
@@ -160,8 +172,10 @@ def test_data_inspect_prints_the_table(inspect_recipe_path, tiny_llama_dir, monk
     assert int(table["train"]) + int(table["val"]) == 5 and int(table["val"]) >= 1
     # Token lengths are the real tokenised lengths (no system prompt in this recipe).
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    convs = [[{"role": "user", "content": r["Context"]}, {"role": "assistant", "content": r["Response"]}]
-             for r in ROWS[:1] + ROWS[2:5] + ROWS[6:]]  # fmt: skip
+    convs = [
+        [{"role": "user", "content": r["Context"]}, {"role": "assistant", "content": r["Response"]}]
+        for r in ROWS[:1] + ROWS[2:5] + ROWS[6:]
+    ]
     lengths = sorted(len(tokenize_conversation(tokenizer, c, 10**6).input_ids) for c in convs)
     assert len(lengths) == 5
     assert int(table["max"]) == lengths[-1]

@@ -120,11 +120,21 @@ def test_alpaca_drops_boilerplate_instruction_keeps_specific_one(tmp_path):
         for i in range(4)
     ]
     rows += [
-        {"instruction": "Summarise this worry in one line.", "input": "I keep replaying the meeting.",
-         "output": "You keep going over the meeting."},
-        {"instruction": "Suggest one way to wind down before bed.", "input": "", "output": "Try dimming the lights."},
-        {"instruction": "Name a grounding exercise.", "output": "Try the 5-4-3-2-1 exercise."},  # no input column
-    ]  # fmt: skip
+        {
+            "instruction": "Summarise this worry in one line.",
+            "input": "I keep replaying the meeting.",
+            "output": "You keep going over the meeting.",
+        },
+        {
+            "instruction": "Suggest one way to wind down before bed.",
+            "input": "",
+            "output": "Try dimming the lights.",
+        },
+        {
+            "instruction": "Name a grounding exercise.",
+            "output": "Try the 5-4-3-2-1 exercise.",
+        },  # no input column
+    ]
     path = write_jsonl(tmp_path / "a.jsonl", rows)
     data = prepare(path, "alpaca")
     assert data.kept == 7 and data.dropped == {}
@@ -154,36 +164,44 @@ def test_human_assistant_multi_turn(tmp_path):
         "Human: Quiet. Too quiet.\nAssistant: Would a short call with a friend help?"
     )
     data = prepare(write_jsonl(tmp_path / "h.jsonl", [{"text": text}]), "human_assistant")
-    assert conversations(data) == [[
-        {"role": "user", "content": "I feel lonely."},
-        {"role": "assistant", "content": "That sounds hard.\nWhat has your week been like?"},
-        {"role": "user", "content": "Quiet. Too quiet."},
-        {"role": "assistant", "content": "Would a short call with a friend help?"},
-    ]]  # fmt: skip
+    assert conversations(data) == [
+        [
+            {"role": "user", "content": "I feel lonely."},
+            {"role": "assistant", "content": "That sounds hard.\nWhat has your week been like?"},
+            {"role": "user", "content": "Quiet. Too quiet."},
+            {"role": "assistant", "content": "Would a short call with a friend help?"},
+        ]
+    ]
 
 
 def test_messages_openai_style(tmp_path):
-    row = {"messages": [
-        {"role": "system", "content": "You listen."},
-        {"role": "user", "content": "I lost my job."},
-        {"role": "assistant", "content": "I'm sorry, that is a lot to carry."},
-        {"role": "user", "content": "Thanks."},
-        {"role": "assistant", "content": "What would help most this week?"},
-    ]}  # fmt: skip
+    row = {
+        "messages": [
+            {"role": "system", "content": "You listen."},
+            {"role": "user", "content": "I lost my job."},
+            {"role": "assistant", "content": "I'm sorry, that is a lot to carry."},
+            {"role": "user", "content": "Thanks."},
+            {"role": "assistant", "content": "What would help most this week?"},
+        ]
+    }
     data = prepare(write_jsonl(tmp_path / "m.jsonl", [row]), "messages", system="ignored: row has its own")
     assert conversations(data) == [row["messages"]]
 
 
 def test_messages_sharegpt_style(tmp_path):
-    row = {"conversations": [
-        {"from": "human", "value": "I can't focus."},
-        {"from": "gpt", "value": "That's frustrating. When did it start?"},
-    ]}  # fmt: skip
+    row = {
+        "conversations": [
+            {"from": "human", "value": "I can't focus."},
+            {"from": "gpt", "value": "That's frustrating. When did it start?"},
+        ]
+    }
     data = prepare(write_jsonl(tmp_path / "s.jsonl", [row]), "messages")
-    assert conversations(data) == [[
-        {"role": "user", "content": "I can't focus."},
-        {"role": "assistant", "content": "That's frustrating. When did it start?"},
-    ]]  # fmt: skip
+    assert conversations(data) == [
+        [
+            {"role": "user", "content": "I can't focus."},
+            {"role": "assistant", "content": "That's frustrating. When did it start?"},
+        ]
+    ]
 
 
 @pytest.mark.parametrize(
@@ -233,9 +251,13 @@ def test_json_list_and_wrapped_list(tmp_path):
 def test_jsonl_csv_parquet_read_the_same_rows(tmp_path):
     sources = [
         write_jsonl(tmp_path / "c.jsonl", COUNSELING_ROWS),
-        write_csv(tmp_path / "c.csv", ["Context", "Response"], [[r["Context"], r["Response"]] for r in COUNSELING_ROWS]),
+        write_csv(
+            tmp_path / "c.csv",
+            ["Context", "Response"],
+            [[r["Context"], r["Response"]] for r in COUNSELING_ROWS],
+        ),
         write_parquet(tmp_path / "c.parquet", COUNSELING_ROWS),
-    ]  # fmt: skip
+    ]
     for path in sources:
         raw = read_source(str(path))
         assert raw.rows == COUNSELING_ROWS, path.suffix
@@ -376,8 +398,14 @@ def test_json_object_with_several_lists(tmp_path):
 
 def test_some_invalid_jsonl_lines_are_counted(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps(COUNSELING_ROWS[0]), '{"Context": "unterminated', json.dumps(COUNSELING_ROWS[1]),
-             "not json at all", json.dumps(["a", "list"]), json.dumps(COUNSELING_ROWS[2])]  # fmt: skip
+    lines = [
+        json.dumps(COUNSELING_ROWS[0]),
+        '{"Context": "unterminated',
+        json.dumps(COUNSELING_ROWS[1]),
+        "not json at all",
+        json.dumps(["a", "list"]),
+        json.dumps(COUNSELING_ROWS[2]),
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = prepare(path, "counseling")
     assert data.kept == 3
@@ -394,18 +422,20 @@ def test_non_object_items_in_json_list_are_counted(tmp_path):
 def test_non_text_values_are_counted(tmp_path):
     path = tmp_path / "types.jsonl"
     path.write_text(
-        "\n".join([
-            json.dumps({"Context": 42, "Response": "A number is not a question."}),
-            json.dumps({"Context": ["a", "list"], "Response": "Nor is a list."}),
-            json.dumps({"Context": {"nested": "x"}, "Response": "Nor a mapping."}),
-            json.dumps({"Context": "A real question.", "Response": True}),
-            json.dumps({"Context": None, "Response": "Null."}),
-            '{"Context": NaN, "Response": "NaN from pandas."}',
-            json.dumps({"Response": "Context key absent."}),
-            json.dumps(COUNSELING_ROWS[0]),
-        ]),
+        "\n".join(
+            [
+                json.dumps({"Context": 42, "Response": "A number is not a question."}),
+                json.dumps({"Context": ["a", "list"], "Response": "Nor is a list."}),
+                json.dumps({"Context": {"nested": "x"}, "Response": "Nor a mapping."}),
+                json.dumps({"Context": "A real question.", "Response": True}),
+                json.dumps({"Context": None, "Response": "Null."}),
+                '{"Context": NaN, "Response": "NaN from pandas."}',
+                json.dumps({"Response": "Context key absent."}),
+                json.dumps(COUNSELING_ROWS[0]),
+            ]
+        ),
         encoding="utf-8",
-    )  # fmt: skip
+    )
     data = prepare(path, "counseling")
     assert data.kept == 1
     assert data.dropped == {"non_text_value": 4, "missing_value": 3}
@@ -442,10 +472,12 @@ def test_undecodable_bytes_drop_only_the_affected_rows(tmp_path):
 
 def test_html_remnants_are_cleaned_and_counted(tmp_path):
     rows = [
-        {"Context": "<p>I feel sad&nbsp;today.</p><p>What can I do?</p>",
-         "Response": "It makes sense.<br>Try a short walk.<br/>Tell me how it goes &amp; what you notice."},
+        {
+            "Context": "<p>I feel sad&nbsp;today.</p><p>What can I do?</p>",
+            "Response": "It makes sense.<br>Try a short walk.<br/>Tell me how it goes &amp; what you notice.",
+        },
         {"Context": "Plain   question   with    spaces.", "Response": "Plain answer."},
-    ]  # fmt: skip
+    ]
     data = prepare(write_jsonl(tmp_path / "h.jsonl", rows), "counseling")
     assert data.kept == 2
     user, assistant = conversations(data)[0]
@@ -664,12 +696,17 @@ def test_data_inspect_counts_max_rows_cuts_apart_from_dropped(tmp_path, tiny_lla
     rows.append({"Context": "  ", "Response": "empty"})
     write_jsonl(tmp_path / "d.jsonl", rows)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: x\nbase_model: {tiny_llama_dir}\nstages:\n  - {{name: s, source: d.jsonl, max_rows: 5}}\n")
+    recipe.write_text(
+        f"name: x\nbase_model: {tiny_llama_dir}\nstages:\n  - {{name: s, source: d.jsonl, max_rows: 5}}\n"
+    )
     (row,) = inspect_recipe(load_recipe(recipe), AutoTokenizer.from_pretrained(tiny_llama_dir))
     assert row["dropped"] == {"empty_turn": 1} and row["cut_by_max_rows"] > 0
     assert row["rows_read"] == 1 + row["duplicates"] + row["kept"] + row["cut_by_max_rows"]
     table = format_table([row])
-    assert f"s: {row['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped" in table
+    assert (
+        f"s: {row['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped"
+        in table
+    )
 
 
 def test_nothing_outside_the_run_folder_is_deleted(tmp_path):

@@ -26,9 +26,13 @@ LOSS_TOLERANCE = 1e-4
 
 
 def _write_stage_data(folder: Path, name: str, n: int, offset: int) -> Path:
-    rows = [{"text": f"Human: I feel tired on day {i + offset}, again and again.\n"
-                     f"Assistant: Feeling tired on day {i + offset} is hard. What helps you rest?"}
-            for i in range(n)]  # fmt: skip
+    rows = [
+        {
+            "text": f"Human: I feel tired on day {i + offset}, again and again.\n"
+            f"Assistant: Feeling tired on day {i + offset} is hard. What helps you rest?"
+        }
+        for i in range(n)
+    ]
     path = folder / f"{name}.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
@@ -39,8 +43,16 @@ def _recipe(tmp_path: Path, base: Path, run_name: str, **training) -> Path:
     optimizer step holds exactly the global batch of 4, in one process or two."""
     a = _write_stage_data(tmp_path, "alpha", 18, 0)
     b = _write_stage_data(tmp_path, "beta", 18, 100)
-    opts = {"micro_batch_size": 2, "global_batch_size": 4, "save_steps": 3, "logging_steps": 1,
-            "precision": "fp32", "warmup_ratio": 0.0, "num_threads": 1, **training}  # fmt: skip
+    opts = {
+        "micro_batch_size": 2,
+        "global_batch_size": 4,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "precision": "fp32",
+        "warmup_ratio": 0.0,
+        "num_threads": 1,
+        **training,
+    }
     lines = [
         f"name: {run_name}",
         f"base_model: {base}",
@@ -63,19 +75,47 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "
 def _launch_cmd(recipe: Path, *train_args: str, launch_args: tuple[str, ...] = ()) -> list[str]:
     """`accelerate launch --multi_gpu --num_processes 2 -m warmline train RECIPE`, the documented
     command: torchrun underneath, and a gloo group here, as there is no CUDA."""
-    return [str(ACCELERATE), "launch", "--num_processes", "2", "--multi_gpu", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", *launch_args,
-            "-m", "warmline", "train", str(recipe), *train_args]  # fmt: skip
+    return [
+        str(ACCELERATE),
+        "launch",
+        "--num_processes",
+        "2",
+        "--multi_gpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *launch_args,
+        "-m",
+        "warmline",
+        "train",
+        str(recipe),
+        *train_args,
+    ]
 
 
 def _launch(recipe: Path, *train_args: str, launch_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    return subprocess.run(_launch_cmd(recipe, *train_args, launch_args=launch_args), cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    return subprocess.run(
+        _launch_cmd(recipe, *train_args, launch_args=launch_args),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _single(recipe: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "warmline", "train", str(recipe)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "warmline", "train", str(recipe)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _logs(run: Path) -> list[dict]:
@@ -87,7 +127,9 @@ def test_accumulation_gives_the_global_batch_whatever_the_process_count():
     assert accumulation_steps(32, 4, 1, "r.yaml") == 8
     assert accumulation_steps(32, 4, 2, "r.yaml") == 4
     assert accumulation_steps(32, 4, 8, "r.yaml") == 1
-    with pytest.raises(RecipeError, match=r"not a multiple of micro_batch_size 4 x 3 processes.*\[1, 2, 4, 8\]"):
+    with pytest.raises(
+        RecipeError, match=r"not a multiple of micro_batch_size 4 x 3 processes.*\[1, 2, 4, 8\]"
+    ):
         accumulation_steps(32, 4, 3, "r.yaml")
 
 
@@ -101,12 +143,29 @@ def test_a_global_batch_that_does_not_divide_fails_before_weights_load(tmp_path,
 
 
 @pytest.mark.slow
-def test_accelerate_cpu_flag_with_several_processes_fails_naming_the_working_command(tmp_path, tiny_llama_dir):
+def test_accelerate_cpu_flag_with_several_processes_fails_naming_the_working_command(
+    tmp_path, tiny_llama_dir
+):
     """accelerate's `--cpu` launcher starts one process for `--num_processes 2` (it needs mpirun):
     warmline says so instead of training on one process while two were asked for."""
     recipe = _recipe(tmp_path, tiny_llama_dir, "cpuflag")
-    cmd = [str(ACCELERATE), "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "-m", "warmline", "train", str(recipe)]  # fmt: skip
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "warmline",
+        "train",
+        str(recipe),
+    ]
     result = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "starts a single process" in result.stderr and "accelerate launch --multi_gpu" in result.stderr
@@ -156,8 +215,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
             assert f2[row][split]["loss"] == pytest.approx(f1[row][split]["loss"], abs=LOSS_TOLERANCE)
     assert f2["beta"]["beta"]["loss"] < f2["base"]["beta"]["loss"]  # it trained
 
-    stage_ends = [r for r in map(json.loads, (run2 / "metrics.jsonl").read_text().splitlines())
-                  if r.get("event") == "stage_end"]  # fmt: skip
+    stage_ends = [
+        r
+        for r in map(json.loads, (run2 / "metrics.jsonl").read_text().splitlines())
+        if r.get("event") == "stage_end"
+    ]
     assert [r["stage"] for r in stage_ends] == ["alpha", "beta"]
     for folder in ("stage-01-alpha", "stage-02-beta", "final"):
         model = AutoModelForCausalLM.from_pretrained(run2 / folder)  # plain transformers, no warmline
@@ -175,8 +237,14 @@ def test_two_process_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path,
 
     full, cut = _recipe(tmp_path, tiny_llama_dir, "full"), _recipe(tmp_path, tiny_llama_dir, "cut")
     assert _launch(full).returncode == 0
-    proc = subprocess.Popen(_launch_cmd(cut), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _launch_cmd(cut),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     marker = tmp_path / "runs" / "cut" / ".work" / "stage-01-alpha" / "checkpoint-3" / COMPLETE_MARKER
     try:
         deadline = time.monotonic() + 600
@@ -227,8 +295,10 @@ def test_shipped_launch_configs_load_with_accelerates_loader():
         assert first.startswith("# ") and " when " in first.lower(), name
     fsdp = load_config_from_file(str(folder / "fsdp-full-shard.yaml")).fsdp_config
     assert fsdp["fsdp_reshard_after_forward"] is True and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
-    stages = {n: load_config_from_file(str(folder / n)).deepspeed_config["zero_stage"]
-              for n in ("deepspeed-zero2.yaml", "deepspeed-zero3.yaml")}  # fmt: skip
+    stages = {
+        n: load_config_from_file(str(folder / n)).deepspeed_config["zero_stage"]
+        for n in ("deepspeed-zero2.yaml", "deepspeed-zero3.yaml")
+    }
     assert stages == {"deepspeed-zero2.yaml": 2, "deepspeed-zero3.yaml": 3}
     # Accumulation is the Trainer's (from the recipe and process count), never fixed in a config.
     for n in stages:

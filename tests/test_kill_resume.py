@@ -19,7 +19,7 @@ import warmline.training.train as train_mod
 
 pytestmark = pytest.mark.slow
 
-RUNNER = r'''
+RUNNER = r"""
 import os, signal, sys
 from pathlib import Path
 
@@ -78,7 +78,7 @@ elif point == "during_publish":  # stage 2's weights written under the temporary
 from warmline.cli import app
 
 app(argv, prog_name="warmline")
-'''
+"""
 
 
 def _train(args: list[str], cwd: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -105,7 +105,9 @@ def uninterrupted(tmp_path_factory, tiny_llama_dir) -> dict:
     return _losses(folder / "runs" / "tiny")
 
 
-@pytest.mark.parametrize("kill_at", ["after_checkpoint", "during_rotation", "after_publish", "during_publish"])
+@pytest.mark.parametrize(
+    "kill_at", ["after_checkpoint", "during_rotation", "after_publish", "during_publish"]
+)
 def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir, uninterrupted, kill_at):
     recipe = _recipe(tmp_path, tiny_llama_dir)
     args = [str(recipe), "--set", "stages.0.epochs=1"]
@@ -117,7 +119,9 @@ def test_kill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_llama_dir,
     if kill_at in ("after_checkpoint", "during_rotation"):
         assert train_mod.latest_complete_checkpoint(work).name == "checkpoint-4"
     if kill_at == "during_rotation":
-        assert (work / "checkpoint-2").is_dir() and not (work / "checkpoint-2" / train_mod.COMPLETE_MARKER).exists()
+        assert (work / "checkpoint-2").is_dir() and not (
+            work / "checkpoint-2" / train_mod.COMPLETE_MARKER
+        ).exists()
     if kill_at == "after_publish":
         assert train_mod.is_published(stage2) and "beta" not in _losses(run)
     if kill_at == "during_publish":

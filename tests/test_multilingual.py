@@ -167,7 +167,9 @@ NEGATED = {
 }
 
 
-@pytest.mark.parametrize(("language", "text"), [(lang, text) for lang, texts in RISK.items() for text in texts])
+@pytest.mark.parametrize(
+    ("language", "text"), [(lang, text) for lang, texts in RISK.items() for text in texts]
+)
 def test_risk_in_each_language_is_a_crisis_in_that_language(language: str, text: str) -> None:
     assessment = judged(text)
     assert assessment.is_crisis, (text, assessment.evidence)
@@ -175,7 +177,9 @@ def test_risk_in_each_language_is_a_crisis_in_that_language(language: str, text:
     assert assessment.reply_kind is not None
 
 
-@pytest.mark.parametrize(("language", "text"), [(lang, text) for lang, texts in BENIGN.items() for text in texts])
+@pytest.mark.parametrize(
+    ("language", "text"), [(lang, text) for lang, texts in BENIGN.items() for text in texts]
+)
 def test_idioms_and_everyday_messages_are_not_crises(language: str, text: str) -> None:
     assessment = judged(text)
     assert not assessment.is_crisis, (text, assessment.evidence)
@@ -211,7 +215,10 @@ def test_short_english_messages_stay_english(text: str) -> None:
 
 def test_an_unsure_short_message_keeps_the_conversations_language() -> None:
     assert identify_language("ok").probability < CONFIDENT
-    assert assess(user("j'ai passé une journée horrible au travail", "ok"), use_classifier=False).language == "fr"
+    assert (
+        assess(user("j'ai passé une journée horrible au travail", "ok"), use_classifier=False).language
+        == "fr"
+    )
     # and a crisis earlier in the conversation is answered in the latest turn's language
     conversation = user("je veux mourir", "ok")
     assessment = assess(conversation, use_classifier=False)

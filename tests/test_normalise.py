@@ -92,7 +92,15 @@ def test_slang_and_euphemisms_become_plain_words(written: str, read: str) -> Non
 )
 def test_ordinary_words_are_not_turned_into_risk_words(text: str) -> None:
     read = normalise_text(text)
-    for risk_word in ("suicide", "kill myself", "overdose", "self-harm", "eating-disorder", "hang myself", "die"):
+    for risk_word in (
+        "suicide",
+        "kill myself",
+        "overdose",
+        "self-harm",
+        "eating-disorder",
+        "hang myself",
+        "die",
+    ):
         assert (risk_word in read) == (risk_word in text.lower()), (text, read)
 
 
@@ -169,7 +177,23 @@ _SURROGATE_TEXT = st.lists(
     max_size=80,
 ).map("".join)
 _RISKY_WORDS = st.lists(
-    st.sampled_from(["kill", "myself", "su1c1de", "s u i", "d!e", "kms", "\u200b", "\x00", "\udc80", "lol", "not", "pills", "."]),
+    st.sampled_from(
+        [
+            "kill",
+            "myself",
+            "su1c1de",
+            "s u i",
+            "d!e",
+            "kms",
+            "\u200b",
+            "\x00",
+            "\udc80",
+            "lol",
+            "not",
+            "pills",
+            ".",
+        ]
+    ),
     max_size=40,
 ).map(" ".join)
 
@@ -184,7 +208,9 @@ def test_normalise_and_assess_never_raise(text: str | bytes) -> None:
     assert assessment.level in set(RiskLevel)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 @given(st.text(min_size=1, max_size=5).map(lambda piece: piece * (100_000 // len(piece))))
 def test_hundred_thousand_characters_never_raise(text: str) -> None:
     assert len(text) >= 99_995

@@ -91,13 +91,20 @@ def test_minimal_recipe_fills_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("yaml_text", "bad_key", "suggestion"),
     [
-        (MINIMAL.replace("    epochs: 3\n", "    learnin_rate: 1.0e-4\n"), "stages.0.learnin_rate", "learning_rate"),
-        (MINIMAL.replace("  micro_batch_size: 2\n", "  micro_batch_sise: 2\n"), "training.micro_batch_sise",
-         "micro_batch_size"),
+        (
+            MINIMAL.replace("    epochs: 3\n", "    learnin_rate: 1.0e-4\n"),
+            "stages.0.learnin_rate",
+            "learning_rate",
+        ),
+        (
+            MINIMAL.replace("  micro_batch_size: 2\n", "  micro_batch_sise: 2\n"),
+            "training.micro_batch_sise",
+            "micro_batch_size",
+        ),
         (MINIMAL.replace("base_model:", "base_modle:"), "base_modle", "base_model"),
         (MINIMAL + "  lora:\n    enabeld: true\n", "training.lora.enabeld", "enabled"),
     ],
-)  # fmt: skip
+)
 def test_unknown_key_names_key_file_and_closest_valid_key(tmp_path, yaml_text, bad_key, suggestion):
     path = write(tmp_path, yaml_text)
     with pytest.raises(RecipeError) as err:
@@ -127,20 +134,33 @@ def test_missing_required_key_is_named(tmp_path):
     ("old", "new", "expected"),
     [
         ("    epochs: 3\n", "    epochs: three\n", r"'stages\.0\.epochs' must be a number, got 'three'"),
-        ("  micro_batch_size: 2\n", "  micro_batch_size: 2.5\n",
-         r"'training\.micro_batch_size' must be an integer, got 2\.5"),
+        (
+            "  micro_batch_size: 2\n",
+            "  micro_batch_size: 2.5\n",
+            r"'training\.micro_batch_size' must be an integer, got 2\.5",
+        ),
         ("  seed: 7\n", "  seed: true\n", r"'training\.seed' must be an integer, got True"),
-        ("  seed: 7\n", "  seed: 7\n  packing: maybe\n", r"'training\.packing' must be true or false, got 'maybe'"),
-        ("    format: alpaca\n", "    format: alpacca\n",
-         r"'stages\.1\.format' is 'alpacca', expected one of .*did you mean 'alpaca'"),
+        (
+            "  seed: 7\n",
+            "  seed: 7\n  packing: maybe\n",
+            r"'training\.packing' must be true or false, got 'maybe'",
+        ),
+        (
+            "    format: alpaca\n",
+            "    format: alpacca\n",
+            r"'stages\.1\.format' is 'alpacca', expected one of .*did you mean 'alpaca'",
+        ),
         ("name: tiny\n", "name: [a, b]\n", r"'name' must be text, got list"),
         ("  seed: 7\n", "  seed: 7\n  precision: fp8\n", r"'training\.precision' is 'fp8'"),
         ("training:\n", "training: 3\nx:\n", r"'training' must be a mapping, got int"),
-        ("    format: counseling\n", "    format: counseling\n    columns: [Context]\n",
-         r"'stages\.0\.columns' must be a mapping, got list"),
+        (
+            "    format: counseling\n",
+            "    format: counseling\n    columns: [Context]\n",
+            r"'stages\.0\.columns' must be a mapping, got list",
+        ),
         ("name: tiny\n", "name:\n", r"'name' must not be empty"),
     ],
-)  # fmt: skip
+)
 def test_wrong_types_fail_clearly(tmp_path, old, new, expected):
     assert old in MINIMAL
     path = write(tmp_path, MINIMAL.replace(old, new, 1))
@@ -175,7 +195,7 @@ def test_strings_that_look_like_numbers_are_coerced(tmp_path):
         ("    learning_rate: 1.0e6\n", "stages.0.learning_rate", "(0, 0.1]"),
         ("    learning_rate: -1.0e-4\n", "stages.0.learning_rate", "(0, 0.1]"),
     ],
-)  # fmt: skip
+)
 def test_out_of_range_stage_values_fail(tmp_path, extra, key, valid):
     path = write(tmp_path, MINIMAL.replace("    epochs: 3\n", "" + extra))
     with pytest.raises(RecipeError) as err:
@@ -204,7 +224,7 @@ def test_out_of_range_stage_values_fail(tmp_path, extra, key, valid):
         ("training.lora.r=0", "training.lora.r", "[1, 4096]"),
         ("training.lora.dropout=1.0", "training.lora.dropout", "[0, 1)"),
     ],
-)  # fmt: skip
+)
 def test_out_of_range_values_fail_naming_key_file_and_range(tmp_path, override, key, valid):
     path = write(tmp_path, MINIMAL)
     with pytest.raises(RecipeError) as err:
@@ -334,10 +354,13 @@ def test_override_can_add_a_nested_section(tmp_path):
         ("stages.first.epochs=1", r"'first' is not a valid index"),
         ("stages.-1.epochs=1", r"'-1' is not a valid index"),
         ("stages.0.epocs=1", r"unknown key 'stages\.0\.epocs'; did you mean 'epochs'"),
-        ("training.micro_batch_sise=2", r"unknown key 'training\.micro_batch_sise'; did you mean 'micro_batch_size'"),
+        (
+            "training.micro_batch_sise=2",
+            r"unknown key 'training\.micro_batch_sise'; did you mean 'micro_batch_size'",
+        ),
         ("stages.0.epochs", r"must look like key\.path=value"),
     ],
-)  # fmt: skip
+)
 def test_bad_overrides_fail_clearly(tmp_path, override, expected):
     with pytest.raises(RecipeError, match=expected):
         load_recipe(write(tmp_path, MINIMAL), [override])

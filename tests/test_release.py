@@ -146,7 +146,9 @@ def user(text: str) -> list[dict[str, str]]:
 def test_crisis_gets_the_fixed_reply_and_the_engine_is_never_asked() -> None:
     gate = RecordingGate()
     result = TurnResult()
-    pieces = list(gate.stream(user("I want to kill myself tonight"), lambda: pytest.fail("engine asked"), result=result))
+    pieces = list(
+        gate.stream(user("I want to kill myself tonight"), lambda: pytest.fail("engine asked"), result=result)
+    )
     assert result.stop_reason == "crisis" and pieces == [result.text]
     assert result.text == gate.reply_for(gate.check_input(user("I want to kill myself tonight")))
     assert gate.steps[:2] == ["check_input", "reply_for"] and "screen" not in gate.steps
@@ -165,7 +167,9 @@ def test_a_screened_turn_shows_the_safe_part_then_the_fallback() -> None:
     gate = RecordingGate()
     result = TurnResult()
     pieces = list(
-        gate.stream(user("I can't sleep"), lambda: grow("I hear you. You have bipolar disorder. Rest."), result=result)
+        gate.stream(
+            user("I can't sleep"), lambda: grow("I hear you. You have bipolar disorder. Rest."), result=result
+        )
     )
     assert result.stop_reason == "screened" and result.screen_reasons == ["diagnosis"]
     assert result.text == FALLBACK_REPLY and pieces == ["I hear you.", "\n\n" + FALLBACK_REPLY]
@@ -192,6 +196,8 @@ def test_respond_is_the_same_flow_without_streaming() -> None:
 def test_without_a_gate_only_the_text_layer_runs() -> None:
     result = TurnResult()
     text = "That sounds hard.\nHuman: hi"
-    pieces = list(turn(user("I want to kill myself"), lambda: grow(text), gate=None, stop_strings=STOPS, result=result))
+    pieces = list(
+        turn(user("I want to kill myself"), lambda: grow(text), gate=None, stop_strings=STOPS, result=result)
+    )
     assert "".join(pieces) == result.text == "That sounds hard." and result.stop_reason == "stop_string"
     assert result.assessment is None

@@ -52,7 +52,9 @@ def paragraphs(reply: str) -> list[str]:
 @pytest.mark.parametrize("level", ["elevated", "imminent"])
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_renders_in_every_language_with_that_locales_lines(kind: str, language: str, level: str) -> None:
+def test_every_kind_renders_in_every_language_with_that_locales_lines(
+    kind: str, language: str, level: str
+) -> None:
     table = load_table()
     texts = load_replies()[language]["kinds"][kind]
     case = assessment(kind, language, level)
@@ -141,10 +143,19 @@ def test_intrusive_thoughts_get_perinatal_lines_and_no_judgement() -> None:
 
 @pytest.mark.parametrize(
     ("locale", "language", "expected"),
-    [("us", "en", "1-800-422-4453"), ("uk", "en", "0800 1111"), ("es", "es", "900 20 20 10"),
-     ("fr", "fr", "119"), ("de", "de", "116 111"), ("it", "it", "19696"), ("br", "pt", "Disque 100")],
-)  # fmt: skip
-def test_a_young_person_disclosing_abuse_gets_child_protection_lines(locale: str, language: str, expected: str) -> None:
+    [
+        ("us", "en", "1-800-422-4453"),
+        ("uk", "en", "0800 1111"),
+        ("es", "es", "900 20 20 10"),
+        ("fr", "fr", "119"),
+        ("de", "de", "116 111"),
+        ("it", "it", "19696"),
+        ("br", "pt", "Disque 100"),
+    ],
+)
+def test_a_young_person_disclosing_abuse_gets_child_protection_lines(
+    locale: str, language: str, expected: str
+) -> None:
     reply = crisis_reply(assessment("child_abuse", language), locale)
     child_lines = paragraphs(reply)[1].splitlines()[1]  # the first line listed
     assert expected in child_lines
@@ -231,13 +242,17 @@ def test_every_resource_line_cites_its_source_and_says_it_is_unverified() -> Non
     header = packaged_resources_path().read_text(encoding="utf-8").split("locales:")[0]
     assert "MUST VERIFY" in header
     for language in LANGUAGES:  # every language lists countries that exist in the file
-        assert table.countries_for(language) and all(c.key in table.locales for c in table.countries_for(language))
+        assert table.countries_for(language) and all(
+            c.key in table.locales for c in table.countries_for(language)
+        )
 
 
 def test_a_reply_texts_file_missing_a_kind_fails_loudly(tmp_path: Path) -> None:
     data = load_replies()
     broken = {lang: dict(texts) for lang, texts in data.items()}
-    broken["de"] = dict(broken["de"], kinds={k: v for k, v in data["de"]["kinds"].items() if k != "third_party"})
+    broken["de"] = dict(
+        broken["de"], kinds={k: v for k, v in data["de"]["kinds"].items() if k != "third_party"}
+    )
     path = tmp_path / "replies.yaml"
     path.write_text(yaml.safe_dump(broken, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ValueError, match=r"de\.kinds\.third_party\.opening"):
@@ -309,9 +324,13 @@ def test_terminal_chat_repeats_the_notice_after_3_hours() -> None:
     clock = FakeClock()
     stdin, stdout, stderr = io.StringIO("one\ntwo\nthree\n/quit\n"), io.StringIO(), io.StringIO()
     run_chat(
-        TwoHourGenerator(clock), system_prompt=None, stdin=stdin, stdout=stdout, stderr=stderr,
+        TwoHourGenerator(clock),
+        system_prompt=None,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
         notice=SessionNotice(clock=clock),
-    )  # fmt: skip
+    )
     err = stderr.getvalue()
     assert err.count(AI_NOTICE) == 2  # at the start (0 h) and before the third reply (4 h)
     assert err.index(REMINDER) > err.index(AI_NOTICE)
@@ -383,11 +402,15 @@ def test_gate_counts_crisis_replies_per_kind_category_and_language_never_text() 
 
 def test_counts_file_is_owner_only_and_adds_up_over_runs(tmp_path: Path) -> None:
     path = tmp_path / "counts" / "safety.json"
-    first = CountsWriter(path, lambda: {"crisis_replies": 2, "crisis_kind:suicide": 2}, interval_s=3600).start()
+    first = CountsWriter(
+        path, lambda: {"crisis_replies": 2, "crisis_kind:suicide": 2}, interval_s=3600
+    ).start()
     first.stop()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     started = read_counts(path)["started"]
-    second = CountsWriter(path, lambda: {"crisis_replies": 1, "crisis_kind:abuse": 1}, interval_s=3600).start()
+    second = CountsWriter(
+        path, lambda: {"crisis_replies": 1, "crisis_kind:abuse": 1}, interval_s=3600
+    ).start()
     second.stop()
     data = read_counts(path)
     assert data["counts"] == {"crisis_replies": 3, "crisis_kind:suicide": 2, "crisis_kind:abuse": 1}
@@ -397,13 +420,26 @@ def test_counts_file_is_owner_only_and_adds_up_over_runs(tmp_path: Path) -> None
 
 def test_safety_report_on_a_counts_file(tmp_path: Path) -> None:
     path = tmp_path / "safety.json"
-    write_counts(path, {
-        "assessments": 10, "level:none": 6, "level:distress": 1, "level:elevated": 2, "level:imminent": 1,
-        "crisis_replies": 3, "crisis_replies:elevated": 2, "crisis_replies:imminent": 1,
-        "crisis_kind:suicide": 2, "crisis_kind:violence_request": 1, "crisis_category:plan": 1,
-        "crisis_category:violence_request": 1, "crisis_language:fr": 1, "crisis_language:en": 2,
-        "distress_notes": 1,
-    })  # fmt: skip
+    write_counts(
+        path,
+        {
+            "assessments": 10,
+            "level:none": 6,
+            "level:distress": 1,
+            "level:elevated": 2,
+            "level:imminent": 1,
+            "crisis_replies": 3,
+            "crisis_replies:elevated": 2,
+            "crisis_replies:imminent": 1,
+            "crisis_kind:suicide": 2,
+            "crisis_kind:violence_request": 1,
+            "crisis_category:plan": 1,
+            "crisis_category:violence_request": 1,
+            "crisis_language:fr": 1,
+            "crisis_language:en": 2,
+            "distress_notes": 1,
+        },
+    )
     result = runner.invoke(cli.app, ["safety", "report", str(path)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -432,7 +468,9 @@ def test_safety_report_on_a_file_that_is_not_a_counts_file_is_one_clear_line(tmp
     assert missing.exit_code == 2 and "--safety-counts" in missing.stderr
 
 
-def test_chat_with_safety_counts_writes_the_gates_counts(tmp_path: Path, tiny_llama_dir: Path, monkeypatch) -> None:
+def test_chat_with_safety_counts_writes_the_gates_counts(
+    tmp_path: Path, tiny_llama_dir: Path, monkeypatch
+) -> None:
     from warmline.serving.generator import Generator
 
     def load(model, locale, settings, fp16_decode=True):  # the real generator and gate, no classifier
@@ -443,7 +481,9 @@ def test_chat_with_safety_counts_writes_the_gates_counts(tmp_path: Path, tiny_ll
     counts = tmp_path / "counts.json"
     messages = "hello\nI want to kill myself\n/quit\n"
     result = runner.invoke(
-        cli.app, ["chat", str(tiny_llama_dir), "--max-new-tokens", "4", "--safety-counts", str(counts)], input=messages
+        cli.app,
+        ["chat", str(tiny_llama_dir), "--max-new-tokens", "4", "--safety-counts", str(counts)],
+        input=messages,
     )
     assert result.exit_code == 0, result.output
     assert "findahelpline.com" in result.stdout  # no --locale: the country is not known

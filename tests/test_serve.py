@@ -132,8 +132,13 @@ def test_settings_reach_the_generator_and_seed_reproduces(served, tiny_llama_dir
     reply = client.predict("I feel lonely.", *settings, api_name="/chat")
     expected = generator.generate(
         [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I feel lonely."}],
-        seed=7, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1, max_new_tokens=6,
-    )  # fmt: skip
+        seed=7,
+        temperature=0.9,
+        top_k=40,
+        top_p=0.95,
+        repetition_penalty=1.1,
+        max_new_tokens=6,
+    )
     assert expected.new_tokens > 0 and reply == expected.text
 
 
@@ -157,7 +162,9 @@ def test_a_screened_reply_replaces_the_shown_message(served, tiny_llama_dir: Pat
 
     calls: list[int] = []
     monkeypatch.setattr(generator.model, "forward", scripted)
-    monkeypatch.setattr(generator.decode_model, "forward", lambda *a, **k: scripted(*a, model=generator.decode_model, **k))
+    monkeypatch.setattr(
+        generator.decode_model, "forward", lambda *a, **k: scripted(*a, model=generator.decode_model, **k)
+    )
     url = served(build_app(generator))
     chunks = list(Client(url, verbose=False).submit("I can't sleep", api_name="/chat"))
     assert chunks[0] == "I see."  # the safe sentence streamed first
@@ -219,7 +226,9 @@ def test_history_from_the_browser_is_reduced_to_text_turns() -> None:
 
 def test_serve_command_binds_localhost_by_default(monkeypatch) -> None:
     seen = {}
-    monkeypatch.setattr(cli, "_load_generator", lambda model, locale, settings, fp16_decode=True: CountingGenerator())
+    monkeypatch.setattr(
+        cli, "_load_generator", lambda model, locale, settings, fp16_decode=True: CountingGenerator()
+    )
     monkeypatch.setattr("warmline.serving.web.launch", lambda app, **kwargs: seen.update(kwargs, app=app))
     result = CliRunner().invoke(cli.app, ["serve", "some-model", "--temperature", "0.5"])
     assert result.exit_code == 0, result.output
@@ -240,7 +249,9 @@ def test_the_server_runs_the_one_gate_flow(served, tiny_llama_dir: Path) -> None
     """Through the real server: an ordinary message is assessed, streamed, screened sentence by
     sentence and noted; a crisis message gets the fixed reply with nothing else run."""
     gate = recording_gate()
-    generator = Generator.from_pretrained(str(tiny_llama_dir), gate=gate, settings=GenerationSettings(max_new_tokens=6))
+    generator = Generator.from_pretrained(
+        str(tiny_llama_dir), gate=gate, settings=GenerationSettings(max_new_tokens=6)
+    )
     generator.warm_up("Be kind.")  # as `warmline serve` does: around the gate
     assert gate.steps == []
     url = served(build_app(generator, system_prompt="Be kind."))
@@ -263,7 +274,9 @@ def test_a_lone_surrogate_in_raw_json_gets_the_crisis_reply(served, tiny_llama_d
     url = served(build_app(generator)).rstrip("/")
     # Raw JSON with an escaped lone surrogate, as any HTTP client may send it.
     body = '{"data": ["I have been thinking about ending my life \\udc80", 0.7, 50, 0.92, 1.2, 20, -1]}'
-    posted = httpx.post(f"{url}/gradio_api/call/chat", content=body, headers={"Content-Type": "application/json"})
+    posted = httpx.post(
+        f"{url}/gradio_api/call/chat", content=body, headers={"Content-Type": "application/json"}
+    )
     assert posted.status_code == 200, posted.text
     events = httpx.get(f"{url}/gradio_api/call/chat/{posted.json()['event_id']}", timeout=60).text
     assert "event: error" not in events and "event: complete" in events
@@ -314,8 +327,10 @@ def test_a_crisis_reply_does_not_wait_for_a_busy_model(tiny_llama_dir: Path, tmp
     script.write_text(_SLOW_SERVER)
     server = subprocess.Popen(
         [sys.executable, str(script), str(tiny_llama_dir), str(free_port())],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = None
         while url is None:

@@ -24,8 +24,12 @@ def _write_stage_data(folder: Path, name: str, n: int, offset: int) -> Path:
     for i in range(n):
         feeling = FEELINGS[(i + offset) % len(FEELINGS)]
         place = PLACES[(i * 3 + offset) % len(PLACES)]
-        rows.append({"text": f"Human: I feel {feeling} {place}, day {i + offset}.\n"
-                             f"Assistant: Feeling {feeling} {place} is hard. What helps you?"})  # fmt: skip
+        rows.append(
+            {
+                "text": f"Human: I feel {feeling} {place}, day {i + offset}.\n"
+                f"Assistant: Feeling {feeling} {place} is hard. What helps you?"
+            }
+        )
     path = folder / f"{name}.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
@@ -34,8 +38,15 @@ def _write_stage_data(folder: Path, name: str, n: int, offset: int) -> Path:
 def _recipe(tmp_path: Path, base: Path, **training) -> Path:
     a = _write_stage_data(tmp_path, "alpha", 16, 0)
     b = _write_stage_data(tmp_path, "beta", 16, 100)
-    opts = {"micro_batch_size": 4, "global_batch_size": 4, "save_steps": 2, "logging_steps": 1,
-            "precision": "fp32", "warmup_ratio": 0.0, **training}  # fmt: skip
+    opts = {
+        "micro_batch_size": 4,
+        "global_batch_size": 4,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "precision": "fp32",
+        "warmup_ratio": 0.0,
+        **training,
+    }
     lines = [
         "name: tiny",
         f"base_model: {base}",
@@ -66,15 +77,23 @@ def test_packed_examples_attend_only_within_themselves(model_fixture, request):
     """Logits of an example packed after another equal its logits alone (SDPA and eager)."""
     folder = request.getfixturevalue(model_fixture)
     tok = AutoTokenizer.from_pretrained(folder)
-    conv_a = [{"role": "user", "content": "I feel lonely at night."}, {"role": "assistant", "content": "That is hard."}]
-    conv_b = [{"role": "user", "content": "Work is stressful."}, {"role": "assistant", "content": "What helps you?"}]
+    conv_a = [
+        {"role": "user", "content": "I feel lonely at night."},
+        {"role": "assistant", "content": "That is hard."},
+    ]
+    conv_b = [
+        {"role": "user", "content": "Work is stressful."},
+        {"role": "assistant", "content": "What helps you?"},
+    ]
     ex_a, ex_b = (tokenize_conversation(tok, c, 64) for c in (conv_a, conv_b))
     for attn in ("sdpa", "eager"):
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attn).eval()
         with torch.no_grad():
             alone = model(input_ids=torch.tensor([ex_b.input_ids]), use_cache=False).logits[0]
             packed = collate_padding_free([ex_a, ex_b])
-            both = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+            both = model(
+                input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+            ).logits[0]
         in_packed = both[len(ex_a.input_ids) :]
         assert torch.allclose(alone, in_packed, atol=1e-4), f"{attn}: packed example saw its neighbour"
         # Guard against a vacuous pass: without position ids the neighbour does leak in.
@@ -88,7 +107,10 @@ def test_trl_collator_batches_match_our_packing(tiny_llama_dir):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    convs = [[{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}] for i in range(3)]
+    convs = [
+        [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]
+        for i in range(3)
+    ]
     exs = [tokenize_conversation(tok, c, 64) for c in convs]
     collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
     batch = collator([{"input_ids": e.input_ids, "labels": e.labels} for e in exs])
@@ -156,8 +178,11 @@ def test_sequential_training_end_to_end(tmp_path, base_dir, monkeypatch):
 
 def test_labels_mask_prompt_and_train_eos(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    conv = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "I feel sad"},
-            {"role": "assistant", "content": "I hear you"}]  # fmt: skip
+    conv = [
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "I feel sad"},
+        {"role": "assistant", "content": "I hear you"},
+    ]
     ex = tokenize_conversation(tok, conv, 128)
     labelled = [i for i, lbl in enumerate(ex.labels) if lbl != IGNORE_INDEX]
     assert tok.decode([ex.input_ids[i] for i in labelled]) == "I hear you<|im_end|>"
@@ -228,15 +253,19 @@ def test_validation_loss_is_token_weighted(tiny_llama_dir):
     """evaluate_loss = exp-able mean over every labelled token, however examples are batched."""
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    convs = [[{"role": "user", "content": "hi " * (i + 1)}, {"role": "assistant", "content": "ok " * (3 * i + 1)}]
-             for i in range(4)]  # fmt: skip
+    convs = [
+        [{"role": "user", "content": "hi " * (i + 1)}, {"role": "assistant", "content": "ok " * (3 * i + 1)}]
+        for i in range(4)
+    ]
     exs = [tokenize_conversation(tok, c, 128) for c in convs]
     total, count = 0.0, 0
     with torch.no_grad():
         for ex in exs:
             logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
             labels = torch.tensor(ex.labels[1:])
-            total += torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum").item()
+            total += torch.nn.functional.cross_entropy(
+                logits, labels, ignore_index=-100, reduction="sum"
+            ).item()
             count += int((labels != -100).sum())
     for max_tokens in (8, 10_000):
         result = evaluate_loss(model, exs, max_tokens=max_tokens)
@@ -247,8 +276,10 @@ def test_validation_loss_is_token_weighted(tiny_llama_dir):
 
 def test_lora_stage_merges_adapters_into_plain_weights(tmp_path, tiny_llama_dir):
     """With LoRA on, each stage saves merged full weights that plain transformers loads."""
-    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.r=4",
-                                                              "stages.0.epochs=1", "stages.1.epochs=1"])  # fmt: skip
+    recipe = load_recipe(
+        _recipe(tmp_path, tiny_llama_dir),
+        ["training.lora.enabled=true", "training.lora.r=4", "stages.0.epochs=1", "stages.1.epochs=1"],
+    )
     final = train_mod.train_recipe(recipe)
     saved = _weights(final)
     assert not any("lora" in name for name in saved), "adapters must be merged before saving"
@@ -263,8 +294,9 @@ def _built_first_stage(tmp_path, base, overrides=(), callbacks=()):
     recipe = load_recipe(_recipe(tmp_path, base), list(overrides))
     tokenizer = train_mod.load_training_tokenizer(recipe)
     stages = train_mod.prepare_stages(recipe, tokenizer)
-    built = train_mod.build_stage_trainer(recipe, stages[0], stages, recipe.base_model, tokenizer, "fp32",
-                                          recipe.run_dir, callbacks=callbacks)  # fmt: skip
+    built = train_mod.build_stage_trainer(
+        recipe, stages[0], stages, recipe.base_model, tokenizer, "fp32", recipe.run_dir, callbacks=callbacks
+    )
     return recipe, stages, built
 
 
@@ -272,8 +304,9 @@ def _built_first_stage(tmp_path, base, overrides=(), callbacks=()):
 def test_activation_checkpointing_follows_the_recipe(tmp_path, tiny_llama_dir, checkpointing):
     """TRL's SFTConfig turns activation checkpointing on by default; the recipe's
     `gradient_checkpointing` must decide (off by default: it costs ~1/3 more compute)."""
-    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir,
-                                     [f"training.gradient_checkpointing={str(checkpointing).lower()}"])  # fmt: skip
+    _, _, built = _built_first_stage(
+        tmp_path, tiny_llama_dir, [f"training.gradient_checkpointing={str(checkpointing).lower()}"]
+    )
     assert built.trainer.args.activation_checkpointing is checkpointing
     if not checkpointing:  # the Trainer enables it on the model when train() starts
         assert built.trainer.model.is_gradient_checkpointing is False
@@ -304,8 +337,12 @@ def test_first_optimizer_step_does_not_run_at_learning_rate_zero(tmp_path, tiny_
         def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
             seen.append(optimizer.param_groups[0]["lr"])
 
-    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir, ["training.warmup_ratio=0.5",
-                                     f"training.lr_scheduler={scheduler}"], callbacks=(LearningRates(),))  # fmt: skip
+    _, _, built = _built_first_stage(
+        tmp_path,
+        tiny_llama_dir,
+        ["training.warmup_ratio=0.5", f"training.lr_scheduler={scheduler}"],
+        callbacks=(LearningRates(),),
+    )
     built.trainer.train()
     peak = 3.0e-3
     warmup = built.trainer.args.get_warmup_steps(len(seen))
@@ -317,7 +354,9 @@ def test_first_optimizer_step_does_not_run_at_learning_rate_zero(tmp_path, tiny_
 
 def test_padding_waste_is_exact_only_when_the_order_cannot_change_it():
     lengths = [10, 50, 12, 48, 11, 52, 9, 49]
-    assert train_mod.padding_stats(lengths, 4, padding_free=True, pad_to_multiple_of=None) == {"padding_waste": 0.0}
+    assert train_mod.padding_stats(lengths, 4, padding_free=True, pad_to_multiple_of=None) == {
+        "padding_waste": 0.0
+    }
     one = train_mod.padding_stats(lengths, 1, padding_free=False, pad_to_multiple_of=None)
     assert one == {"padding_waste": 0.0}
     padded = train_mod.padding_stats(lengths, 2, padding_free=False, pad_to_multiple_of=512)
@@ -410,7 +449,9 @@ def test_resume_with_a_different_recipe_refuses_unless_forced(tmp_path, tiny_lla
 
     recipe_path = _recipe(tmp_path, tiny_llama_dir)
     final = train_mod.train_recipe(load_recipe(recipe_path))
-    with pytest.raises(RecipeError, match=r"stage-01-alpha was trained with a different recipe \(training\.seed: 42 -> 7"):
+    with pytest.raises(
+        RecipeError, match=r"stage-01-alpha was trained with a different recipe \(training\.seed: 42 -> 7"
+    ):
         train_mod.train_recipe(load_recipe(recipe_path, ["training.seed=7"]), resume=True)
     # Values that don't change the weights may differ.
     train_mod.train_recipe(load_recipe(recipe_path, ["training.logging_steps=3"]), resume=True)
@@ -419,7 +460,9 @@ def test_resume_with_a_different_recipe_refuses_unless_forced(tmp_path, tiny_lla
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["seed"] == 42 and manifest["source_stage"] == "stage-02-beta"
     stage_manifest = json.loads((final.parent / "stage-02-beta" / "manifest.json").read_text())
-    assert stage_manifest["stage"] == "beta" and "source_stage" not in stage_manifest  # not written through a link
+    assert (
+        stage_manifest["stage"] == "beta" and "source_stage" not in stage_manifest
+    )  # not written through a link
 
 
 def test_new_checkpoint_is_marked_before_an_old_one_is_deleted(tmp_path, tiny_llama_dir, monkeypatch):
@@ -452,8 +495,9 @@ def test_qlora_without_cuda_fails_before_any_weights_load(tmp_path, tiny_llama_d
     """`quantize: 4bit` here (no CUDA): one line naming plain LoRA, raised by the recipe check."""
     from warmline.recipe import RecipeError
 
-    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true",
-                                                              "training.lora.quantize=4bit"])  # fmt: skip
+    recipe = load_recipe(
+        _recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=4bit"]
+    )
     assert recipe.training.lora.quantize == "4bit"
 
     def no_weights(*args, **kwargs):
@@ -461,7 +505,9 @@ def test_qlora_without_cuda_fails_before_any_weights_load(tmp_path, tiny_llama_d
 
     monkeypatch.setattr(train_mod, "load_model", no_weights)
     monkeypatch.setattr(train_mod, "load_training_tokenizer", no_weights)
-    with pytest.raises(RecipeError, match=r"needs a CUDA GPU .*use plain LoRA instead: set 'training.lora.quantize: null'") as err:
+    with pytest.raises(
+        RecipeError, match=r"needs a CUDA GPU .*use plain LoRA instead: set 'training.lora.quantize: null'"
+    ) as err:
         train_mod.train_recipe(recipe)
     assert "\n" not in str(err.value)
     assert not recipe.run_dir.exists()
@@ -473,7 +519,9 @@ def test_quantize_without_lora_is_a_recipe_error(tmp_path, tiny_llama_dir):
     with pytest.raises(RecipeError, match=r"'training.lora.quantize' is '4bit' but LoRA is off"):
         load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.quantize=4bit"])
     with pytest.raises(RecipeError, match=r"expected one of \['4bit'\]"):
-        load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=8bit"])
+        load_recipe(
+            _recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=8bit"]
+        )
 
 
 def test_qlora_config_is_nf4_double_quantised_with_bf16_compute():
@@ -491,8 +539,9 @@ def test_adapters_merge_into_a_fresh_full_precision_copy(tmp_path, tiny_llama_di
     """QLoRA's merge: the trained adapters, copied onto the fp32 weights loaded afresh from the
     stage's start, give exactly the weights that merging in place gives (here the trained base is
     fp32, so the two must agree), and a plain fp32 transformers model."""
-    _, _, built = _built_first_stage(tmp_path, tiny_llama_dir, ["training.lora.enabled=true", "training.lora.r=4",
-                                                                "stages.0.epochs=1"])  # fmt: skip
+    _, _, built = _built_first_stage(
+        tmp_path, tiny_llama_dir, ["training.lora.enabled=true", "training.lora.r=4", "stages.0.epochs=1"]
+    )
     built.trainer.train()
     peft_model = built.trainer.model
     fresh = train_mod.merge_into_full_precision(peft_model, built.init_from)
@@ -524,8 +573,10 @@ def test_plan_step_counts_equal_what_the_trainer_then_does(tmp_path, tiny_llama_
     (1.5 epochs and a last, short accumulation step: the rounding the Trainer does)."""
     from warmline.training.plan import plan_recipe
 
-    recipe = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.micro_batch_size=2", "stages.0.epochs=1.5",
-                                                              "stages.1.epochs=1"])  # fmt: skip
+    recipe = load_recipe(
+        _recipe(tmp_path, tiny_llama_dir),
+        ["training.micro_batch_size=2", "stages.0.epochs=1.5", "stages.1.epochs=1"],
+    )
     planned = {s.name: s for s in plan_recipe(recipe)["stages"]}
     train_mod.train_recipe(recipe)
     steps: dict[str, int] = {}
@@ -550,10 +601,15 @@ def test_plan_steps_follow_accelerates_even_shards(processes):
     assert optimizer_steps(18, 2, accumulation, processes, 2.5) == {1: 8, 2: 8, 4: 8}[processes]
 
 
-@pytest.mark.parametrize("overrides", [["training.lora.enabled=true", "training.lora.r=4"],
-                                       ["training.lora.enabled=true", "training.lora.r=8",
-                                        "training.lora.target_modules=[q_proj, v_proj]"],
-                                       ["training.trainable_layers=1"], []])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["training.lora.enabled=true", "training.lora.r=4"],
+        ["training.lora.enabled=true", "training.lora.r=8", "training.lora.target_modules=[q_proj, v_proj]"],
+        ["training.trainable_layers=1"],
+        [],
+    ],
+)
 def test_plan_counts_the_parameters_the_trainer_trains(tmp_path, tiny_llama_dir, overrides):
     from warmline.training.plan import count_parameters
 
@@ -585,10 +641,14 @@ def test_plan_says_does_not_fit_and_names_the_setting(tmp_path, tiny_llama_dir, 
     full = estimate_memory(params, recipe, 64, "fp32", "cuda")
     longer = estimate_memory(params, recipe, 128, "fp32", "cuda")
     assert longer["activations"] > full["activations"] and longer["weights"] == full["weights"]
-    ck = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.micro_batch_size=2",
-                                                         "training.gradient_checkpointing=true"])  # fmt: skip
+    ck = load_recipe(
+        _recipe(tmp_path, tiny_llama_dir),
+        ["training.micro_batch_size=2", "training.gradient_checkpointing=true"],
+    )
     assert estimate_memory(params, ck, 64, "fp32", "cuda")["activations"] < full["activations"]
-    q = load_recipe(_recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=4bit"])
+    q = load_recipe(
+        _recipe(tmp_path, tiny_llama_dir), ["training.lora.enabled=true", "training.lora.quantize=4bit"]
+    )
     assert estimate_memory(params, q, 64, "bf16", "cuda")["weights"] < full["weights"]
 
 

@@ -95,7 +95,10 @@ def train(
     ] = False,
     samples: Annotated[int, typer.Option(help="Print this many sample replies from the final model.")] = 0,
     plan: Annotated[
-        bool, typer.Option(help="Print per stage examples, tokens, optimizer steps and estimated memory; train nothing.")
+        bool,
+        typer.Option(
+            help="Print per stage examples, tokens, optimizer steps and estimated memory; train nothing."
+        ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -173,6 +176,8 @@ def _safety_counts(generator: Generator, path: Path | None):
         yield
     finally:
         writer.stop()
+
+
 Fp16Decode = Annotated[
     bool,
     typer.Option(
@@ -187,10 +192,11 @@ SystemPrompt = Annotated[
 ApiKey = Annotated[
     str | None,
     typer.Option(
-        envvar="WARMLINE_API_KEY", show_envvar=True,
+        envvar="WARMLINE_API_KEY",
+        show_envvar=True,
         help="Key the API's clients must send (Authorization: Bearer KEY); required to bind beyond 127.0.0.1.",
     ),
-]  # fmt: skip
+]
 
 
 def _check_bind(host: str, api_key: str | None) -> None:
@@ -204,18 +210,27 @@ def _check_bind(host: str, api_key: str | None) -> None:
         raise typer.Exit(2) from None
 
 
-def _api_routes(streamer, *, api_key: str | None, model_id: str, system_prompt: str | None, slots,
-                base_stop_strings=()) -> list:  # fmt: skip
+def _api_routes(
+    streamer, *, api_key: str | None, model_id: str, system_prompt: str | None, slots, base_stop_strings=()
+) -> list:
     """The OpenAI-compatible API's routes (`warmline.serving.api`)."""
     from warmline.serving.api import ChatAPI
 
-    api = ChatAPI(streamer, model_id=model_id, api_key=api_key, system_prompt=system_prompt,
-                  base_stop_strings=base_stop_strings, slots=slots)  # fmt: skip
+    api = ChatAPI(
+        streamer,
+        model_id=model_id,
+        api_key=api_key,
+        system_prompt=system_prompt,
+        base_stop_strings=base_stop_strings,
+        slots=slots,
+    )
     logging.getLogger(__name__).info("OpenAI-compatible API at /v1/chat/completions (model %r)", model_id)
     return api.routes()
 
 
-def _load_generator(model: str, locale: str, settings: GenerationSettings, fp16_decode: bool = True) -> Generator:
+def _load_generator(
+    model: str, locale: str, settings: GenerationSettings, fp16_decode: bool = True
+) -> Generator:
     """The streaming generator behind a safety gate (the gate is always on)."""
     from warmline.safety import SafetyGate
     from warmline.serving.generator import Generator
@@ -235,9 +250,11 @@ def generation_options(fn: Callable) -> Callable:
     hints = get_type_hints(GenerationSettings)
     options = [
         inspect.Parameter(
-            f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
             annotation=Annotated[hints[f.name], typer.Option(help=f.metadata["help"])],
-        )  # fmt: skip
+        )
         for f in cli_fields()
     ]
     params = list(inspect.signature(fn, eval_str=True).parameters.values())
@@ -255,7 +272,10 @@ def generation_options(fn: Callable) -> Callable:
 
     del wrapper.__wrapped__  # typer reads the signature below, not `fn`'s
     wrapper.__signature__ = inspect.Signature(
-        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.POSITIONAL_OR_KEYWORD else p for p in params]
+        [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is p.POSITIONAL_OR_KEYWORD else p
+            for p in params
+        ]
     )
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper
@@ -293,9 +313,13 @@ def chat(
     generator.warm_up(system_prompt)
     with _safety_counts(generator, safety_counts):
         run_chat(
-            generator, system_prompt=system_prompt, seed=seed,
-            model_name=model, locale=locale or "default", verbose=verbose,
-        )  # fmt: skip
+            generator,
+            system_prompt=system_prompt,
+            seed=seed,
+            model_name=model,
+            locale=locale or "default",
+            verbose=verbose,
+        )
 
 
 @app.command()
@@ -318,7 +342,8 @@ def serve(
     fp16_decode: Fp16Decode = True,
     system: SystemPrompt = None,
     api: Annotated[
-        bool, typer.Option("--api", help="Also serve an OpenAI-compatible API (/v1/chat/completions, /v1/models).")
+        bool,
+        typer.Option("--api", help="Also serve an OpenAI-compatible API (/v1/chat/completions, /v1/models)."),
     ] = False,
     api_key: ApiKey = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -343,15 +368,23 @@ def serve(
     # crisis reply never waits for them.
     slots = ModelSlots(concurrency_limit, max_waiting=24)
     web_app = build_app(
-        generator, system_prompt=system_prompt, locale=locale or "default",
-        transcripts_dir=save_transcripts, concurrency_limit=concurrency_limit, slots=slots,
-    )  # fmt: skip
+        generator,
+        system_prompt=system_prompt,
+        locale=locale or "default",
+        transcripts_dir=save_transcripts,
+        concurrency_limit=concurrency_limit,
+        slots=slots,
+    )
     routes = []
     if api:
         routes = _api_routes(
-            limited(generator, slots), api_key=api_key, model_id=_model_id(model), system_prompt=system_prompt,
-            slots=slots, base_stop_strings=generator.template.stop_strings,
-        )  # fmt: skip
+            limited(generator, slots),
+            api_key=api_key,
+            model_id=_model_id(model),
+            system_prompt=system_prompt,
+            slots=slots,
+            base_stop_strings=generator.template.stop_strings,
+        )
     with _safety_counts(generator, safety_counts):
         launch(web_app, host=host, port=port, routes=routes)
 
@@ -366,20 +399,29 @@ def _model_id(model: str) -> str:
 @friendly_errors
 def gateway(
     backend: Annotated[
-        str, typer.Option(help="The backend's OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (llama.cpp), "
-                          "http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM).")
+        str,
+        typer.Option(
+            help="The backend's OpenAI base URL, e.g. http://127.0.0.1:8080/v1 (llama.cpp), "
+            "http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM)."
+        ),
     ],
     backend_model: Annotated[
         str | None, typer.Option(help="The backend's model name (default: the first it lists).")
     ] = None,
     backend_key: Annotated[
-        str | None, typer.Option(envvar="WARMLINE_BACKEND_API_KEY", show_envvar=True,
-                                 help="Key sent to the backend (hosted APIs).")
+        str | None,
+        typer.Option(
+            envvar="WARMLINE_BACKEND_API_KEY", show_envvar=True, help="Key sent to the backend (hosted APIs)."
+        ),
     ] = None,
     api_key: ApiKey = None,
-    host: Annotated[str, typer.Option(help="Address to bind; beyond 127.0.0.1 needs --api-key.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; beyond 127.0.0.1 needs --api-key.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
-    concurrency_limit: Annotated[int, typer.Option(help="Replies asked of the backend at the same time.")] = 4,
+    concurrency_limit: Annotated[
+        int, typer.Option(help="Replies asked of the backend at the same time.")
+    ] = 4,
     locale: Locale = None,
     safety_counts: SafetyCounts = None,
     system: SystemPrompt = None,
@@ -413,9 +455,14 @@ def gateway(
     streamer = BackendStreamer(client, gate=gate, slots=slots)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system
     web_app = build_app(
-        streamer, system_prompt=system_prompt, locale=locale or "default", concurrency_limit=concurrency_limit,
-    )  # fmt: skip
-    routes = _api_routes(streamer, api_key=api_key, model_id=client.model, system_prompt=system_prompt, slots=slots)
+        streamer,
+        system_prompt=system_prompt,
+        locale=locale or "default",
+        concurrency_limit=concurrency_limit,
+    )
+    routes = _api_routes(
+        streamer, api_key=api_key, model_id=client.model, system_prompt=system_prompt, slots=slots
+    )
     logging.getLogger(__name__).info("gateway to %s (model %r)", client.base_url, client.model)
     with _safety_counts(streamer, safety_counts):
         launch(web_app, host=host, port=port, routes=routes)
@@ -481,15 +528,21 @@ class GgufQuant(StrEnum):
 def export(
     model: ModelRef,
     target_dir: Annotated[
-        Path | None, typer.Argument(metavar="[DIR]", help="Output folder (required with --to space; else --out).")
+        Path | None,
+        typer.Argument(metavar="[DIR]", help="Output folder (required with --to space; else --out)."),
     ] = None,
     to: Annotated[ExportTarget, typer.Option(help="gguf: llama.cpp/Ollama/LM Studio; space: a HF Space.")] = (
         ExportTarget.gguf
     ),
-    quant: Annotated[GgufQuant, typer.Option(help="GGUF weight type (q8_0: about half the size).")] = GgufQuant.f16,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: exports/NAME-gguf-QUANT).")] = None,
+    quant: Annotated[
+        GgufQuant, typer.Option(help="GGUF weight type (q8_0: about half the size).")
+    ] = GgufQuant.f16,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: exports/NAME-gguf-QUANT).")
+    ] = None,
     model_id: Annotated[
-        str | None, typer.Option(help="--to space: load this hub id on the Space instead of copying the model.")
+        str | None,
+        typer.Option(help="--to space: load this hub id on the Space instead of copying the model."),
     ] = None,
     locale: Annotated[
         str | None,

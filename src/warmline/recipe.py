@@ -263,7 +263,9 @@ def _apply_override(data: dict, assignment: str, source: str) -> None:
         last = i == len(keys) - 1
         if isinstance(node, list):
             if not key.isdigit() or int(key) >= len(node):
-                raise RecipeError(f"{source}: override '{path}': '{key}' is not a valid index (0..{len(node) - 1})")
+                raise RecipeError(
+                    f"{source}: override '{path}': '{key}' is not a valid index (0..{len(node) - 1})"
+                )
             if last:
                 node[int(key)] = value
             else:
@@ -271,7 +273,9 @@ def _apply_override(data: dict, assignment: str, source: str) -> None:
         else:
             if not isinstance(node, dict):
                 parent = ".".join(keys[:i])
-                raise RecipeError(f"{source}: override '{path}': '{parent}' is not a mapping (no key '{key}')")
+                raise RecipeError(
+                    f"{source}: override '{path}': '{parent}' is not a mapping (no key '{key}')"
+                )
             if last:
                 node[key] = value
             else:
@@ -321,8 +325,17 @@ def _check_slug(value: str, key: str, source: str) -> None:
         )
 
 
-def _check_range(value: float | int | None, key: str, source: str, low: float, high: float, *,
-                 low_open: bool = False, high_open: bool = False, allow_none: bool = False) -> None:  # fmt: skip
+def _check_range(
+    value: float | int | None,
+    key: str,
+    source: str,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> None:
     """Fail unless `value` is a finite number in the interval (one line: key, file, valid range)."""
     if value is None and allow_none:
         return
@@ -365,7 +378,9 @@ def _check_scheduler(name: str, source: str) -> None:
         return
     if name in known:
         why = NOT_WITH_TRAINER.get(name, "it needs settings that recipes do not pass")
-        raise RecipeError(f"{source}: 'training.lr_scheduler' {name!r} can't be used: {why}; use one of {usable}")
+        raise RecipeError(
+            f"{source}: 'training.lr_scheduler' {name!r} can't be used: {why}; use one of {usable}"
+        )
     close = difflib.get_close_matches(name, usable, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise RecipeError(f"{source}: 'training.lr_scheduler' is {name!r}, expected one of {usable}{hint}")
@@ -415,7 +430,9 @@ def _check(recipe: Recipe, source: str) -> None:
         )
     targets = [t.lora.target_modules] if isinstance(t.lora.target_modules, str) else t.lora.target_modules
     if not targets or not all(x.strip() for x in targets):
-        raise RecipeError(f"{source}: 'training.lora.target_modules' is empty; use all-linear or module names")
+        raise RecipeError(
+            f"{source}: 'training.lora.target_modules' is empty; use all-linear or module names"
+        )
     _check_scheduler(t.lr_scheduler, source)
 
 

@@ -56,7 +56,9 @@ class ChatTemplate:
     """Text a shown reply must never contain (screened, and counted as a leak in evaluation)."""
 
 
-def _family(name: str, detect: tuple[str, ...], markers: tuple[str, ...], stop_tokens: tuple[str, ...]) -> ChatTemplate:
+def _family(
+    name: str, detect: tuple[str, ...], markers: tuple[str, ...], stop_tokens: tuple[str, ...]
+) -> ChatTemplate:
     """A family whose own markers, stop tokens and the transcript turns stop a reply, and are
     exactly what counts as a leak: what ends a reply and what may never be shown never disagree."""
     stops = tuple(dict.fromkeys(markers + stop_tokens + _TRANSCRIPT_STOPS))
@@ -64,7 +66,12 @@ def _family(name: str, detect: tuple[str, ...], markers: tuple[str, ...], stop_t
 
 
 PLAIN = _family("plain", (), ("Human:", "Assistant:"), ())  # the system turn has no marker
-CHATML = _family("chatml", ("<|im_start|>",), ("<|im_start|>", "<|im_end|>"), ("<|im_start|>", "<|im_end|>", "<|endoftext|>"))
+CHATML = _family(
+    "chatml",
+    ("<|im_start|>",),
+    ("<|im_start|>", "<|im_end|>"),
+    ("<|im_start|>", "<|im_end|>", "<|endoftext|>"),
+)
 LLAMA3 = _family(
     "llama3",
     ("<|start_header_id|>",),
@@ -77,7 +84,12 @@ MISTRAL = _family(
     ("<s>", "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"),
     ("</s>",),
 )
-GEMMA = _family("gemma", ("<start_of_turn>",), ("<start_of_turn>", "<end_of_turn>"), ("<end_of_turn>", "<start_of_turn>", "<eos>"))
+GEMMA = _family(
+    "gemma",
+    ("<start_of_turn>",),
+    ("<start_of_turn>", "<end_of_turn>"),
+    ("<end_of_turn>", "<start_of_turn>", "<eos>"),
+)
 PHI = _family(
     "phi",
     ("<|user|>", "<|assistant|>"),
@@ -98,8 +110,14 @@ def _union(name: str, families) -> ChatTemplate:
     def merged(attr: str) -> tuple[str, ...]:
         return tuple(dict.fromkeys(x for f in families for x in getattr(f, attr)))
 
-    return ChatTemplate(name, (), merged("role_markers"), merged("stop_tokens"), merged("stop_strings"),
-                        merged("leak_markers"))  # fmt: skip
+    return ChatTemplate(
+        name,
+        (),
+        merged("role_markers"),
+        merged("stop_tokens"),
+        merged("stop_strings"),
+        merged("leak_markers"),
+    )
 
 
 ANY = _union("any", FAMILIES.values())
@@ -111,8 +129,11 @@ is not known (the output screen, evaluation's leak count)."""
 LEAK_PATTERN = re.compile(
     r"\b(?:Human|User|Assistant)[ \t]*:"
     r"|(?im:^[ \t]*(?:" + "|".join(r.lower() for r in PLAIN_ROLES + TRANSCRIPT_ROLES) + r")[ \t]*:)"
-    r"|" + "|".join(re.escape(m) for m in sorted(ANY.leak_markers, key=len, reverse=True) if not m.startswith("\n"))
-)  # fmt: skip
+    r"|"
+    + "|".join(
+        re.escape(m) for m in sorted(ANY.leak_markers, key=len, reverse=True) if not m.startswith("\n")
+    )
+)
 
 
 def template_for(tokenizer) -> ChatTemplate:

@@ -20,7 +20,9 @@ from warmline.recipe import StageConfig
 
 logger = logging.getLogger(__name__)
 
-_HTML_TAG = re.compile(r"</?(?:p|br|div|span|b|i|em|strong|u|a|li|ul|ol|h[1-6])(?:\s[^<>]*)?/?>", re.IGNORECASE)
+_HTML_TAG = re.compile(
+    r"</?(?:p|br|div|span|b|i|em|strong|u|a|li|ul|ol|h[1-6])(?:\s[^<>]*)?/?>", re.IGNORECASE
+)
 _HTML_ENTITY = re.compile(r"&(?:[a-zA-Z]{2,8}|#\d{1,6}|#x[0-9a-fA-F]{1,6});")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t\u00a0]+")
@@ -78,7 +80,9 @@ def clean_text(text: str, cleaned: Counter) -> str | None:
     text = unicodedata.normalize("NFC", text)
     had_html = bool(_HTML_TAG.search(text) or _HTML_ENTITY.search(text))
     if had_html:
-        text = _HTML_TAG.sub(lambda m: "\n" if m.group(0).lower().startswith(("<br", "</p", "<p")) else "", text)
+        text = _HTML_TAG.sub(
+            lambda m: "\n" if m.group(0).lower().startswith(("<br", "</p", "<p")) else "", text
+        )
         text = html.unescape(text)
         cleaned["html_removed"] += 1
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
@@ -117,7 +121,9 @@ def normalise_for_dedup(text: str) -> str:
 
 
 def conversation_key(conv: Conversation) -> str:
-    return "\x1f".join(f"{t['role']}:{normalise_for_dedup(t['content'])}" for t in conv if t["role"] != "system")
+    return "\x1f".join(
+        f"{t['role']}:{normalise_for_dedup(t['content'])}" for t in conv if t["role"] != "system"
+    )
 
 
 def prompt_key(conv: Conversation) -> str:

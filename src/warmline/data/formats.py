@@ -22,9 +22,14 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 OPTIONAL_COLUMNS = {"alpaca": {"input"}}
 ROLE_ALIASES = {
-    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-    "model": "assistant", "system": "system",
-}  # fmt: skip
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 _HA_MARKER = re.compile(r"^\s*(Human|Assistant)\s*:\s?", re.IGNORECASE)
 
 
@@ -60,7 +65,9 @@ def check_columns(fmt: str, columns: list[str], mapping: dict[str, str], where: 
             f"column 'messages' not found in {where} (found: {', '.join(columns) or 'nothing'}); "
             "map it with `columns: {messages: <your column>}`"
         )
-    missing = [c for c in needed if mapping.get(c, c) not in columns and c not in OPTIONAL_COLUMNS.get(fmt, set())]
+    missing = [
+        c for c in needed if mapping.get(c, c) not in columns and c not in OPTIONAL_COLUMNS.get(fmt, set())
+    ]
     if missing:
         example = missing[0]
         raise FormatError(
@@ -78,7 +85,9 @@ def from_counseling(row: dict, mapping: dict[str, str], ctx: dict) -> Conversati
     context = _text(row.get(mapping.get("Context", "Context")))
     response = _text(row.get(mapping.get("Response", "Response")))
     if context is None or response is None:
-        return _missing_reason(row.get(mapping.get("Context", "Context")), row.get(mapping.get("Response", "Response")))
+        return _missing_reason(
+            row.get(mapping.get("Context", "Context")), row.get(mapping.get("Response", "Response"))
+        )
     return [{"role": "user", "content": context}, {"role": "assistant", "content": response}]
 
 

@@ -47,15 +47,39 @@ def inspect_recipe(recipe: Recipe, tokenizer) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     """A plain-text table, one line per stage; then drop reasons, rows cut by max_rows, skipped
     files and anything that would stop `warmline train`."""
-    headers = ["stage", "format", "read", "dropped", "dup", "kept", "train", "val", "p50", "p95", "max", "trunc"]
+    headers = [
+        "stage",
+        "format",
+        "read",
+        "dropped",
+        "dup",
+        "kept",
+        "train",
+        "val",
+        "p50",
+        "p95",
+        "max",
+        "trunc",
+    ]
     lines = []
     for r in rows:
         dropped = sum(r["dropped"].values())
-        lines.append([
-            r["name"], r["format"], r["rows_read"], dropped, r["duplicates"], r["kept"], r["train_rows"],
-            r["validation_rows"], r["tokens_p50"], r["tokens_p95"], r["tokens_max"],
-            f"{r['would_truncate']} (>{r['max_length']})",
-        ])  # fmt: skip
+        lines.append(
+            [
+                r["name"],
+                r["format"],
+                r["rows_read"],
+                dropped,
+                r["duplicates"],
+                r["kept"],
+                r["train_rows"],
+                r["validation_rows"],
+                r["tokens_p50"],
+                r["tokens_p95"],
+                r["tokens_max"],
+                f"{r['would_truncate']} (>{r['max_length']})",
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines, strict=False)]
     out = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=False))]
     out.append("  ".join("-" * w for w in widths))
@@ -65,10 +89,14 @@ def format_table(rows: list[dict]) -> str:
         out.append(f"{name}: dropped by reason {dropped or '{}'}; cleaned {cleaned or '{}'}")
     for r in rows:
         if r.get("cut_by_max_rows"):
-            out.append(f"{r['name']}: {r['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped")
+            out.append(
+                f"{r['name']}: {r['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped"
+            )
         if r.get("files_skipped"):
             out.append(f"{r['name']}: skipped files that are not data files {r['files_skipped']}")
         if r.get("files_with_undecodable_bytes"):
-            out.append(f"{r['name']}: {r['files_with_undecodable_bytes']} file(s) had bytes that are not UTF-8")
+            out.append(
+                f"{r['name']}: {r['files_with_undecodable_bytes']} file(s) had bytes that are not UTF-8"
+            )
         out += [f"warning: {problem}" for problem in r.get("problems", [])]
     return "\n".join(out)

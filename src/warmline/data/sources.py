@@ -100,9 +100,11 @@ def _read_local(path: Path) -> RawRows:
 
 _UNDECODABLE_FILE = "\x00file_had_undecodable_bytes"  # a per-file note, not a row: moved out by the caller
 _BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
-    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
-)  # fmt: skip
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def _decode(path: Path, dropped: dict[str, int]) -> str:
@@ -113,8 +115,10 @@ def _decode(path: Path, dropped: dict[str, int]) -> str:
             try:
                 return data.decode(encoding)
             except UnicodeDecodeError as err:
-                raise SourceError(f"{path}: starts with a {encoding.upper()} byte-order mark but is not "
-                                  f"valid {encoding.upper()} ({err.reason}); save it as UTF-8") from err  # fmt: skip
+                raise SourceError(
+                    f"{path}: starts with a {encoding.upper()} byte-order mark but is not "
+                    f"valid {encoding.upper()} ({err.reason}); save it as UTF-8"
+                ) from err
     if data.count(b"\x00") > len(data) // 4:  # every other byte NUL: UTF-16 text without its mark
         raise SourceError(
             f"{path}: looks like UTF-16 text without a byte-order mark (NUL bytes between characters); "
@@ -160,7 +164,9 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, int]]:
     stripped = text.lstrip()
     if not stripped:
         raise SourceError(f"{path}: empty file")
-    if stripped[0] == "[" or (path.suffix.lower() == ".json" and stripped[0] == "{" and "\n{" not in stripped):
+    if stripped[0] == "[" or (
+        path.suffix.lower() == ".json" and stripped[0] == "{" and "\n{" not in stripped
+    ):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:

@@ -156,7 +156,8 @@ def tokenize_prototype(tokenizer, conv: Conversation, max_length: int) -> Tokeni
     """The replaced prototype's tokenisation, kept as a baseline: "Human/Assistant" text, loss on
     every token, no EOS (its pad token was EOS, so EOS was masked as padding and never learned)."""
     text = "\n".join(
-        ("Human: " if t["role"] == "user" else "Assistant: " if t["role"] == "assistant" else "") + t["content"]
+        ("Human: " if t["role"] == "user" else "Assistant: " if t["role"] == "assistant" else "")
+        + t["content"]
         for t in conv
         if t["role"] != "system"
     )

@@ -59,7 +59,9 @@ def evaluate_loss(
     device = next(model.parameters()).device
     total_loss = 0.0
     total_tokens = 0
-    backbone = getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", "") else None
+    backbone = (
+        getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", "") else None
+    )
     head = model.get_output_embeddings()
     for batch in pack_batches(examples, max_tokens):
         inputs = {k: v.to(device) for k, v in collate_padding_free(batch).items()}

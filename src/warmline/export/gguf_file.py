@@ -205,7 +205,11 @@ def bpe_pre_tokenizer(tokenizer) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     byte_level = steps[-1] if kinds and kinds[-1] == "ByteLevel" else None
-    if byte_level is not None and byte_level.get("use_regex", True) and not byte_level.get("add_prefix_space"):
+    if (
+        byte_level is not None
+        and byte_level.get("use_regex", True)
+        and not byte_level.get("add_prefix_space")
+    ):
         if kinds == ["ByteLevel"]:
             return "gpt2"
         if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
@@ -241,7 +245,11 @@ def _adds_token(tokenizer, token_id: int | None, position: int) -> bool:
     if token_id is None:
         return False
     ids = tokenizer("a")["input_ids"]
-    return bool(ids) and ids[position] == token_id and ids != tokenizer("a", add_special_tokens=False)["input_ids"]
+    return (
+        bool(ids)
+        and ids[position] == token_id
+        and ids != tokenizer("a", add_special_tokens=False)["input_ids"]
+    )
 
 
 def _add_tokenizer(writer, model_dir: Path, tokenizer, vocab_size: int, chat_template: str) -> None:
@@ -254,7 +262,9 @@ def _add_tokenizer(writer, model_dir: Path, tokenizer, vocab_size: int, chat_tem
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
     if not special.merges:
-        raise ExportError(f"no BPE merges found in {model_dir} (tokenizer.json or merges.txt); save the tokenizer")
+        raise ExportError(
+            f"no BPE merges found in {model_dir} (tokenizer.json or merges.txt); save the tokenizer"
+        )
     # What the Hugging Face tokenizer really does, rather than what its config files may omit.
     special.add_special_token["bos"] = _adds_token(tokenizer, tokenizer.bos_token_id, 0)
     special.add_special_token["eos"] = _adds_token(tokenizer, tokenizer.eos_token_id, -1)

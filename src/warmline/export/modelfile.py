@@ -48,8 +48,10 @@ def _render(tokenizer, template: str, conversation: Conversation, add_generation
 
 def _after(text: str, start: str, what: str) -> str:
     if not text.startswith(start):
-        raise ExportError(f"the chat template does not render {what} as role-by-role markup; "
-                          "write the Modelfile TEMPLATE by hand")  # fmt: skip
+        raise ExportError(
+            f"the chat template does not render {what} as role-by-role markup; "
+            "write the Modelfile TEMPLATE by hand"
+        )
     return text[len(start) :]
 
 
@@ -77,9 +79,13 @@ def ollama_template(wrappers: TurnWrappers) -> str:
         f'eq .Role "{role}" }}}}{wrappers.prefix[role]}{{{{ .Content }}}}{wrappers.suffix[role]}'
         for role in ROLES
     )
-    template = f"{{{{- range .Messages }}}}{{{{ if {branches}{{{{ end }}}}{{{{ end }}}}{wrappers.generation_prompt}"
+    template = (
+        f"{{{{- range .Messages }}}}{{{{ if {branches}{{{{ end }}}}{{{{ end }}}}{wrappers.generation_prompt}"
+    )
     if '"""' in template or "{{" in "".join([*wrappers.prefix.values(), *wrappers.suffix.values()]):
-        raise ExportError("the chat template's markup cannot be quoted in a Modelfile; write the Modelfile TEMPLATE by hand")
+        raise ExportError(
+            "the chat template's markup cannot be quoted in a Modelfile; write the Modelfile TEMPLATE by hand"
+        )
     return template
 
 
@@ -169,10 +175,13 @@ def check_template(tokenizer, template: str, go_template: str) -> None:
     expected = _render(tokenizer, template, CHECK_CONVERSATION, True)
     got = render_ollama_template(go_template, CHECK_CONVERSATION)
     if got != expected:
-        at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected)))
+        at = next(
+            (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+            min(len(got), len(expected)),
+        )
         raise ExportError(
             "the chat template does not split into per-role markup an Ollama TEMPLATE can express "
-            f"(from character {at}: {got[at:at + 30]!r} vs {expected[at:at + 30]!r}); write the Modelfile TEMPLATE by hand"
+            f"(from character {at}: {got[at : at + 30]!r} vs {expected[at : at + 30]!r}); write the Modelfile TEMPLATE by hand"
         )
 
 
@@ -196,7 +205,11 @@ def _quoted(text: str) -> str:
 
 
 def modelfile_text(
-    gguf_name: str, go_template: str, system_prompt: str | None, stops: list[str], defaults: GenerationDefaults
+    gguf_name: str,
+    go_template: str,
+    system_prompt: str | None,
+    stops: list[str],
+    defaults: GenerationDefaults,
 ) -> str:
     """The Ollama Modelfile for the exported GGUF file."""
     lines = [

@@ -96,7 +96,9 @@ def export_gguf(reference: str, *, out: Path | None = None, quant: Quant = "f16"
     check_template(tokenizer, template, go_template)
     defaults = generation_defaults()
     gguf_name = f"{name}-{quant}.gguf"
-    written = write_gguf(model_dir, out / gguf_name, quant=quant, chat_template=template, defaults=defaults, name=name)
+    written = write_gguf(
+        model_dir, out / gguf_name, quant=quant, chat_template=template, defaults=defaults, name=name
+    )
     stops = stop_strings(tokenizer, tokenizer.eos_token)
     system_prompt = trained_system_prompt(model_dir)
     (out / "Modelfile").write_text(
@@ -109,7 +111,11 @@ def export_gguf(reference: str, *, out: Path | None = None, quant: Quant = "f16"
 
 
 def export_space(
-    reference: str, out: Path, *, model_id: str | None = None, locale: str | None = None,
+    reference: str,
+    out: Path,
+    *,
+    model_id: str | None = None,
+    locale: str | None = None,
     use_classifier: bool = True,
 ) -> Path:
     """Write a Hugging Face Space folder for `reference` into `out` (see `warmline.export.space`)."""
@@ -118,10 +124,15 @@ def export_space(
     model_dir = local_model_dir(reference)
     settings = asdict(generation_defaults())
     return write_space(
-        model_dir, Path(out), name=export_name(reference, model_dir), model_id=model_id,
-        system_prompt=trained_system_prompt(model_dir), locale=locale, generation=settings,
+        model_dir,
+        Path(out),
+        name=export_name(reference, model_dir),
+        model_id=model_id,
+        system_prompt=trained_system_prompt(model_dir),
+        locale=locale,
+        generation=settings,
         use_classifier=use_classifier,
-    )  # fmt: skip
+    )
 
 
 __all__ = ["ExportError", "export_gguf", "export_space"]

@@ -115,7 +115,9 @@ def pinned_requirements() -> list[str]:
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            raise ExportError(f"warmline needs '{name}', which is not installed here; run `make setup`") from None
+            raise ExportError(
+                f"warmline needs '{name}', which is not installed here; run `make setup`"
+            ) from None
         if name == "torch" and "+" not in version:
             version += "+cpu"
         lines.append(f"{name}=={version}")

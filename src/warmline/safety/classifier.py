@@ -109,8 +109,6 @@ def packaged_training_path() -> Path:
     return Path(str(resources.files("warmline") / "resources" / "safety" / "classifier_train.jsonl"))
 
 
-
-
 def encoder_path() -> Path:
     """Directory of the packaged sentence encoder."""
     try:
@@ -282,7 +280,11 @@ class RiskClassifier:
         from sklearn.linear_model import LogisticRegression
 
         texts, labels = augment_examples(*load_training_examples(self.training_path))
-        logger.info("training safety classifier on %d normalised and augmented examples from %s", len(texts), self.training_path)
+        logger.info(
+            "training safety classifier on %d normalised and augmented examples from %s",
+            len(texts),
+            self.training_path,
+        )
         features = self.encoder.encode(texts)
         # Balanced weights: the risk classes are smaller than "none" but matter more.
         model = LogisticRegression(C=_REGULARISATION_C, max_iter=5000, class_weight="balanced")
@@ -313,7 +315,10 @@ _SLANG_SWAPS: tuple[tuple[str, str], ...] = (
     (r"\bgoing to\b", "gonna"),
 )
 _LEET_SWAPS = str.maketrans({"i": "1", "e": "3", "a": "@", "o": "0", "s": "$"})
-_RISK_WORD = re.compile(r"\b(?:suicide|suicidal|kill|die|dead|cut|cutting|overdose|hurt|pills|starve|purge|poison)\b", re.IGNORECASE)
+_RISK_WORD = re.compile(
+    r"\b(?:suicide|suicidal|kill|die|dead|cut|cutting|overdose|hurt|pills|starve|purge|poison)\b",
+    re.IGNORECASE,
+)
 
 
 def augment(text: str, rng: random.Random) -> str:
@@ -328,7 +333,13 @@ def augment(text: str, rng: random.Random) -> str:
                 w = words[i]
                 j = rng.randrange(1, len(w) - 1)
                 kind = rng.randrange(3)
-                words[i] = w[:j] + w[j + 1 :] if kind == 0 else w[:j] + w[j] + w[j:] if kind == 1 else w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :]
+                words[i] = (
+                    w[:j] + w[j + 1 :]
+                    if kind == 0
+                    else w[:j] + w[j] + w[j:]
+                    if kind == 1
+                    else w[: j - 1] + w[j] + w[j - 1] + w[j + 1 :]
+                )
                 text = " ".join(words)
         elif operation == 1:
             text = rng.choice((str.lower, str.upper, str.capitalize))(text)

@@ -27,7 +27,8 @@ from warmline.safety.risk import assess
 logger = logging.getLogger(__name__)
 
 app = typer.Typer(
-    help="Risk assessment of user messages: check a message, evaluate the layer, report crisis counts.", no_args_is_help=True
+    help="Risk assessment of user messages: check a message, evaluate the layer, report crisis counts.",
+    no_args_is_help=True,
 )
 
 
@@ -38,7 +39,9 @@ def check(
     ],
     locale: Annotated[
         str | None,
-        typer.Option(help="Country for the crisis reply (us, uk, fr-ca, ...); default: not known (findahelpline.com)."),
+        typer.Option(
+            help="Country for the crisis reply (us, uk, fr-ca, ...); default: not known (findahelpline.com)."
+        ),
     ] = None,
     classifier: Annotated[
         bool, typer.Option(help="Use the embedding classifier as well as the lexicon.")
@@ -68,10 +71,12 @@ def evaluate(
         bool, typer.Option(help="Use the embedding classifier as well as the lexicon.")
     ] = True,
     show_errors: Annotated[
-        bool, typer.Option(help="List every missed risk message, false positive, wrong reply and failed script.")
+        bool,
+        typer.Option(help="List every missed risk message, false positive, wrong reply and failed script."),
     ] = True,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object (messages, scripts) instead of the text report.")
+        bool,
+        typer.Option("--json", help="Print one JSON object (messages, scripts) instead of the text report."),
     ] = False,
 ) -> None:
     """Recall and false positives per kind and language, latency per message, pass/fail per script."""
@@ -124,11 +129,15 @@ def _echo_message_report(report: SuiteReport, show_errors: bool) -> None:
         typer.echo(f"  {kind:<20} {rate:6.1%}  (n={counts['negative'][kind]})")
     typer.echo("by language: recall | false-positive rate (risk + non-risk messages):")
     for lang, row in report.by_language.items():
-        typer.echo(f"  {lang:<4} {_pct(row['recall'])} | {_pct(row['fpr'])}  ({row['risk']} + {row['negative']})")
+        typer.echo(
+            f"  {lang:<4} {_pct(row['recall'])} | {_pct(row['fpr'])}  ({row['risk']} + {row['negative']})"
+        )
     if len(report.by_form) > 1:
         typer.echo("by written form: recall | false-positive rate:")
         for form, row in report.by_form.items():
-            typer.echo(f"  {form:<10} {_pct(row['recall'])} | {_pct(row['fpr'])}  ({row['risk']} + {row['negative']})")
+            typer.echo(
+                f"  {form:<10} {_pct(row['recall'])} | {_pct(row['fpr'])}  ({row['risk']} + {row['negative']})"
+            )
     typer.echo(
         f"recall {report.recall:.1%} | imminent assessed imminent {report.imminent_recall:.1%} | "
         f"false-positive rate {report.fpr:.1%} | non-risk at distress or above {report.any_flag_rate:.1%} | "
@@ -139,7 +148,9 @@ def _echo_message_report(report: SuiteReport, show_errors: bool) -> None:
     )
     if show_errors:
         for record in report.misses:
-            typer.echo(f"  MISSED [{record['category']}/{record['lang']}] {record['text']!r} -> {record['level']}")
+            typer.echo(
+                f"  MISSED [{record['category']}/{record['lang']}] {record['text']!r} -> {record['level']}"
+            )
         for record in report.false_positives:
             typer.echo(
                 f"  FALSE POSITIVE [{record['category']}/{record['lang']}] {record['text']!r} -> {record['level']}: {record['evidence']}"
@@ -175,7 +186,10 @@ def _pct(value: float) -> str:
 @app.command()
 def report(
     counts_file: Annotated[
-        Path, typer.Argument(metavar="FILE", help="A counts file written by `warmline chat|serve --safety-counts FILE`.")
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A counts file written by `warmline chat|serve --safety-counts FILE`."
+        ),
     ],
     fmt: Annotated[
         ReportFormat, typer.Option("--format", help="json (grouped) or csv (group,name,count rows).")

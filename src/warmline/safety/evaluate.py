@@ -245,7 +245,9 @@ def read_suite(path: Path | None = None) -> Suite:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise SuiteError(f"{where}: not valid JSON ({error.msg}); each line must be one JSON object") from None
+                raise SuiteError(
+                    f"{where}: not valid JSON ({error.msg}); each line must be one JSON object"
+                ) from None
             if not isinstance(row, dict):
                 raise SuiteError(f"{where}: each line must be a JSON object, got {type(row).__name__}")
             if "turns" in row:
@@ -279,13 +281,19 @@ def _parse_message(row: dict[str, Any], where: str) -> SuiteExample:
             f"a script needs turns and expect; got keys {sorted(row)}"
         )
     kind = row.get("kind") or row.get("category") or ("risk" if crisis else "negative")
-    default_level = (RiskLevel.IMMINENT if kind == "imminent" else RiskLevel.ELEVATED) if crisis else RiskLevel.NONE
+    default_level = (
+        (RiskLevel.IMMINENT if kind == "imminent" else RiskLevel.ELEVATED) if crisis else RiskLevel.NONE
+    )
     try:
         level = RiskLevel(row["level"]) if row.get("level") else default_level
     except ValueError:
-        raise SuiteError(f"{where}: level {row['level']!r} is not one of {[str(x) for x in RiskLevel]}") from None
+        raise SuiteError(
+            f"{where}: level {row['level']!r} is not one of {[str(x) for x in RiskLevel]}"
+        ) from None
     if crisis != level.is_crisis and not (not crisis and level == RiskLevel.DISTRESS):
-        raise SuiteError(f"{where}: crisis={crisis} contradicts level {level}; a crisis is elevated or imminent")
+        raise SuiteError(
+            f"{where}: crisis={crisis} contradicts level {level}; a crisis is elevated or imminent"
+        )
     reply = row.get("reply", EXPECTED_REPLY.get(kind)) if crisis else None
     return SuiteExample(
         text=text,

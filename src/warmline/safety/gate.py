@@ -89,7 +89,11 @@ def turn(
         def screen(text: str) -> bool:
             verdict = gate.screen(text, assessment)
             if not verdict.safe:
-                out.text, out.stop_reason, out.screen_reasons = verdict.text, "screened", list(verdict.reasons)
+                out.text, out.stop_reason, out.screen_reasons = (
+                    verdict.text,
+                    "screened",
+                    list(verdict.reasons),
+                )
             return verdict.safe
 
     releaser = TextReleaser(stop_strings, screen=screen)
@@ -146,10 +150,12 @@ class SafetyGate:
         if not assessment.is_crisis:
             return None
         self._count(
-            "crisis_replies", f"crisis_replies:{assessment.level}",
-            f"crisis_kind:{assessment.reply_kind or 'suicide'}", f"crisis_language:{assessment.language}",
+            "crisis_replies",
+            f"crisis_replies:{assessment.level}",
+            f"crisis_kind:{assessment.reply_kind or 'suicide'}",
+            f"crisis_language:{assessment.language}",
             *(f"crisis_category:{category}" for category in assessment.categories),
-        )  # fmt: skip
+        )
         return crisis_reply(assessment, self.locale, self.resources_path)
 
     def screen(self, text: str, assessment: Assessment | None = None) -> ScreenResult:

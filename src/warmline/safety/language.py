@@ -98,7 +98,9 @@ def identify_language(text: str, *, fallback: str = "en") -> LanguageGuess:
     """Guess the language of one message; ``fallback`` (the conversation's language) when unsure."""
     # langid's probabilities flatten with length (its softmax temperature grows with the square
     # root of the byte count), and a message's language shows in its first and last lines.
-    sample = text if len(text) <= SAMPLE_CHARS else f"{text[: SAMPLE_CHARS // 2]} {text[-SAMPLE_CHARS // 2 :]}"
+    sample = (
+        text if len(text) <= SAMPLE_CHARS else f"{text[: SAMPLE_CHARS // 2]} {text[-SAMPLE_CHARS // 2 :]}"
+    )
     ranked: list[tuple[str, float]] = _identifier().rank(sample)
     top, probability = ranked[0]
     confident = probability >= CONFIDENT
@@ -146,7 +148,9 @@ class LanguageLexicon:
         if len(lowered) < 6 or lowered in self.typo_terms:
             return word
         max_edits = 1 if len(lowered) < 9 else 2
-        best = process.extractOne(lowered, self.typo_terms, scorer=Levenshtein.distance, score_cutoff=max_edits)
+        best = process.extractOne(
+            lowered, self.typo_terms, scorer=Levenshtein.distance, score_cutoff=max_edits
+        )
         if best is None:
             return word
         term = best[0]
@@ -169,9 +173,16 @@ def language_lexicon(language: str) -> LanguageLexicon:
     """The packaged lexicon for ``language`` (not English: that is ``default_lexicon()``)."""
     path = packaged_lexicon_dir() / f"{language}.yaml"
     if language == "en" or not path.exists():
-        raise ValueError(f"no packaged non-English lexicon for {language!r}; languages: {', '.join(LANGUAGES[1:])}")
+        raise ValueError(
+            f"no packaged non-English lexicon for {language!r}; languages: {', '.join(LANGUAGES[1:])}"
+        )
     lexicon = load_language_lexicon(path, language)
-    logger.debug("loaded the %s lexicon: %d masks, %d risk rules", language, len(lexicon.lexicon.masks), len(lexicon.lexicon.rules))
+    logger.debug(
+        "loaded the %s lexicon: %d masks, %d risk rules",
+        language,
+        len(lexicon.lexicon.masks),
+        len(lexicon.lexicon.rules),
+    )
     return lexicon
 
 
@@ -204,7 +215,9 @@ def scan_languages(
         results = {lang: result for lang, result in results.items() if lang in ("en", guess.language)}
     language = guess.language
     if not routed.hits:
-        others = [lang for lang in guess.scanned if lang != language and results.get(lang) and results[lang].hits]
+        others = [
+            lang for lang in guess.scanned if lang != language and results.get(lang) and results[lang].hits
+        ]
         if others:
             language = max(others, key=lambda lang: results[lang].level.rank)
         elif not guess.confident and english.hits:

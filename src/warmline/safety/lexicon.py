@@ -234,7 +234,9 @@ class Lexicon:
         self.framing = compile_pattern(cues["framing"], "cues.framing") if "framing" in cues else None
         self.minor = compile_pattern(cues["minor"], "cues.minor") if "minor" in cues else None
         self.reported_speech = (
-            compile_pattern(cues["reported_speech"], "cues.reported_speech") if "reported_speech" in cues else None
+            compile_pattern(cues["reported_speech"], "cues.reported_speech")
+            if "reported_speech" in cues
+            else None
         )
 
     @classmethod
@@ -418,7 +420,10 @@ class Lexicon:
         out: list[Hit] = []
         for hit in hits:
             if hit.category in SELF_CATEGORIES and (
-                (_sentence_span(text, hit.start) in third_party_sentences and not _FIRST_PERSON.search(hit.phrase))
+                (
+                    _sentence_span(text, hit.start) in third_party_sentences
+                    and not _FIRST_PERSON.search(hit.phrase)
+                )
                 or self._reported(text, hit.start)
             ):
                 hit = replace(hit, category="third_party")

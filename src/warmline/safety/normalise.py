@@ -45,27 +45,88 @@ _REPLACEMENT = "\ufffd"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _ESCAPED_BYTES = re.compile("[\udc80-\udcff]+")
 # Zero-width, joiners, bidi controls, soft hyphen, word joiner, BOM, invisible operators.
-_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufe00-\ufe0f]")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'", "\u2032": "'"})
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufe00-\ufe0f]"
+)
+_APOSTROPHES = str.maketrans(
+    {"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u00b4": "'", "\u2032": "'"}
+)
 # Look-alike letters (Unicode confusables for Latin a-z that NFKC leaves alone).
 _HOMOGLYPHS = str.maketrans(
     {
         # Cyrillic
-        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p",
-        "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d",
-        "һ": "h", "ӏ": "l", "ԛ": "q", "ԝ": "w", "ү": "y", "ɡ": "g", "ꞁ": "l",
+        "а": "a",
+        "в": "b",
+        "е": "e",
+        "ё": "e",
+        "к": "k",
+        "м": "m",
+        "н": "h",
+        "о": "o",
+        "р": "p",
+        "с": "c",
+        "т": "t",
+        "у": "y",
+        "х": "x",
+        "ѕ": "s",
+        "і": "i",
+        "ї": "i",
+        "ј": "j",
+        "ԁ": "d",
+        "һ": "h",
+        "ӏ": "l",
+        "ԛ": "q",
+        "ԝ": "w",
+        "ү": "y",
+        "ɡ": "g",
+        "ꞁ": "l",
         # Greek
-        "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p",
-        "τ": "t", "υ": "u", "χ": "x", "ϲ": "c", "ω": "w", "μ": "u", "ς": "s", "γ": "y",
+        "α": "a",
+        "β": "b",
+        "ε": "e",
+        "η": "n",
+        "ι": "i",
+        "κ": "k",
+        "ν": "v",
+        "ο": "o",
+        "ρ": "p",
+        "τ": "t",
+        "υ": "u",
+        "χ": "x",
+        "ϲ": "c",
+        "ω": "w",
+        "μ": "u",
+        "ς": "s",
+        "γ": "y",
         # Latin look-alikes outside a-z
-        "ı": "i", "ł": "l", "ø": "o", "đ": "d", "ħ": "h", "ŧ": "t", "ɑ": "a", "ɩ": "i",
+        "ı": "i",
+        "ł": "l",
+        "ø": "o",
+        "đ": "d",
+        "ħ": "h",
+        "ŧ": "t",
+        "ɑ": "a",
+        "ɩ": "i",
     }
-)  # fmt: skip
+)
 _CONFUSABLE_CHARS = frozenset(chr(c) for c in _HOMOGLYPHS)
 _WORDLIKE = re.compile(r"[^\s]+")
 # Letters spaced out with one consistent separator: "s u i c i d e", "k.i.l.l", "d-i-e".
 _SPACED = re.compile(r"(?<![\w@$!])((?:[a-z0-9@$!][ .\-_*·]){2,}[a-z0-9@$!])(?![\w@$])")
-_LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "il", "|": "li", "+": "t", "€": "e"}
+_LEET = {
+    "0": "o",
+    "1": "il",
+    "3": "e",
+    "4": "a",
+    "5": "s",
+    "7": "t",
+    "@": "a",
+    "$": "s",
+    "!": "il",
+    "|": "li",
+    "+": "t",
+    "€": "e",
+}
 _LEET_CHARS = frozenset(_LEET)
 _EDGE_PUNCT = "\"'.,;:?()[]{}<>*_~«»“”…"
 _REPEATS = re.compile(r"([a-z])\1{2,}")
@@ -323,7 +384,9 @@ def _correct(table: SlangTable, word: str) -> str:
     # One edit for short words, two from eight letters; the first letter must agree (typos
     # rarely hit it, and it keeps names and rare words from turning into risk terms).
     limit = 1 if len(word) < 8 else 2
-    candidates = [term for term in table.risk_terms if term[0] == word[0] and abs(len(term) - len(word)) <= limit]
+    candidates = [
+        term for term in table.risk_terms if term[0] == word[0] and abs(len(term) - len(word)) <= limit
+    ]
     if not candidates:
         return word
     best = process.extractOne(word, candidates, scorer=OSA.distance, score_cutoff=limit)
@@ -366,7 +429,11 @@ def slang_table() -> SlangTable:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     abbreviations: dict[str, str] = data.get("abbreviations", {})
     pattern = (
-        re.compile(r"(?<![\w'/])(" + "|".join(map(re.escape, sorted(abbreviations, key=len, reverse=True))) + r")(?![\w'/])")
+        re.compile(
+            r"(?<![\w'/])("
+            + "|".join(map(re.escape, sorted(abbreviations, key=len, reverse=True)))
+            + r")(?![\w'/])"
+        )
         if abbreviations
         else None
     )

@@ -213,7 +213,9 @@ def _parse(path: Path) -> tuple[dict[str, LocaleResources], dict[str, list[str]]
                 f"{path}: locale '{key}' is malformed ({error}); each needs emergency and a crisis "
                 "list of {name, contact, hours, source}"
             ) from error
-    languages = {str(lang): [str(k).lower() for k in keys] for lang, keys in (data.get("languages") or {}).items()}
+    languages = {
+        str(lang): [str(k).lower() for k in keys] for lang, keys in (data.get("languages") or {}).items()
+    }
     return out, languages
 
 
@@ -234,7 +236,11 @@ def load_replies(path: str | None = None) -> dict[str, Any]:
     kinds = [kind for kind, _ in REPLY_KINDS]
     for language in LANGUAGES:
         texts = data.get(language) or {}
-        missing = [f"{language}.{k}" for k in ("emergency_line", "elsewhere", "unknown_first", "unknown_emergency", "note") if k not in texts]
+        missing = [
+            f"{language}.{k}"
+            for k in ("emergency_line", "elsewhere", "unknown_first", "unknown_emergency", "note")
+            if k not in texts
+        ]
         missing += [
             f"{language}.kinds.{kind}.{part}"
             for kind in kinds
@@ -242,7 +248,9 @@ def load_replies(path: str | None = None) -> dict[str, Any]:
             if part not in (texts.get("kinds") or {}).get(kind, {})
         ]
         if missing:
-            raise ValueError(f"{source}: missing reply texts {', '.join(missing)}; add them (see the file header)")
+            raise ValueError(
+                f"{source}: missing reply texts {', '.join(missing)}; add them (see the file header)"
+            )
     return data
 
 
@@ -264,7 +272,10 @@ def resources_note(locale: str | None = "us", path: str | Path | None = None, la
     texts = load_replies()[language]
     found = table.find(locale)
     if found is None:
-        line, emergency = "findahelpline.com", _unknown_emergency(texts, table.countries_for(language), language)
+        line, emergency = (
+            "findahelpline.com",
+            _unknown_emergency(texts, table.countries_for(language), language),
+        )
     else:
         first = found.crisis[0]
         line, emergency = f"{first.name} ({first.contact})", found.emergency
@@ -287,7 +298,11 @@ def crisis_reply(
     language = reply_language(assessment.language)
     texts = load_replies()[language]
     parts = texts["kinds"][kind]
-    opening = parts.get("imminent", parts["opening"]) if assessment.level == RiskLevel.IMMINENT else parts["opening"]
+    opening = (
+        parts.get("imminent", parts["opening"])
+        if assessment.level == RiskLevel.IMMINENT
+        else parts["opening"]
+    )
     table = _table(path)
     found = table.find(locale)
     if found is not None:

@@ -60,7 +60,9 @@ def read_counts(path: str | Path) -> dict[str, Any]:
             f"safety counts file not found: {path} (write one with `warmline serve MODEL --safety-counts {path}`)"
         ) from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not a safety counts file ({error}); it is written by --safety-counts") from None
+        raise ValueError(
+            f"{path} is not a safety counts file ({error}); it is written by --safety-counts"
+        ) from None
     counts = data.get("counts") if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)
@@ -68,7 +70,9 @@ def read_counts(path: str | Path) -> dict[str, Any]:
         or not isinstance(counts, dict)
         or not all(isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in counts.items())
     ):
-        raise ValueError(f"{path} is not a safety counts file (format {FORMAT!r} with integer counts expected)")
+        raise ValueError(
+            f"{path} is not a safety counts file (format {FORMAT!r} with integer counts expected)"
+        )
     return data
 
 

@@ -45,7 +45,15 @@ IMMINENT_THRESHOLD = 0.5
 # raise the level but not add a suicide category, so "how do I poison my neighbour" never gets
 # the suicide reply.
 _OTHER_DIRECTED: frozenset[str] = frozenset(
-    {"violence_request", "harm_to_others", "intrusive_thoughts", "third_party", "harm_from_others", "child_abuse", "eating_disorder"}
+    {
+        "violence_request",
+        "harm_to_others",
+        "intrusive_thoughts",
+        "third_party",
+        "harm_from_others",
+        "child_abuse",
+        "eating_disorder",
+    }
 )
 
 # Classifier classes that need a lexicon hit to make a crisis (see _combine).
@@ -169,7 +177,9 @@ def assess_text(
     categories = found.categories
     evidence = found.evidence()
     if repairs:
-        evidence.append("input repaired: " + ", ".join(f"{name}={count}" for name, count in sorted(repairs.items())))
+        evidence.append(
+            "input repaired: " + ", ".join(f"{name}={count}" for name, count in sorted(repairs.items()))
+        )
     risk_score: float | None = None
     if classifier is not None and language == "en" and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
@@ -180,7 +190,9 @@ def assess_text(
             score = _capped(score)
         english = lexicon or default_lexicon()
         minor = english.minor is not None and bool(english.minor.search(text.lower()))
-        level, categories, evidence = _combine(found, score, level, categories, evidence, text=text, minor=minor)
+        level, categories, evidence = _combine(
+            found, score, level, categories, evidence, text=text, minor=minor
+        )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
     )
@@ -225,12 +237,21 @@ def _combine(
             # The embeddings of "how do I stab a balloon" and "how do I stab someone" are close:
             # alone, the classifier's other-directed classes only add resources. The writer's
             # own risk still counts when the self classes carry the probability by themselves.
-            self_risk = sum(p for c, p in score.probabilities.items() if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES)
+            self_risk = sum(
+                p for c, p in score.probabilities.items() if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES
+            )
             if self_risk < RISK_THRESHOLD:
                 distress = RiskLevel.highest(level, RiskLevel.DISTRESS)
                 note = f"classifier {top}: p_risk={score.risk:.2f} (alone: distress, this kind needs the lexicon too)"
-                return distress, categories + [c for c in ("distress", category) if c not in categories], [*evidence, note]
-            top = max((c for c in score.probabilities if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES), key=score.probabilities.__getitem__)
+                return (
+                    distress,
+                    categories + [c for c in ("distress", category) if c not in categories],
+                    [*evidence, note],
+                )
+            top = max(
+                (c for c in score.probabilities if CLASS_CATEGORIES.get(c) in SELF_CATEGORIES),
+                key=score.probabilities.__getitem__,
+            )
             category = CLASS_CATEGORIES[top]
         new_level = RiskLevel.highest(level, raised)
         named = {hit.category for hit in found.hits} - {"distress", "psychosis"}
@@ -263,7 +284,8 @@ def _capped(score: ClassifierScore) -> ClassifierScore:
         return score
     scale = ceiling / risk
     probabilities = {
-        c: p * scale if CLASS_LEVELS.get(c, RiskLevel.NONE).is_crisis else p for c, p in score.probabilities.items()
+        c: p * scale if CLASS_LEVELS.get(c, RiskLevel.NONE).is_crisis else p
+        for c, p in score.probabilities.items()
     }
     probabilities["distress"] = probabilities.get("distress", 0.0) + risk - ceiling
     return ClassifierScore(probabilities)

@@ -60,18 +60,44 @@ ROLES = ("system", "user", "assistant")
 # Fields that would change what a response holds; silently ignoring them would mislead a client.
 _REFUSED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities", "prediction")
 _KNOWN = {
-    "messages", "model", "stream", "temperature", "top_p", "max_tokens", "max_completion_tokens",
-    "seed", "stop", "n", "logprobs", "top_logprobs", "response_format", "stream_options",
-    "presence_penalty", "frequency_penalty", "logit_bias", "user", "store", "metadata",
-    "parallel_tool_calls", "service_tier", "reasoning_effort",
-}  # fmt: skip
+    "messages",
+    "model",
+    "stream",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "seed",
+    "stop",
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "user",
+    "store",
+    "metadata",
+    "parallel_tool_calls",
+    "service_tier",
+    "reasoning_effort",
+}
 
 
 class ApiError(Exception):
     """A request the API refuses: the HTTP status and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -109,8 +135,14 @@ class ReplyStreamer(Protocol):
     settings: GenerationSettings
     gate: Any
 
-    def stream(self, conversation: Conversation, *, seed: int | None = None,
-               result: GenerationResult | None = None, **overrides: Any) -> Iterator[str]: ...  # fmt: skip
+    def stream(
+        self,
+        conversation: Conversation,
+        *,
+        seed: int | None = None,
+        result: GenerationResult | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]: ...
 
 
 class Busy(Exception):
@@ -221,9 +253,15 @@ def _number(body: dict, name: str, low: float, high: float, *, integer: bool = F
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
         kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"'{name}' must be {kind} in [{low}, {high}], got {json.dumps(value)[:40]}", param=name)
+        raise ApiError(
+            400, f"'{name}' must be {kind} in [{low}, {high}], got {json.dumps(value)[:40]}", param=name
+        )
     if not low <= value <= high:
         raise ApiError(400, f"'{name}' must be in [{low}, {high}], got {value}", param=name)
     return value
@@ -235,17 +273,29 @@ def _content_text(content: Any, index: int) -> str:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise ApiError(400, f"messages[{index}].content: only text parts are supported", param=f"messages[{index}].content")
+            if not (
+                isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            ):
+                raise ApiError(
+                    400,
+                    f"messages[{index}].content: only text parts are supported",
+                    param=f"messages[{index}].content",
+                )
             parts.append(part["text"])
         return "\n".join(parts)
-    raise ApiError(400, f"messages[{index}].content must be a string or a list of text parts", param=f"messages[{index}].content")
+    raise ApiError(
+        400,
+        f"messages[{index}].content must be a string or a list of text parts",
+        param=f"messages[{index}].content",
+    )
 
 
 def parse_request(raw: bytes, limits: ApiLimits, *, system_prompt: str | None) -> ChatRequest:
     """The request body as a `ChatRequest`, or an `ApiError` that says what to change."""
     if len(raw) > limits.max_body_bytes:
-        raise ApiError(413, f"the request body is over {limits.max_body_bytes} bytes", code="request_too_large")
+        raise ApiError(
+            413, f"the request body is over {limits.max_body_bytes} bytes", code="request_too_large"
+        )
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
@@ -267,20 +317,31 @@ def parse_request(raw: bytes, limits: ApiLimits, *, system_prompt: str | None) -
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' is required: a non-empty list of {role, content}", param="messages")
     if len(messages) > limits.max_messages:
-        raise ApiError(400, f"too many messages: {len(messages)} (at most {limits.max_messages})", param="messages")
+        raise ApiError(
+            400, f"too many messages: {len(messages)} (at most {limits.max_messages})", param="messages"
+        )
     conversation: Conversation = []
     total = 0
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role not in ROLES:
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}",
-                           param=f"messages[{i}].role")  # fmt: skip
+            raise ApiError(
+                400,
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}",
+                param=f"messages[{i}].role",
+            )
         if role == "system" and i != 0:
-            raise ApiError(400, f"messages[{i}]: a system message may only come first", param=f"messages[{i}].role")
+            raise ApiError(
+                400, f"messages[{i}]: a system message may only come first", param=f"messages[{i}].role"
+            )
         text = _content_text(message.get("content"), i)
         if len(text) > limits.max_message_chars:
-            raise ApiError(400, f"messages[{i}] has {len(text)} characters (at most {limits.max_message_chars})",
-                           param=f"messages[{i}].content", code="message_too_long")  # fmt: skip
+            raise ApiError(
+                400,
+                f"messages[{i}] has {len(text)} characters (at most {limits.max_message_chars})",
+                param=f"messages[{i}].content",
+                code="message_too_long",
+            )
         total += len(text)
         if role == "assistant":
             text = strip_notice(text)  # the notice is ours, not the model's
@@ -289,8 +350,12 @@ def parse_request(raw: bytes, limits: ApiLimits, *, system_prompt: str | None) -
         else:
             conversation.append({"role": role, "content": text})
     if total > limits.max_total_chars:
-        raise ApiError(400, f"the messages have {total} characters in all (at most {limits.max_total_chars})",
-                       param="messages", code="messages_too_long")  # fmt: skip
+        raise ApiError(
+            400,
+            f"the messages have {total} characters in all (at most {limits.max_total_chars})",
+            param="messages",
+            code="messages_too_long",
+        )
     if conversation[-1]["role"] != "user" or not conversation[-1]["content"].strip():
         raise ApiError(400, "the last message must be the user's, with text", param="messages")
     if conversation[0]["role"] != "system" and system_prompt:
@@ -334,9 +399,17 @@ class ChatAPI:
     `ModelSlots`, whose count of replies asked of the model `/v1/warmline/counts` reports.
     """
 
-    def __init__(self, streamer: ReplyStreamer, *, model_id: str, api_key: str | None = None,
-                 system_prompt: str | None = None, limits: ApiLimits | None = None,
-                 base_stop_strings: Sequence[str] = (), slots: ModelSlots | None = None):  # fmt: skip
+    def __init__(
+        self,
+        streamer: ReplyStreamer,
+        *,
+        model_id: str,
+        api_key: str | None = None,
+        system_prompt: str | None = None,
+        limits: ApiLimits | None = None,
+        base_stop_strings: Sequence[str] = (),
+        slots: ModelSlots | None = None,
+    ):
         self.streamer = streamer
         self.slots = slots
         self.model_id = model_id
@@ -375,7 +448,9 @@ class ChatAPI:
                 logger.error("API request failed: %s", type(err).__name__)
                 logger.debug("API failure", exc_info=True)
                 self._count("errors:500")
-                return ApiError(500, "the server could not answer this request", type="server_error").response()
+                return ApiError(
+                    500, "the server could not answer this request", type="server_error"
+                ).response()
 
         return endpoint
 
@@ -383,15 +458,26 @@ class ChatAPI:
         if self.api_key is None:
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "a valid API key is required: send 'Authorization: Bearer KEY'",
-                           type="authentication_error", code="invalid_api_key")  # fmt: skip
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode(), self.api_key.encode()
+        ):
+            raise ApiError(
+                401,
+                "a valid API key is required: send 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
 
     async def models(self, request: Request) -> Response:
         """GET /v1/models."""
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "warmline"}
-        ]})  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "warmline"}
+                ],
+            }
+        )
 
     async def counts_endpoint(self, request: Request) -> Response:
         """GET /v1/warmline/counts: this API's request counts and the safety gate's event counts."""
@@ -408,10 +494,12 @@ class ChatAPI:
         self._count("chat_completions")
         result = GenerationResult()
         pieces = self.streamer.stream(
-            parsed.conversation, seed=parsed.seed, result=result,
+            parsed.conversation,
+            seed=parsed.seed,
+            result=result,
             stop_strings=self.base_stop_strings + parsed.stop if parsed.stop else None,
             **parsed.overrides,
-        )  # fmt: skip
+        )
         notice = AI_NOTICE if parsed.first_turn else None
         # The first piece is taken before anything is sent, so a refusal (a full queue, a prompt
         # that does not fit, a backend that is down) is still an error response, not a broken stream.
@@ -423,8 +511,9 @@ class ChatAPI:
             return JSONResponse(self._completion(result, notice))
         return StreamingResponse(
             self._events(pieces, first, result, notice, parsed.include_usage),
-            media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        )  # fmt: skip
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     def _warmline(self, result: GenerationResult) -> dict[str, Any]:
         assessment = result.assessment or {}
@@ -451,12 +540,23 @@ class ChatAPI:
             "warmline": extra,
         }
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.model_id, "choices": [choice], "usage": _usage(result), "warmline": extra,
-        }  # fmt: skip
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "choices": [choice],
+            "usage": _usage(result),
+            "warmline": extra,
+        }
 
-    def _events(self, pieces: Iterator[str], first: str | None, result: GenerationResult,
-                notice: str | None, include_usage: bool) -> Iterator[str]:  # fmt: skip
+    def _events(
+        self,
+        pieces: Iterator[str],
+        first: str | None,
+        result: GenerationResult,
+        notice: str | None,
+        include_usage: bool,
+    ) -> Iterator[str]:
         """The server-sent events: a role chunk, content chunks, a finishing chunk, [DONE].
 
         A sync iterator: Starlette runs each step in its thread pool, as the engine needs."""
@@ -466,8 +566,14 @@ class ChatAPI:
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             if "warmline" in extra:
                 choice["warmline"] = extra["warmline"]
-            data = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                    "model": self.model_id, "choices": [choice], **extra}  # fmt: skip
+            data = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_id,
+                "choices": [choice],
+                **extra,
+            }
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         yield event({"role": "assistant", "content": ""})
@@ -488,8 +594,14 @@ class ChatAPI:
         extra = self._warmline(result)
         yield event({}, finish_reason(result.stop_reason), warmline=extra)
         if include_usage:
-            data = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                    "model": self.model_id, "choices": [], "usage": _usage(result)}  # fmt: skip
+            data = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": self.model_id,
+                "choices": [],
+                "usage": _usage(result),
+            }
             yield f"data: {json.dumps(data)}\n\n"
         yield "data: [DONE]\n\n"
 
@@ -501,8 +613,12 @@ def _first_piece(pieces: Iterator[str]) -> str | None:
     try:
         return next(pieces, None)
     except Busy:
-        raise ApiError(429, "the model is busy with other replies; try again shortly",
-                       type="rate_limit_error", code="busy") from None  # fmt: skip
+        raise ApiError(
+            429,
+            "the model is busy with other replies; try again shortly",
+            type="rate_limit_error",
+            code="busy",
+        ) from None
     except BackendError as err:
         raise ApiError(502, str(err), type="server_error", code="backend_error") from None
     except ValueError as err:  # the conversation cannot be answered as sent (generator's checks)

@@ -62,7 +62,9 @@ def save_transcript(
     unless ``overwrite``.
     """
     make_private_dirs(path.parent)
-    data = json.dumps({"model": model, "locale": locale, "messages": conversation}, indent=2, ensure_ascii=False)
+    data = json.dumps(
+        {"model": model, "locale": locale, "messages": conversation}, indent=2, ensure_ascii=False
+    )
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     fd = os.open(path, flags, 0o600)
     try:

@@ -43,9 +43,14 @@ class TokenEngine(Protocol):
     """What the `Generator` needs from an engine."""
 
     def tokens(
-        self, prompt_ids: list[int], settings: GenerationSettings, *, seed: int | None = None,
-        shared_prefix: Sequence[int] = (), result: GenerationResult,
-    ) -> Iterator[int]:  # fmt: skip
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        *,
+        seed: int | None = None,
+        shared_prefix: Sequence[int] = (),
+        result: GenerationResult,
+    ) -> Iterator[int]:
         """Yield the reply's token ids (not the stop token); set `result.prompt_tokens`,
         `result.reused_prompt_tokens` and `result.stop_reason` ("eos" or "max_new_tokens")."""
         ...
@@ -105,7 +110,9 @@ class HalfWeightLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight", linear.weight.detach().to(dtype), persistent=False)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone(), persistent=False)
+        self.register_buffer(
+            "bias", None if linear.bias is None else linear.bias.detach().clone(), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.nn.functional.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
@@ -165,8 +172,14 @@ class TorchEngine:
     one engine serves many threads (the PromptCache is thread-safe).
     """
 
-    def __init__(self, model, *, stop_token_ids: set[int], decode_dtype: torch.dtype | None = None,
-                 prompt_cache_tokens: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        *,
+        stop_token_ids: set[int],
+        decode_dtype: torch.dtype | None = None,
+        prompt_cache_tokens: int = 0,
+    ):
         """`decode_dtype`: decode (every token after the first) with a copy of the model in this
         dtype; the prompt is still read by `model`. None: `model` does everything.
         `prompt_cache_tokens`: the PromptCache's size in tokens (0: no cache)."""
@@ -194,7 +207,11 @@ class TorchEngine:
             cache = DynamicCache(config=self.model.config)
         held = reused  # prompt tokens the cache holds
         shared = list(shared_prefix)
-        if self.prompt_cache is not None and reused < len(shared) < len(prompt_ids) and prompt_ids[: len(shared)] == shared:
+        if (
+            self.prompt_cache is not None
+            and reused < len(shared) < len(prompt_ids)
+            and prompt_ids[: len(shared)] == shared
+        ):
             # Read the part every first turn shares on its own and keep it for the next conversation.
             logits = self._forward(self.model, prompt_ids[reused : len(shared)], cache)
             self.prompt_cache.store(shared, cache, logits)
@@ -208,9 +225,14 @@ class TorchEngine:
     # inference_mode on a generator function applies to each step it runs, in whichever thread.
     @torch.inference_mode()
     def tokens(
-        self, prompt_ids: list[int], settings: GenerationSettings, *, seed: int | None = None,
-        shared_prefix: Sequence[int] = (), result: GenerationResult,
-    ) -> Iterator[int]:  # fmt: skip
+        self,
+        prompt_ids: list[int],
+        settings: GenerationSettings,
+        *,
+        seed: int | None = None,
+        shared_prefix: Sequence[int] = (),
+        result: GenerationResult,
+    ) -> Iterator[int]:
         """The KV-cached decode loop (see `TokenEngine.tokens`)."""
         s = settings
         result.prompt_tokens = len(prompt_ids)

@@ -60,8 +60,9 @@ def base_url(url: str) -> str:
 class BackendClient:
     """Streams chat completions from an OpenAI-compatible server; see the module docstring."""
 
-    def __init__(self, url: str, *, model: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 120.0):  # fmt: skip
+    def __init__(
+        self, url: str, *, model: str | None = None, api_key: str | None = None, timeout_s: float = 120.0
+    ):
         self.base_url = base_url(url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Connect quickly; a slow model may take long between tokens.
@@ -83,10 +84,14 @@ class BackendClient:
                 "check --backend, or name the model with --backend-model"
             ) from None
         if not models:
-            raise BackendError(f"the backend at {self.base_url} lists no models; name one with --backend-model")
+            raise BackendError(
+                f"the backend at {self.base_url} lists no models; name one with --backend-model"
+            )
         return models[0]
 
-    def request_body(self, conversation: Conversation, s: GenerationSettings, seed: int | None) -> dict[str, Any]:
+    def request_body(
+        self, conversation: Conversation, s: GenerationSettings, seed: int | None
+    ) -> dict[str, Any]:
         """The chat completion request for `conversation` with the settings OpenAI's API has
         (top_k and repetition_penalty have no OpenAI field and are not sent)."""
         body: dict[str, Any] = {
@@ -103,8 +108,14 @@ class BackendClient:
             body["stop"] = list(s.stop_strings)[:4]
         return body
 
-    def texts(self, conversation: Conversation, s: GenerationSettings, *, seed: int | None = None,
-              result: GenerationResult | None = None) -> Iterator[str]:  # fmt: skip
+    def texts(
+        self,
+        conversation: Conversation,
+        s: GenerationSettings,
+        *,
+        seed: int | None = None,
+        result: GenerationResult | None = None,
+    ) -> Iterator[str]:
         """The backend's reply so far after every streamed delta; `result.stop_reason` from its
         finish_reason ("length" -> max_new_tokens, else eos), token counts when it sends usage."""
         url = f"{self.base_url}/chat/completions"
@@ -113,8 +124,10 @@ class BackendClient:
             with self._http.stream("POST", url, json=self.request_body(conversation, s, seed)) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise BackendError(f"the backend at {self.base_url} answered HTTP {response.status_code}"
-                                       f"{_error_message(response)}")  # fmt: skip
+                    raise BackendError(
+                        f"the backend at {self.base_url} answered HTTP {response.status_code}"
+                        f"{_error_message(response)}"
+                    )
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue  # comments, event names, keep-alives
@@ -123,14 +136,18 @@ class BackendClient:
                         break
                     chunk = json.loads(data)
                     if "error" in chunk:
-                        raise BackendError(f"the backend at {self.base_url} failed mid-reply{_error_text(chunk)}")
+                        raise BackendError(
+                            f"the backend at {self.base_url} failed mid-reply{_error_text(chunk)}"
+                        )
                     if result is not None and isinstance(chunk.get("usage"), dict):
                         result.prompt_tokens = chunk["usage"].get("prompt_tokens", 0) or 0
                         result.new_tokens = chunk["usage"].get("completion_tokens", 0) or 0
                     for choice in chunk.get("choices") or []:
                         delta = (choice.get("delta") or {}).get("content")
                         if result is not None and choice.get("finish_reason"):
-                            result.stop_reason = "max_new_tokens" if choice["finish_reason"] == "length" else "eos"
+                            result.stop_reason = (
+                                "max_new_tokens" if choice["finish_reason"] == "length" else "eos"
+                            )
                         if delta:
                             text += delta
                             if _WARMLINE_NOTICE.startswith(text):
@@ -139,9 +156,13 @@ class BackendClient:
                 if text and _WARMLINE_NOTICE.startswith(text):  # a reply that only looked like one
                     yield strip_notice(text)
         except httpx.HTTPError as err:
-            raise BackendError(f"could not reach the backend at {self.base_url} ({type(err).__name__})") from None
+            raise BackendError(
+                f"could not reach the backend at {self.base_url} ({type(err).__name__})"
+            ) from None
         except (ValueError, AttributeError, TypeError):
-            raise BackendError(f"the backend at {self.base_url} sent a reply that is not OpenAI's stream format") from None
+            raise BackendError(
+                f"the backend at {self.base_url} sent a reply that is not OpenAI's stream format"
+            ) from None
 
 
 def _error_message(response: httpx.Response) -> str:
@@ -161,7 +182,9 @@ class BackendStreamer:
     """A backend behind the safety gate, with the `stream` method of `Generator` (so the web app
     and the API use it unchanged)."""
 
-    def __init__(self, client: BackendClient, *, gate, settings: GenerationSettings | None = None, slots=None):
+    def __init__(
+        self, client: BackendClient, *, gate, settings: GenerationSettings | None = None, slots=None
+    ):
         """`slots`: an `api.ModelSlots` that bounds the replies asked of the backend at once
         (taken inside the gate flow's reply, so a crisis reply never waits for it)."""
         self.client = client
@@ -169,8 +192,14 @@ class BackendStreamer:
         self.settings = settings or GenerationSettings()
         self.slots = slots
 
-    def stream(self, conversation: Conversation, *, seed: int | None = None,
-               result: GenerationResult | None = None, **overrides: Any) -> Iterator[str]:  # fmt: skip
+    def stream(
+        self,
+        conversation: Conversation,
+        *,
+        seed: int | None = None,
+        result: GenerationResult | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
         """The one gate flow over the backend's reply; see `Generator.stream` (same arguments).
         `top_k` and `repetition_penalty` overrides are accepted and not sent (OpenAI has neither)."""
         if not conversation or conversation[-1]["role"] != "user":

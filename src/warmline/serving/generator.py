@@ -140,18 +140,28 @@ class Generator:
     # Shorter shared prefixes are not worth a second forward pass.
     _MIN_SHARED_PREFIX = 8
 
-    def __init__(self, model, tokenizer, *, gate=None, settings: GenerationSettings | None = None,
-                 decode_dtype: torch.dtype | None = None, prompt_cache_tokens: int = 0,
-                 engine: TokenEngine | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        gate=None,
+        settings: GenerationSettings | None = None,
+        decode_dtype: torch.dtype | None = None,
+        prompt_cache_tokens: int = 0,
+        engine: TokenEngine | None = None,
+    ):
         """`decode_dtype`, `prompt_cache_tokens`: see `TorchEngine`. `engine`: another token
         engine for `model`'s tokenizer (default: a TorchEngine on `model`). `gate`: the safety
         gate `stream` uses unless a call passes its own."""
         self.tokenizer = tokenizer
         self.template = template_for(tokenizer)
         self.engine = engine or TorchEngine(
-            model, stop_token_ids=stop_token_ids(tokenizer, self.template, model), decode_dtype=decode_dtype,
+            model,
+            stop_token_ids=stop_token_ids(tokenizer, self.template, model),
+            decode_dtype=decode_dtype,
             prompt_cache_tokens=prompt_cache_tokens,
-        )  # fmt: skip
+        )
         self.gate = gate
         self.settings = settings or GenerationSettings()
         self.context_length = context_length(model)
@@ -174,9 +184,16 @@ class Generator:
         return new
 
     @classmethod
-    def from_pretrained(cls, reference: str, *, gate=None, settings: GenerationSettings | None = None,
-                        device: str | None = None, fp16_decode: bool = True,
-                        prompt_cache_tokens: int = 4096) -> Generator:  # fmt: skip
+    def from_pretrained(
+        cls,
+        reference: str,
+        *,
+        gate=None,
+        settings: GenerationSettings | None = None,
+        device: str | None = None,
+        fp16_decode: bool = True,
+        prompt_cache_tokens: int = 4096,
+    ) -> Generator:
         """Load a run folder, stage folder, hub id or `packaged:` model; on a GPU when there is one.
 
         On a CPU the weights load in fp32; with `fp16_decode` an fp16 copy decodes (see
@@ -190,10 +207,21 @@ class Generator:
         if device.startswith("cuda"):
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         model = load_model(reference, dtype=dtype).to(device)
-        logger.info("loaded %s on %s (%s; decode in %s)", reference, device, next(model.parameters()).dtype,
-                    decode_dtype or next(model.parameters()).dtype)  # fmt: skip
-        return cls(model, load_tokenizer(reference), gate=gate, settings=settings, decode_dtype=decode_dtype,
-                   prompt_cache_tokens=prompt_cache_tokens)  # fmt: skip
+        logger.info(
+            "loaded %s on %s (%s; decode in %s)",
+            reference,
+            device,
+            next(model.parameters()).dtype,
+            decode_dtype or next(model.parameters()).dtype,
+        )
+        return cls(
+            model,
+            load_tokenizer(reference),
+            gate=gate,
+            settings=settings,
+            decode_dtype=decode_dtype,
+            prompt_cache_tokens=prompt_cache_tokens,
+        )
 
     def prompt_budget(self, s: GenerationSettings) -> int:
         """Prompt tokens allowed: the settings' budget, leaving room for the reply in the context."""
@@ -209,9 +237,15 @@ class Generator:
         )
 
     def stream(
-        self, conversation: Conversation, *, gate=_OWN_GATE, seed: int | None = None,
-        settings: GenerationSettings | None = None, result: GenerationResult | None = None, **overrides: Any,
-    ) -> Iterator[str]:  # fmt: skip
+        self,
+        conversation: Conversation,
+        *,
+        gate=_OWN_GATE,
+        seed: int | None = None,
+        settings: GenerationSettings | None = None,
+        result: GenerationResult | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
         """Yield the reply as text pieces; pass `result` to receive the final text, stop reason and timings.
 
         `conversation` ends with the user's turn. `gate`: the safety gate for this call (None:
@@ -228,9 +262,12 @@ class Generator:
         stop_strings = self.template.stop_strings if s.stop_strings is None else s.stop_strings
         try:
             yield from turn(
-                conversation, lambda: self._texts(conversation, s, seed, out, started),
-                gate=self.gate if gate is _OWN_GATE else gate, stop_strings=stop_strings, result=out,
-            )  # fmt: skip
+                conversation,
+                lambda: self._texts(conversation, s, seed, out, started),
+                gate=self.gate if gate is _OWN_GATE else gate,
+                stop_strings=stop_strings,
+                result=out,
+            )
         finally:
             out.duration_s = time.perf_counter() - started
 
@@ -252,9 +289,13 @@ class Generator:
         self.generate(conversation, gate=None, seed=0, max_new_tokens=2)
 
     def _texts(
-        self, conversation: Conversation, s: GenerationSettings, seed: int | None, out: GenerationResult,
+        self,
+        conversation: Conversation,
+        s: GenerationSettings,
+        seed: int | None,
+        out: GenerationResult,
         started: float,
-    ) -> Iterator[str]:  # fmt: skip
+    ) -> Iterator[str]:
         """The reply so far as text after every token: the new tokens decoded (byte-level pieces
         combine into characters only when decoded together)."""
         prompt_ids = self.prompt_ids(conversation, s)
@@ -267,7 +308,9 @@ class Generator:
                     out.ttft_s = time.perf_counter() - started
                 new_ids.append(token_id)
                 out.new_tokens = len(new_ids)
-                yield self.tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                yield self.tokenizer.decode(
+                    new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
         finally:
             tokens.close()  # a stop string or the screen ended the reply: stop decoding now
             if not new_ids:  # the first token was a stop token
@@ -283,7 +326,9 @@ class Generator:
         key = system[0]["content"] if system else None
         prefix = self._shared_prefixes.get(key)
         if prefix is None:
-            a, b = (encode_prompt(self.tokenizer, system + [{"role": "user", "content": c}]) for c in ("a", "b"))
+            a, b = (
+                encode_prompt(self.tokenizer, system + [{"role": "user", "content": c}]) for c in ("a", "b")
+            )
             n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
             prefix = a[:n] if n >= self._MIN_SHARED_PREFIX else []
             if len(self._shared_prefixes) < 64:

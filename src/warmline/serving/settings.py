@@ -21,12 +21,14 @@ class GenerationSettings:
     top_p: float = _setting(
         0.92, "Nucleus sampling: the smallest set of tokens whose probabilities add up to top_p (1 = off)."
     )
-    repetition_penalty: float = _setting(
-        1.2, "Divides the logits of tokens already in the reply (1 = off)."
-    )
+    repetition_penalty: float = _setting(1.2, "Divides the logits of tokens already in the reply (1 = off).")
     max_new_tokens: int = _setting(200, "Longest reply, in tokens.")
-    do_sample: bool = _setting(True, "False: greedy decoding (temperature, top-k and top-p are ignored).", cli=False)
-    max_prompt_tokens: int = _setting(1536, "Token budget for the prompt; older turns beyond it are dropped.", cli=False)
+    do_sample: bool = _setting(
+        True, "False: greedy decoding (temperature, top-k and top-p are ignored).", cli=False
+    )
+    max_prompt_tokens: int = _setting(
+        1536, "Token budget for the prompt; older turns beyond it are dropped.", cli=False
+    )
     stop_strings: tuple[str, ...] | None = _setting(
         None,
         "Text that ends the reply where it starts (it is never shown); None: the chat template's "

@@ -58,9 +58,13 @@ class ReplyStreamer(Protocol):
     settings: GenerationSettings
 
     def stream(
-        self, conversation: Conversation, *, seed: int | None = None, result: GenerationResult | None = None,
+        self,
+        conversation: Conversation,
+        *,
+        seed: int | None = None,
+        result: GenerationResult | None = None,
         **overrides: Any,
-    ) -> Iterator[str]: ...  # fmt: skip
+    ) -> Iterator[str]: ...
 
 
 def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
@@ -178,9 +182,16 @@ def build_app(
     system: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
 
     def respond(
-        message: str, history: list[dict[str, Any]], temperature: float, top_k: float, top_p: float,
-        repetition_penalty: float, max_new_tokens: float, seed: float | None, request: gr.Request,
-    ) -> Iterator[str]:  # fmt: skip
+        message: str,
+        history: list[dict[str, Any]],
+        temperature: float,
+        top_k: float,
+        top_p: float,
+        repetition_penalty: float,
+        max_new_tokens: float,
+        seed: float | None,
+        request: gr.Request,
+    ) -> Iterator[str]:
         """Stream the reply to `message` as the growing text; end with the text to keep."""
         message, repairs = clean(message_text(message))  # raw JSON may carry lone surrogates
         if repairs and gate is not None:
@@ -191,11 +202,15 @@ def build_app(
         conversation = system + history_to_conversation(history) + [{"role": "user", "content": message}]
         result = GenerationResult()
         pieces = generator.stream(
-            conversation, seed=None if seed is None or seed < 0 else int(seed), result=result,
-            temperature=temperature, top_k=None if top_k is None else int(top_k), top_p=top_p,
+            conversation,
+            seed=None if seed is None or seed < 0 else int(seed),
+            result=result,
+            temperature=temperature,
+            top_k=None if top_k is None else int(top_k),
+            top_p=top_p,
             repetition_penalty=repetition_penalty,
             max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
-        )  # fmt: skip
+        )
         session = getattr(request, "session_hash", None) or "anonymous"
         notice = notices.due(session, shown_at_start=True)
         shown = ""
@@ -291,8 +306,14 @@ class _HeldStreamer:
         return self._slots.hold(lambda: self._streamer.stream(conversation, **kwargs))
 
 
-def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, block: bool = True,
-           routes: Sequence[Any] = ()) -> str:  # fmt: skip
+def launch(
+    app: gr.Blocks,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    block: bool = True,
+    routes: Sequence[Any] = (),
+) -> str:
     """Start the server (no share link, system fonts, no server-side rendering); return its URL.
 
     With `block=False` the call returns once the server is up (tests); `app.close()` stops it.
@@ -303,8 +324,18 @@ def launch(app: gr.Blocks, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         logger.warning("listening on %s: anyone who can reach this machine can use the chat", host)
     theme = gr.themes.Soft(font=_FONTS, font_mono=_MONO_FONTS)
     _, url, _ = app.launch(
-        server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=not block,
-        theme=theme, css=_CSS, ssr_mode=False, pwa=False, mcp_server=False, enable_monitoring=False,
-        show_error=False, app_kwargs={"routes": list(routes)} if routes else None,
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=theme,
+        css=_CSS,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        show_error=False,
+        app_kwargs={"routes": list(routes)} if routes else None,
+    )
     return url

@@ -74,8 +74,12 @@ def trim_metrics(path: Path, stage_name: str, *, keep_through_step: int) -> int:
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
     if dropped:
-        logger.info("metrics.jsonl: dropped %d records of stage '%s' after step %d (an interrupted attempt)",
-                    dropped, stage_name, keep_through_step)  # fmt: skip
+        logger.info(
+            "metrics.jsonl: dropped %d records of stage '%s' after step %d (an interrupted attempt)",
+            dropped,
+            stage_name,
+            keep_through_step,
+        )
     return dropped
 
 
@@ -115,8 +119,15 @@ class MetricsLogger(TrainerCallback):
 
         result = evaluate_gathered(model, self.validation, precision=self.precision)
         if write:
-            self._write({"event": "validation", "step": step, "epoch": epoch, "val_loss": result["loss"],
-                         "val_perplexity": result["perplexity"]})  # fmt: skip
+            self._write(
+                {
+                    "event": "validation",
+                    "step": step,
+                    "epoch": epoch,
+                    "val_loss": result["loss"],
+                    "val_perplexity": result["perplexity"],
+                }
+            )
         return result
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -132,8 +143,13 @@ class MetricsLogger(TrainerCallback):
         if now > self._last_time and tokens >= self._last_tokens:
             logs["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
         self._last_time, self._last_tokens = now, tokens
-        self._write({"event": "log", "step": state.global_step, **{k: v for k, v in logs.items()
-                                                                    if isinstance(v, int | float)}})  # fmt: skip
+        self._write(
+            {
+                "event": "log",
+                "step": state.global_step,
+                **{k: v for k, v in logs.items() if isinstance(v, int | float)},
+            }
+        )
         return control
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
@@ -141,8 +157,14 @@ class MetricsLogger(TrainerCallback):
         last_epoch = state.epoch is not None and state.epoch >= args.num_train_epochs - 1e-6
         # Every process scores its share of the split; the main one writes and prints.
         if model is not None and self.validation and not last_epoch:
-            result = self.log_validation(model, epoch=round(state.epoch or 0.0, 3), step=state.global_step,
-                                         write=state.is_world_process_zero)  # fmt: skip
+            result = self.log_validation(
+                model,
+                epoch=round(state.epoch or 0.0, 3),
+                step=state.global_step,
+                write=state.is_world_process_zero,
+            )
             if state.is_world_process_zero:
-                print(f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True)
+                print(
+                    f"[{self.stage_name}] epoch {state.epoch:.2f}: val_loss {result['loss']:.4f}", flush=True
+                )
         return control

@@ -66,13 +66,19 @@ def check_quantization(quantize: str, source: str) -> None:
 
     import torch
 
-    plain = "use plain LoRA instead: set 'training.lora.quantize: null' (or --set training.lora.quantize=null)"
+    plain = (
+        "use plain LoRA instead: set 'training.lora.quantize: null' (or --set training.lora.quantize=null)"
+    )
     if not torch.cuda.is_available():
-        raise RecipeError(f"{source}: 'training.lora.quantize: {quantize}' needs a CUDA GPU (bitsandbytes), and none "
-                          f"is available here; {plain}")  # fmt: skip
+        raise RecipeError(
+            f"{source}: 'training.lora.quantize: {quantize}' needs a CUDA GPU (bitsandbytes), and none "
+            f"is available here; {plain}"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise RecipeError(f"{source}: 'training.lora.quantize: {quantize}' needs the bitsandbytes package: "
-                          f"pip install 'warmline[gpu]'; or {plain}")  # fmt: skip
+        raise RecipeError(
+            f"{source}: 'training.lora.quantize: {quantize}' needs the bitsandbytes package: "
+            f"pip install 'warmline[gpu]'; or {plain}"
+        )
 
 
 def check_lora_targets(model, lora, model_name: str, source: str) -> None:
@@ -122,8 +128,14 @@ def recipe_differences(trained_with: dict, current: dict, n_stages: int) -> list
     """`key: old -> new` for every weight-relevant value that differs."""
     old, new = _weight_settings(trained_with, n_stages), _weight_settings(current, n_stages)
     if len(trained_with.get("stages", [])) < n_stages:
-        return [f"stages: the folder was trained as part of a {len(trained_with.get('stages', []))}-stage recipe"]
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        return [
+            f"stages: the folder was trained as part of a {len(trained_with.get('stages', []))}-stage recipe"
+        ]
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]
 
 
 def check_resume(recipe: Recipe, folders: list[tuple[int, Path]], *, force: bool) -> None:

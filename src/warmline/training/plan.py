@@ -49,7 +49,9 @@ class StagePlan:
         return sum(self.memory.values())
 
 
-def optimizer_steps(examples: int, micro_batch_size: int, accumulation: int, processes: int, epochs: float) -> int:
+def optimizer_steps(
+    examples: int, micro_batch_size: int, accumulation: int, processes: int, epochs: float
+) -> int:
     """Optimizer steps the Trainer takes: micro-batches per process (accelerate evens the shards,
     so the last one is topped up), steps per epoch rounded up, then `ceil(epochs x steps)`."""
     batches = math.ceil(examples / micro_batch_size)
@@ -97,7 +99,9 @@ def count_parameters(recipe: Recipe) -> dict[str, object]:
         "layers": len(blocks),
         "layers_backpropagated": layers_backpropagated,
         "hidden": hidden,
-        "intermediate": getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden,
+        "intermediate": getattr(text, "intermediate_size", None)
+        or getattr(text, "n_inner", None)
+        or 4 * hidden,
         "heads": getattr(text, "num_attention_heads", None) or text.n_head,
         "vocab": text.vocab_size,
     }
@@ -121,7 +125,9 @@ def _lora_parameters(model, lora, output_layer, layer_types) -> int:
     return total
 
 
-def estimate_memory(params: dict, recipe: Recipe, max_length: int, precision: str, device: str) -> dict[str, int]:
+def estimate_memory(
+    params: dict, recipe: Recipe, max_length: int, precision: str, device: str
+) -> dict[str, int]:
     """Peak bytes per process, by part. Weights are fp32 (autocast computes in bf16/fp16), or 4-bit
     linear layers plus bf16 for the rest with QLoRA; gradients fp32 for trained parameters;
     AdamW's two fp32 moments; activations stored for backward in the blocks that backpropagate."""
@@ -181,24 +187,33 @@ def plan_recipe(recipe: Recipe, source: str = "recipe", num_processes: int | Non
     plans = []
     for stage in stages:
         examples = stage.train + replay_examples(stages, stage, t.seed)
-        plans.append(StagePlan(
-            name=stage.config.name,
-            examples=len(examples),
-            replayed=len(examples) - len(stage.train),
-            tokens=sum(len(e.input_ids) for e in examples),
-            assistant_tokens=sum(sum(lbl != -100 for lbl in e.labels) for e in examples),
-            max_length=stage.config.max_length,
-            epochs=stage.config.epochs,
-            micro_batch_size=t.micro_batch_size,
-            global_batch_size=t.global_batch_size,
-            accumulation_steps=accumulation,
-            processes=processes,
-            optimizer_steps=optimizer_steps(len(examples), t.micro_batch_size, accumulation, processes,
-                                            stage.config.epochs),  # fmt: skip
-            memory=estimate_memory(params, recipe, stage.config.max_length, precision, device),
-        ))  # fmt: skip
-    return {"stages": plans, "parameters": params, "precision": precision, "device": device,
-            "device_memory_bytes": memory_bytes, "processes": processes}  # fmt: skip
+        plans.append(
+            StagePlan(
+                name=stage.config.name,
+                examples=len(examples),
+                replayed=len(examples) - len(stage.train),
+                tokens=sum(len(e.input_ids) for e in examples),
+                assistant_tokens=sum(sum(lbl != -100 for lbl in e.labels) for e in examples),
+                max_length=stage.config.max_length,
+                epochs=stage.config.epochs,
+                micro_batch_size=t.micro_batch_size,
+                global_batch_size=t.global_batch_size,
+                accumulation_steps=accumulation,
+                processes=processes,
+                optimizer_steps=optimizer_steps(
+                    len(examples), t.micro_batch_size, accumulation, processes, stage.config.epochs
+                ),
+                memory=estimate_memory(params, recipe, stage.config.max_length, precision, device),
+            )
+        )
+    return {
+        "stages": plans,
+        "parameters": params,
+        "precision": precision,
+        "device": device,
+        "device_memory_bytes": memory_bytes,
+        "processes": processes,
+    }
 
 
 def advice(plan: StagePlan, recipe: Recipe) -> str:
@@ -214,8 +229,10 @@ def advice(plan: StagePlan, recipe: Recipe) -> str:
     if part in {"gradients", "optimizer"}:
         return "train fewer parameters: training.lora.enabled: true (or training.trainable_layers: N)"
     if not t.lora.quantize:
-        return ("load the base in 4-bit: training.lora: {enabled: true, quantize: 4bit} (CUDA), or shard it "
-                "with recipes/accelerate/fsdp-full-shard.yaml")
+        return (
+            "load the base in 4-bit: training.lora: {enabled: true, quantize: 4bit} (CUDA), or shard it "
+            "with recipes/accelerate/fsdp-full-shard.yaml"
+        )
     return "use a GPU with more memory, or shard with recipes/accelerate/deepspeed-zero3.yaml"
 
 

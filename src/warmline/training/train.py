@@ -82,8 +82,10 @@ def tokenize_all(tokenizer, convs, max_length: int, prototype: bool) -> tuple[li
     """Tokenise conversations; drop those left with no labelled token; count truncations."""
     out, truncated = [], 0
     for conv in convs:
-        ex = tokenize_prototype(tokenizer, conv, max_length) if prototype else tokenize_conversation(
-            tokenizer, conv, max_length
+        ex = (
+            tokenize_prototype(tokenizer, conv, max_length)
+            if prototype
+            else tokenize_conversation(tokenizer, conv, max_length)
         )
         truncated += ex.truncated
         if any(label != -100 for label in ex.labels):
@@ -109,7 +111,9 @@ def prepare_stages(recipe: Recipe, tokenizer, source: str = "recipe") -> list[Pr
     t = recipe.training
     for i, stage in enumerate(recipe.stages, start=1):
         data = prepare_stage(stage, seed=t.seed, system_prompt=recipe.system_prompt)
-        problems = data_problems(data, f"stages.{i - 1}", global_batch_size=t.global_batch_size, epochs=stage.epochs)
+        problems = data_problems(
+            data, f"stages.{i - 1}", global_batch_size=t.global_batch_size, epochs=stage.epochs
+        )
         if problems:
             raise RecipeError(f"{source}: {problems[0]}")
         train, trunc_t = tokenize_all(tokenizer, data.train, stage.max_length, recipe.baseline_prototype)
@@ -122,8 +126,14 @@ def prepare_stages(recipe: Recipe, tokenizer, source: str = "recipe") -> list[Pr
             )
         logger.info(
             "stage %d '%s': %d train / %d validation conversations (%d read, %d duplicates, dropped %s)",
-            i, stage.name, len(train), len(val), data.rows_read, data.duplicates, data.dropped,
-        )  # fmt: skip
+            i,
+            stage.name,
+            len(train),
+            len(val),
+            data.rows_read,
+            data.duplicates,
+            data.dropped,
+        )
         prepared.append(PreparedStage(i, stage, data, train, val))
     return prepared
 
@@ -157,8 +167,11 @@ def evaluate_gathered(model, examples: list[TokenizedExample], *, precision: str
     shard = examples[state.process_index :: state.num_processes]
     part = evaluate_loss(model, shard, precision=precision) if shard else {"loss": 0.0, "tokens": 0}
     # float64: a sum of per-token losses over a large split keeps its digits
-    totals = torch.tensor([part["loss"] * part["tokens"] if part["tokens"] else 0.0, float(part["tokens"])],
-                          dtype=torch.float64, device=state.device)  # fmt: skip
+    totals = torch.tensor(
+        [part["loss"] * part["tokens"] if part["tokens"] else 0.0, float(part["tokens"])],
+        dtype=torch.float64,
+        device=state.device,
+    )
     dist.all_reduce(totals)
     loss_sum, tokens = totals.tolist()
     loss = loss_sum / max(tokens, 1.0)
@@ -170,8 +183,11 @@ def accumulation_steps(global_batch_size: int, micro_batch_size: int, num_proces
     global batch whatever the number of processes: global / (micro x processes)."""
     per_step = micro_batch_size * num_processes
     if global_batch_size % per_step:
-        fits = [n for n in range(1, global_batch_size // micro_batch_size + 1)
-                if global_batch_size % (micro_batch_size * n) == 0]  # fmt: skip
+        fits = [
+            n
+            for n in range(1, global_batch_size // micro_batch_size + 1)
+            if global_batch_size % (micro_batch_size * n) == 0
+        ]
         raise RecipeError(
             f"{source}: 'training.global_batch_size' {global_batch_size} is not a multiple of micro_batch_size "
             f"{micro_batch_size} x {num_processes} processes; change global_batch_size or micro_batch_size, or "
@@ -181,7 +197,12 @@ def accumulation_steps(global_batch_size: int, micro_batch_size: int, num_proces
 
 
 def train_recipe(
-    recipe: Recipe, *, recipe_path: Path | None = None, resume: bool = False, force: bool = False, samples: int = 0
+    recipe: Recipe,
+    *,
+    recipe_path: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    samples: int = 0,
 ) -> Path:
     """Train every stage of a recipe in order; returns the final model folder.
 
@@ -199,8 +220,13 @@ def train_recipe(
     # Processes on one machine share its cores: each gets its share (set num_threads to override).
     threads = configure_threads(t.num_threads or max(1, physical_cores() // _local_processes()))
     precision = resolve_precision(t.precision)
-    logger.info("precision %s, %d threads, process %d of %d", precision, threads, state.process_index + 1,
-                state.num_processes)  # fmt: skip
+    logger.info(
+        "precision %s, %d threads, process %d of %d",
+        precision,
+        threads,
+        state.process_index + 1,
+        state.num_processes,
+    )
 
     # --- check and prepare everything before any weights load ---------------------------
     accumulation_steps(t.global_batch_size, t.micro_batch_size, state.num_processes, source)
@@ -230,7 +256,9 @@ def train_recipe(
         if resume and is_published(out):
             logger.info("stage %d '%s' already finished: skipping", stage.index, stage.config.name)
             if state.is_main_process and (run_dir / ".work" / stage.dirname).exists():
-                remove_tree(run_dir / ".work" / stage.dirname, run_dir)  # killed after publishing, before cleanup
+                remove_tree(
+                    run_dir / ".work" / stage.dirname, run_dir
+                )  # killed after publishing, before cleanup
             model = load_model(str(out)) if stage.config.name not in forgetting else None
         else:
             model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
@@ -239,8 +267,14 @@ def train_recipe(
             del model
             _write_forgetting(forgetting_path, forgetting, stages)
             if state.is_main_process:
-                _append_metrics(metrics_path, {"event": "stage_end", "stage": stage.config.name,
-                                               "validation": forgetting[stage.config.name]})  # fmt: skip
+                _append_metrics(
+                    metrics_path,
+                    {
+                        "event": "stage_end",
+                        "stage": stage.config.name,
+                        "validation": forgetting[stage.config.name],
+                    },
+                )
         previous = str(out)
 
     # --- final model: a copy of the last stage, with that stage's manifest -------------------
@@ -291,7 +325,9 @@ def train_stage(
     """Train one stage from `init_from` with a fresh optimizer and schedule; publish it atomically.
 
     Returns the trained model (in memory), so the caller can evaluate it without reloading."""
-    built = build_stage_trainer(recipe, stage, stages, init_from, tokenizer, precision, run_dir, resume=resume)
+    built = build_stage_trainer(
+        recipe, stage, stages, init_from, tokenizer, precision, run_dir, resume=resume
+    )
     model = run_stage_training(built, resume=resume)
     publish_stage(built, model, recipe=recipe, stages=stages, tokenizer=tokenizer, precision=precision)
     return model
@@ -309,8 +345,9 @@ def build_training_args(recipe: Recipe, stage: PreparedStage, work_dir: Path, pr
         learning_rate=cfg.learning_rate,
         per_device_train_batch_size=t.micro_batch_size,
         # The recipe's global batch whatever the number of processes (checked before weights load).
-        gradient_accumulation_steps=accumulation_steps(t.global_batch_size, t.micro_batch_size,
-                                                       _process_state().num_processes, "recipe"),  # fmt: skip
+        gradient_accumulation_steps=accumulation_steps(
+            t.global_batch_size, t.micro_batch_size, _process_state().num_processes, "recipe"
+        ),
         lr_scheduler_type="constant_with_warmup" if prototype else t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the stage's steps (recipe-checked)
         weight_decay=t.weight_decay,
@@ -379,14 +416,25 @@ def build_stage_trainer(
         freeze_below(model, t.trainable_layers)
     replay = replay_examples(stages, stage, t.seed)
     train_examples = stage.train + replay
-    logger.info("stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
-                stage.index, stage.config.name, len(train_examples), len(replay), init_from)  # fmt: skip
+    logger.info(
+        "stage %d '%s': %d examples (%d replayed from earlier stages), init from %s",
+        stage.index,
+        stage.config.name,
+        len(train_examples),
+        len(replay),
+        init_from,
+    )
     train_ds = datasets.Dataset.from_dict(
         {"input_ids": [e.input_ids for e in train_examples], "labels": [e.labels for e in train_examples]}
     )
     args = build_training_args(recipe, stage, work, precision)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
-                               peft_config=_peft_config(t.lora))  # fmt: skip
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=_peft_config(t.lora),
+    )
     metrics = MetricsLogger(
         metrics_path=run_dir / "metrics.jsonl",
         stage_name=stage.config.name,
@@ -396,11 +444,26 @@ def build_stage_trainer(
     )
     for callback in (metrics, CheckpointMarker(COMPLETE_MARKER), *callbacks):
         trainer.add_callback(callback)
-    padding = padding_stats([len(e.input_ids) for e in train_examples], t.micro_batch_size, seed=t.seed,
-                            padding_free=args.padding_free, pad_to_multiple_of=args.pad_to_multiple_of)  # fmt: skip
+    padding = padding_stats(
+        [len(e.input_ids) for e in train_examples],
+        t.micro_batch_size,
+        seed=t.seed,
+        padding_free=args.padding_free,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+    )
     logger.info("stage '%s': padding %s", stage.config.name, padding)
-    return StageTrainer(stage, trainer, init_from, work, run_dir, train_examples, replay, metrics, padding,
-                        quantized=t.lora.quantize is not None)  # fmt: skip
+    return StageTrainer(
+        stage,
+        trainer,
+        init_from,
+        work,
+        run_dir,
+        train_examples,
+        replay,
+        metrics,
+        padding,
+        quantized=t.lora.quantize is not None,
+    )
 
 
 def run_stage_training(built: StageTrainer, *, resume: bool):
@@ -435,8 +498,12 @@ def quantization_config(lora):
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def load_stage_model(init_from: str, lora):
@@ -450,9 +517,11 @@ def load_stage_model(init_from: str, lora):
     from warmline.models import resolve_model
 
     return AutoModelForCausalLM.from_pretrained(
-        resolve_model(init_from).path, quantization_config=quantization_config(lora), dtype=torch.bfloat16,
+        resolve_model(init_from).path,
+        quantization_config=quantization_config(lora),
+        dtype=torch.bfloat16,
         device_map={"": _process_state().local_process_index},  # one whole copy per process (DDP)
-    )  # fmt: skip
+    )
 
 
 def merge_into_full_precision(peft_model, init_from: str):
@@ -468,12 +537,15 @@ def merge_into_full_precision(peft_model, init_from: str):
     full = get_peft_model(load_model(init_from), config)
     result = set_peft_model_state_dict(full, adapters)
     if result.unexpected_keys:
-        raise RuntimeError(f"LoRA adapters did not fit the full-precision model: {result.unexpected_keys[:3]}")
+        raise RuntimeError(
+            f"LoRA adapters did not fit the full-precision model: {result.unexpected_keys[:3]}"
+        )
     return full.merge_and_unload()
 
 
-def publish_stage(built: StageTrainer, model, *, recipe: Recipe, stages: list[PreparedStage], tokenizer,
-                  precision: str) -> Path:  # fmt: skip
+def publish_stage(
+    built: StageTrainer, model, *, recipe: Recipe, stages: list[PreparedStage], tokenizer, precision: str
+) -> Path:
     """Write weights, tokenizer and self-description under a temporary name, then rename the
     folder into place: a stage folder exists only once complete. Returns the stage folder."""
     stage, run_dir = built.stage, built.run_dir
@@ -489,13 +561,22 @@ def publish_stage(built: StageTrainer, model, *, recipe: Recipe, stages: list[Pr
         tokenizer.save_pretrained(tmp)
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
         stats = stage.data.stats()
-        stats.update(train_examples=len(stage.train), replay_examples=len(built.replay),
-                     validation_examples=len(stage.validation), **built.padding)  # fmt: skip
+        stats.update(
+            train_examples=len(stage.train),
+            replay_examples=len(built.replay),
+            validation_examples=len(stage.validation),
+            **built.padding,
+        )
         write_json_atomic(tmp / "data_stats.json", stats)
         if (run_dir / "metrics.jsonl").exists():
             shutil.copy(run_dir / "metrics.jsonl", tmp / "metrics.jsonl")
-        write_manifest(tmp, recipe=recipe, stages=stages, wall_time_s=built.metrics.elapsed_s(),
-                       extra={"stage": stage.config.name, "init_from": built.init_from, "precision": precision})  # fmt: skip
+        write_manifest(
+            tmp,
+            recipe=recipe,
+            stages=stages,
+            wall_time_s=built.metrics.elapsed_s(),
+            extra={"stage": stage.config.name, "init_from": built.init_from, "precision": precision},
+        )
         _replace_folder(tmp, out, run_dir)
         remove_tree(built.work_dir, run_dir)
     state.wait_for_everyone()
@@ -522,8 +603,14 @@ def publish_final(stage_folder: Path, final: Path, run_dir: Path, *, run_wall_ti
     _replace_folder(tmp, final, run_dir)
 
 
-def padding_stats(lengths: list[int], micro_batch_size: int, *, padding_free: bool, pad_to_multiple_of: int | None,
-                  seed: int = 0) -> dict[str, float | str]:  # fmt: skip
+def padding_stats(
+    lengths: list[int],
+    micro_batch_size: int,
+    *,
+    padding_free: bool,
+    pad_to_multiple_of: int | None,
+    seed: int = 0,
+) -> dict[str, float | str]:
     """Share of processed tokens that are padding, as data_stats.json records it.
 
     Exact (`padding_waste`) when the batch order can't change it: padding-free batches, one example
@@ -539,8 +626,10 @@ def padding_stats(lengths: list[int], micro_batch_size: int, *, padding_free: bo
     for _ in range(PADDING_ORDERS):
         order = rng.sample(lengths, len(lengths))
         shares.append(_padding_share(order, micro_batch_size, pad_to_multiple_of))
-    return {"padding_waste_estimate": round(sum(shares) / len(shares), 4),
-            "padding_waste_method": f"mean over {PADDING_ORDERS} random batch orders (the Trainer shuffles)"}  # fmt: skip
+    return {
+        "padding_waste_estimate": round(sum(shares) / len(shares), 4),
+        "padding_waste_method": f"mean over {PADDING_ORDERS} random batch orders (the Trainer shuffles)",
+    }
 
 
 def _padding_share(lengths: list[int], micro_batch_size: int, pad_to_multiple_of: int | None) -> float:
@@ -584,7 +673,9 @@ def _trainer_class():
             created = self.lr_scheduler is None
             scheduler = super().create_scheduler(num_training_steps, optimizer)
             if created:
-                self.lr_scheduler = warmup_from_first_step(scheduler, self.args.get_warmup_steps(num_training_steps))
+                self.lr_scheduler = warmup_from_first_step(
+                    scheduler, self.args.get_warmup_steps(num_training_steps)
+                )
             return self.lr_scheduler
 
     return WarmlineSFTTrainer
@@ -620,12 +711,18 @@ def freeze_below(model, trainable_layers: int) -> None:
     for module in model.modules():  # the final norm: a norm layer outside the blocks
         is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
         if is_norm:
-            keep.update(id(p) for p in module.parameters() if id(p) not in in_blocks and id(p) not in embeddings)
+            keep.update(
+                id(p) for p in module.parameters() if id(p) not in in_blocks and id(p) not in embeddings
+            )
     for param in model.parameters():
         param.requires_grad = id(param) in keep
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("training the top %d blocks: %.1fM of %.1fM parameters", trainable_layers, n_train / 1e6,
-                sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+    logger.info(
+        "training the top %d blocks: %.1fM of %.1fM parameters",
+        trainable_layers,
+        n_train / 1e6,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
 
 
 def latest_complete_checkpoint(work: Path) -> Path | None:
@@ -639,8 +736,13 @@ def _peft_config(lora):
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def remove_tree(path: Path, run_dir: Path) -> None:
@@ -721,15 +823,20 @@ def check_launch() -> None:
     from accelerate.utils import parse_flag_from_env
 
     asked_for_several = "MASTER_ADDR" in os.environ and parse_flag_from_env("ACCELERATE_USE_CPU")
-    launched = any(k in os.environ for k in ("LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    launched = any(
+        k in os.environ for k in ("LOCAL_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+    )
     if asked_for_several and not launched:
         raise RecipeError(
             "`accelerate launch --cpu --num_processes N` starts a single process (accelerate needs mpirun for "
             "several CPU processes); on a CPU-only machine launch with `accelerate launch --multi_gpu "
             "--num_processes N -m warmline train RECIPE` (torchrun; gloo when there is no CUDA), or drop --cpu"
         )
-    sharding = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-                if parse_flag_from_env(flag)]  # fmt: skip
+    sharding = [
+        name
+        for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+        if parse_flag_from_env(flag)
+    ]
     if sharding and not _cuda_available():
         # accelerate enables FSDP only on accelerator devices: on CPU processes it would quietly run
         # plain DDP (every process holding everything), not what the launch config promised.
@@ -752,8 +859,10 @@ def _append_metrics(path: Path, record: dict) -> None:
 
 def _print_summary(forgetting: dict, stages: list[PreparedStage]) -> None:
     names = [s.config.name for s in stages]
-    rows = ["validation loss (rows: after stage; columns: stage's validation split)",
-            "after".ljust(14) + "".join(n[:12].rjust(13) for n in names)]  # fmt: skip
+    rows = [
+        "validation loss (rows: after stage; columns: stage's validation split)",
+        "after".ljust(14) + "".join(n[:12].rjust(13) for n in names),
+    ]
     for row_name, row in forgetting.items():
         rows.append(row_name[:13].ljust(14) + "".join(f"{row[n]['loss']:13.3f}" for n in names if n in row))
     print("\n".join(rows), flush=True)
@@ -768,11 +877,19 @@ def print_sample_replies(model_dir: Path, n: int, *, system_prompt: str | None =
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for prompt in SAMPLE_PROMPTS[:n]:
         result = gen.generate([*system, {"role": "user", "content": prompt}], seed=0)
-        print(f"\n> {prompt}\n{result.text}\n[stopped by {result.stop_reason} after {result.new_tokens} tokens]",
-              flush=True)  # fmt: skip
+        print(
+            f"\n> {prompt}\n{result.text}\n[stopped by {result.stop_reason} after {result.new_tokens} tokens]",
+            flush=True,
+        )
 
 
 __all__ = [
-    "train_recipe", "train_stage", "build_training_args", "build_stage_trainer", "run_stage_training",
-    "publish_stage", "latest_complete_checkpoint", "file_sha256",
-]  # fmt: skip
+    "train_recipe",
+    "train_stage",
+    "build_training_args",
+    "build_stage_trainer",
+    "run_stage_training",
+    "publish_stage",
+    "latest_complete_checkpoint",
+    "file_sha256",
+]
