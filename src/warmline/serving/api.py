@@ -40,7 +40,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -50,8 +50,7 @@ from starlette.routing import BaseRoute, Route
 from warmline.data.formats import Conversation
 from warmline.safety.notice import strip_notice, with_notice
 from warmline.safety.replies import AI_NOTICE
-from warmline.serving.generator import GenerationResult
-from warmline.serving.settings import GenerationSettings
+from warmline.serving.generator import GenerationResult, ReplyStreamer
 
 logger = logging.getLogger(__name__)
 
@@ -127,22 +126,6 @@ class ApiLimits:
     """The largest `max_tokens` a client may ask for."""
     max_body_bytes: int = 256_000
     """The request body's size."""
-
-
-class ReplyStreamer(Protocol):
-    """What the API needs: the one gate flow over a model (`Generator`) or a backend (`BackendStreamer`)."""
-
-    settings: GenerationSettings
-    gate: Any
-
-    def stream(
-        self,
-        conversation: Conversation,
-        *,
-        seed: int | None = None,
-        result: GenerationResult | None = None,
-        **overrides: Any,
-    ) -> Iterator[str]: ...
 
 
 class Busy(Exception):

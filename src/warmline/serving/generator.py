@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -75,6 +75,22 @@ class GenerationResult(TurnResult):
         """Decode speed after the first token."""
         decode_s = self.duration_s - self.ttft_s
         return (self.new_tokens - 1) / decode_s if self.new_tokens > 1 and decode_s > 0 else 0.0
+
+
+class ReplyStreamer(Protocol):
+    """What the web app and the API need from a reply source: the one gate flow over a model
+    (`Generator`) or a backend (`warmline.serving.gateway.BackendStreamer`)."""
+
+    settings: GenerationSettings
+
+    def stream(
+        self,
+        conversation: Conversation,
+        *,
+        seed: int | None = None,
+        result: GenerationResult | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]: ...
 
 
 def truncate_history(tokenizer, conv: Conversation, max_prompt_tokens: int) -> Conversation:

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import gradio as gr
 
@@ -36,7 +36,7 @@ from warmline.data.formats import Conversation
 from warmline.recipe import DEFAULT_SYSTEM_PROMPT
 from warmline.safety.normalise import clean
 from warmline.safety.notice import SessionNotices, strip_notice, with_notice
-from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings
+from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings, ReplyStreamer
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +50,6 @@ _MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace
 EMPTY_MESSAGE = "Take your time. Type what's on your mind, in your own words, and press Enter."
 BUSY_MESSAGE = "Many people are chatting right now. Please send your message again in a minute."
 _CSS = "#ai-notice { border-left: 4px solid #d97706; padding: 0.25rem 0.75rem; background: #fffbeb; }"
-
-
-class ReplyStreamer(Protocol):
-    """What the app needs from a generator (`warmline.serving.generator.Generator`, or a fake in tests)."""
-
-    settings: GenerationSettings
-
-    def stream(
-        self,
-        conversation: Conversation,
-        *,
-        seed: int | None = None,
-        result: GenerationResult | None = None,
-        **overrides: Any,
-    ) -> Iterator[str]: ...
 
 
 def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
