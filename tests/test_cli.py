@@ -85,7 +85,7 @@ def test_no_arguments_shows_help():
     assert result.exit_code in (0, 2)  # click >= 8.2 exits 2 for no_args_is_help
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS) + ["data", "safety"])
+@pytest.mark.parametrize("command", sorted(COMMANDS) + ["data", "eval", "safety"])
 def test_help_of_every_command(command):
     registered = registered_commands()
     result = invoke(*command.split(), "--help")

@@ -29,6 +29,27 @@ app = typer.Typer(
 data_app = typer.Typer(help="Look at a recipe's data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+class DefaultCommandGroup(typer.core.TyperGroup):
+    """A command group whose first argument, when it names none of its commands, goes to the
+    group's default command: `warmline eval RUN` is `warmline eval report RUN`."""
+
+    default_command = "report"
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+eval_app = typer.Typer(
+    cls=DefaultCommandGroup,
+    help="Evaluate runs: `warmline eval RUN` writes a run's report (the `report` command); `sheet`,"
+    " `ratings` and `feedback` are for rating replies with people.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
 # Command name -> the module that implements it. tests/test_cli.py keeps this map, the
 # registered commands and the modules in sync.
 COMMANDS: dict[str, str] = {
@@ -36,7 +57,10 @@ COMMANDS: dict[str, str] = {
     "data inspect": "warmline.data.inspection",
     "chat": "warmline.serving.chat",
     "serve": "warmline.serving.web",
-    "eval": "warmline.evaluation.evaluate",
+    "eval report": "warmline.evaluation.evaluate",  # also `warmline eval RUN`
+    "eval sheet": "warmline.evaluation.sheet",
+    "eval ratings": "warmline.evaluation.ratings",
+    "eval feedback": "warmline.evaluation.ratings",
     "safety check": "warmline.safety.cli",
     "safety eval": "warmline.safety.cli",
     "safety report": "warmline.safety.report",
@@ -336,6 +360,14 @@ def serve(
         Path | None,
         typer.Option(help="Save each session's conversation as JSON in this folder (off by default)."),
     ] = None,
+    feedback: Annotated[
+        Path | None,
+        typer.Option(
+            help="Show thumbs up/down on replies and a consent line; store each rating (with the model, time"
+            " and settings; the conversation only when the user ticks 'include this conversation') in"
+            " DIR/feedback.jsonl, owner-only. Off by default; read it with `warmline eval feedback DIR`."
+        ),
+    ] = None,
     settings: GenerationSettings = None,  # the sampling options (generation_options)
     locale: Locale = None,
     safety_counts: SafetyCounts = None,
@@ -352,9 +384,11 @@ def serve(
 
     Private by default: binds 127.0.0.1, no share link, no analytics, no stored conversations.
     With --api, the same server answers OpenAI clients at /v1, every request through the safety gate.
+    With --feedback DIR, users may rate replies (opt-in, see --help of that option).
     """
     _setup_logging(verbose)
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
+    from warmline.serving.feedback import FeedbackStore
     from warmline.serving.web import build_app, launch
 
     if api:  # refuse a keyless API beyond loopback before loading anything
@@ -374,6 +408,7 @@ def serve(
         transcripts_dir=save_transcripts,
         concurrency_limit=concurrency_limit,
         slots=slots,
+        feedback=FeedbackStore(feedback, model=_model_id(model)) if feedback is not None else None,
     )
     routes = []
     if api:
@@ -468,7 +503,7 @@ def gateway(
         launch(web_app, host=host, port=port, routes=routes)
 
 
-@app.command("eval")
+@eval_app.command("report")
 @friendly_errors
 def evaluate(
     runs: Annotated[
@@ -492,7 +527,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run and write a report: forgetting, training curves, reply quality, safety.
 
-    Writes report.md with PNG plots, metrics.json and replies.jsonl; everything runs offline.
+    `warmline eval RUN` is short for `warmline eval report RUN`. Writes report.md with PNG plots, metrics.json and replies.jsonl; everything runs offline.
     With --compare RUN_A RUN_B, two runs go side by side in one report.
     A run's own report/metrics.json is reused when it was made with the same settings and weights.
     """
@@ -507,6 +542,99 @@ def evaluate(
     settings = EvalSettings(limit=limit, max_new_tokens=max_new_tokens, seed=seed)
     report = run_compare(*runs, settings, out=out) if compare else run_eval(runs[0], settings, out=out)
     typer.echo(str(report))
+
+
+def _usage_error(err: Exception) -> None:
+    """A mistake in the files or values a user passed: one line, exit 2."""
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from None
+
+
+@eval_app.command("sheet")
+@friendly_errors
+def eval_sheet(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run folder, stage folder, hub id or packaged:NAME.")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="The model to compare it with (same kinds).")],
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompts file: .txt (one message a line) or .jsonl ({\"prompt\": ...} or {\"messages\": [...]})."
+            " Default: the runs' held-out prompts of every stage plus warmline's everyday set."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="Items on the sheet.")] = 40,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the sheet and its key (default: rating-sheets/<sheet id>)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the sample, the A/B order and the replies.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write a blinded rating sheet: two models' replies to the same prompts, in random order as A and B.
+
+    The sheet is one self-contained HTML page (works offline in any browser) with a rubric
+    (empathy, specificity, safety, respects boundaries, 1-5; overall preference) and a button that
+    saves the rater's answers as a JSON file. The key (which model wrote A and which B) is written
+    to a separate file: never send it to raters. Crisis prompts are left out.
+    """
+    _setup_logging(verbose)
+    from warmline.evaluation.sheet import write_sheet
+
+    try:
+        written = write_sheet(run_a, run_b, prompts_file=prompts, n=n, out=out, seed=seed)
+    except ValueError as err:
+        _usage_error(err)
+    typer.echo(f"sheet: {written['sheet']}  (send this file to raters)")
+    typer.echo(f"key:   {written['key']}  (keep it; never send it to raters)")
+    typer.echo(
+        f"{written['items']} items from {written['candidates']} candidate prompts;"
+        f" {written['dropped_crisis']} dropped as crisis prompts"
+    )
+
+
+@eval_app.command("ratings")
+@friendly_errors
+def eval_ratings(
+    files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Ratings files saved from the sheet.")],
+    key: Annotated[Path, typer.Option(help="The sheet's key file (key-<sheet id>.json).")],
+    report: Annotated[
+        Path | None, typer.Option(metavar="RUN", help="Also append the summary to RUN/report/report.md.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for ratings.md, ratings.png, ratings.json (default: next to the key)."),
+    ] = None,
+) -> None:
+    """Summarise people's ratings of a sheet: win rate with a 95% interval, rubric means, agreement.
+
+    Unblinds every rater's file with the key, then reports each model's win rate (ties apart,
+    Wilson interval), the rubric means, Krippendorff's alpha (and Cohen's kappa for two raters)
+    and the items raters disagreed on, as markdown and a plot.
+    """
+    _setup_logging(False)
+    from warmline.evaluation.ratings import render_ratings_markdown, summarise_ratings, write_ratings_report
+
+    try:
+        summary = summarise_ratings(files, key)
+        folder = out if out is not None else key.parent / f"ratings-{summary['sheet_id']}"
+        written = write_ratings_report(summary, folder, report_run=report)
+    except ValueError as err:
+        _usage_error(err)
+    typer.echo(render_ratings_markdown(summary))
+    typer.echo(f"written: {written}" + (f" and {report / 'report' / 'report.md'}" if report else ""), err=True)
+
+
+@eval_app.command("feedback")
+@friendly_errors
+def eval_feedback(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="The folder given to `warmline serve --feedback`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
+) -> None:
+    """Summarise in-app thumbs up/down from `warmline serve --feedback DIR`: counts and up-rate per model."""
+    from warmline.evaluation.ratings import render_feedback_markdown, summarise_feedback
+
+    summary = summarise_feedback(folder)
+    typer.echo(json.dumps(summary, indent=2) if as_json else render_feedback_markdown(summary))
 
 
 class ExportTarget(StrEnum):

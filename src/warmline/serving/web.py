@@ -3,6 +3,8 @@
 Private by default: it binds 127.0.0.1, makes no share link, sends no Gradio analytics, loads
 no web fonts, keeps no conversation in the browser's storage and stores no transcripts unless
 the operator passes --save-transcripts DIR (the page then says so; files 0600 in a 0700 folder).
+Thumbs up/down on replies appear only with --feedback DIR (`warmline.serving.feedback`): a
+rating is stored with the conversation only when the user ticks "include this conversation".
 Each browser session (and each API client) has its own history, held by Gradio per session.
 
 Crisis replies never wait for the model: Gradio's queue runs every event at once (no
@@ -36,6 +38,7 @@ from warmline.data.formats import Conversation
 from warmline.recipe import DEFAULT_SYSTEM_PROMPT
 from warmline.safety.normalise import clean
 from warmline.safety.notice import SessionNotices, strip_notice, with_notice
+from warmline.serving.feedback import FeedbackStore
 from warmline.serving.generator import SAMPLE_PROMPTS, GenerationResult, GenerationSettings, ReplyStreamer
 
 logger = logging.getLogger(__name__)
@@ -142,6 +145,7 @@ def build_app(
     title: str = "warmline",
     notices: SessionNotices | None = None,
     slots: Any = None,
+    feedback: FeedbackStore | None = None,
 ) -> gr.Blocks:
     """The chat app: notice, streaming chat with examples, settings accordion, `/chat` endpoint.
 
@@ -149,6 +153,7 @@ def build_app(
     `notices` times the AI notice's 3-hourly repeat per session (a fake clock in tests).
     `slots`: the `warmline.serving.api.ModelSlots` bounding replies generated at once (pass the
     API's to share one limit; default: `concurrency_limit` slots of the app's own).
+    `feedback`: where thumbs up/down on replies are stored (None: no buttons, nothing stored).
     Launch it with `launch(app, ...)`.
     """
     from warmline.serving.api import Busy, ModelSlots
@@ -230,16 +235,17 @@ def build_app(
     with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as app:
         gr.Markdown(f"# {title}")
         gr.Markdown(notice_markdown(locale, transcripts_saved=writer is not None), elem_id="ai-notice")
+        chatbot = gr.Chatbot(
+            label=title,
+            placeholder="Say what's on your mind. Replies are written by an AI.",
+            elem_id="chatbot",
+            feedback_options=("Like", "Dislike") if feedback is not None else None,  # thumbs: opt-in only
+            buttons=["copy", "copy_all"],  # no "share": it posts the conversation to Hugging Face
+            watermark="(Written by an AI, not a therapist.)",
+        )
         gr.ChatInterface(
             respond,
-            chatbot=gr.Chatbot(
-                label=title,
-                placeholder="Say what's on your mind. Replies are written by an AI.",
-                elem_id="chatbot",
-                feedback_options=None,
-                buttons=["copy", "copy_all"],  # no "share": it posts the conversation to Hugging Face
-                watermark="(Written by an AI, not a therapist.)",
-            ),
+            chatbot=chatbot,
             textbox=gr.Textbox(
                 placeholder="Type a message and press Enter", elem_id="message", submit_btn=True
             ),
@@ -255,10 +261,53 @@ def build_app(
             concurrency_limit=None,  # the model's limit is `slots` (see the module docstring)
             analytics_enabled=False,
         )
+        if feedback is not None:
+            _feedback_controls(chatbot, settings_inputs, feedback)
     # No limit in Gradio's queue: a crisis message must not wait behind long replies there.
     # The model's limit is `slots`, taken after the assessment (see the module docstring).
     app.queue(default_concurrency_limit=None)
     return app
+
+
+def _feedback_controls(chatbot: gr.Chatbot, settings_inputs: list, feedback: FeedbackStore) -> None:
+    """The consent line, the "include this conversation" box, and the thumbs' handler."""
+    from warmline.serving.feedback import CONSENT_NOTICE, INCLUDE_LABEL
+
+    gr.Markdown(CONSENT_NOTICE, elem_id="feedback-notice")
+    include = gr.Checkbox(value=False, label=INCLUDE_LABEL, elem_id="feedback-include")
+
+    def rate(
+        history: list[dict[str, Any]],
+        include_conversation: bool,
+        temperature: float,
+        top_k: float,
+        top_p: float,
+        repetition_penalty: float,
+        max_new_tokens: float,
+        seed: float | None,
+        data: gr.LikeData,
+        request: gr.Request,
+    ) -> None:
+        """Store one thumb: the conversation up to the rated reply only when the box is ticked."""
+        rating = "up" if data.liked is True else "down" if data.liked is False else "cleared"
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        history = history if isinstance(history, list) else []
+        feedback.record(
+            rating,
+            settings={
+                "temperature": temperature,
+                "top_k": None if top_k is None else int(top_k),
+                "top_p": top_p,
+                "repetition_penalty": repetition_penalty,
+                "max_new_tokens": None if max_new_tokens is None else int(max_new_tokens),
+                "seed": None if seed is None or seed < 0 else int(seed),
+            },
+            session=getattr(request, "session_hash", None),
+            message_index=index,
+            conversation=history_to_conversation(history[: index + 1]) if include_conversation is True else None,
+        )
+
+    chatbot.like(rate, inputs=[chatbot, include, *settings_inputs], outputs=None, api_name="feedback")
 
 
 # Requests that may wait for a model slot; Gradio runs each waiting one on a thread of its
