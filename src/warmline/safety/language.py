@@ -187,6 +187,19 @@ def language_lexicon(language: str) -> LanguageLexicon:
 
 
 @lru_cache(maxsize=4096)
+def gloss_message(language: str, text: str) -> str | None:
+    """The English gloss (``warmline.safety.gloss``) of a message in ``language``, after that
+    language's lexicon has blanked its benign idioms; None when there is no glossary."""
+    from warmline.safety.gloss import glossary  # gloss imports fold_accents from here
+
+    dictionary = glossary(language)
+    if dictionary is None or language == "en":
+        return None
+    lexicon = language_lexicon(language)
+    return dictionary.gloss(lexicon.lexicon.masked(lexicon.prepare(text)))
+
+
+@lru_cache(maxsize=4096)
 def _scan_language(language: str, text: str, context: bool) -> LexiconResult:
     """Memoised: every assessment re-reads the whole conversation, so earlier turns repeat."""
     lexicon = language_lexicon(language)

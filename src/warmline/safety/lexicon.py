@@ -300,6 +300,11 @@ class Lexicon:
             history=bool(self.distant_past.search(masked)) and not self.present_again.search(masked),
         )
 
+    def masked(self, text: str) -> str:
+        """``text`` as the risk rules see it: normalised, with the benign uses blanked out
+        (what ``warmline.safety.gloss`` translates, so a known idiom never reaches English)."""
+        return self._apply_masks(normalise(text, english=self.language == "en"))[0]
+
     def _apply_masks(self, text: str) -> tuple[str, list[str]]:
         """Blank out benign uses (same length, so offsets and sentence bounds stay put)."""
         found: list[str] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from warmline.safety.classifier import (
@@ -22,7 +22,7 @@ from warmline.safety.classifier import (
     RiskClassifier,
     default_classifier,
 )
-from warmline.safety.language import identify_language, scan_languages
+from warmline.safety.language import gloss_message, identify_language, merge_results, scan_languages
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
 from warmline.safety.lexicon import Lexicon, LexiconResult, default_lexicon
 from warmline.safety.normalise import clean
@@ -37,6 +37,8 @@ RISK_THRESHOLD = 0.7
 DISTRESS_THRESHOLD = 0.4
 """At or above (and below RISK_THRESHOLD): the turn is at least distress. A design choice, not
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
+GLOSS_CLASSIFIER = True
+"""Whether the classifier reads the English gloss of a non-English message."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 
@@ -173,6 +175,12 @@ def assess_text(
     text, repairs = clean(text)
     found = _scan(lexicon or default_lexicon(), text, context)
     found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
+    english = lexicon or default_lexicon()
+    glossed = gloss_message(language, text) if language != "en" else None
+    if glossed:
+        # The English rules read the word-by-word gloss too: they know more indirect phrasing
+        # than any one language's lexicon (warmline.safety.gloss).
+        found = merge_results([found, _glossed(_scan(english, glossed, context))])
     level = found.level
     categories = found.categories
     evidence = found.evidence()
@@ -181,17 +189,18 @@ def assess_text(
             "input repaired: " + ", ".join(f"{name}={count}" for name, count in sorted(repairs.items()))
         )
     risk_score: float | None = None
-    if classifier is not None and language == "en" and level != RiskLevel.IMMINENT:
+    # The classifier only understands English: another language's message is read through its gloss.
+    english_text = text if language == "en" else (glossed if GLOSS_CLASSIFIER else None)
+    if classifier is not None and english_text and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
-        score = classifier.score(text)
+        score = classifier.score(english_text)
         risk_score = score.risk
-        if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
+        if not found.hits and len(english_text.split()) < MIN_CLASSIFIER_WORDS:
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
             score = _capped(score)
-        english = lexicon or default_lexicon()
-        minor = english.minor is not None and bool(english.minor.search(text.lower()))
+        minor = english.minor is not None and bool(english.minor.search(english_text.lower()))
         level, categories, evidence = _combine(
-            found, score, level, categories, evidence, text=text, minor=minor
+            found, score, level, categories, evidence, text=english_text, minor=minor
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -289,6 +298,16 @@ def _capped(score: ClassifierScore) -> ClassifierScore:
     }
     probabilities["distress"] = probabilities.get("distress", 0.0) + risk - ceiling
     return ClassifierScore(probabilities)
+
+
+def _glossed(result: LexiconResult) -> LexiconResult:
+    """``result`` (the English lexicon on a gloss) with its rule ids marked as read from the gloss."""
+    return replace(
+        result,
+        hits=[replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.hits],
+        discounted=[replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.discounted],
+        masks=[f"gloss:{mask}" for mask in result.masks],
+    )
 
 
 @lru_cache(maxsize=4096)

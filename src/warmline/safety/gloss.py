@@ -1,0 +1,180 @@
+"""Word-by-word English gloss of a Spanish, French, German, Portuguese or Italian message.
+
+The per-language lexicons catch the risk phrasing their authors listed; people write new
+indirect phrasing every day ("ya no quiero seguir", "je ne vois plus de sens à tout ça").
+English is where the project's detection is broadest (a larger lexicon with negation and idiom
+handling, and the MiniLM classifier, which only understands English). No translation model
+or multilingual encoder is available offline, so this module glosses: a hand-written
+bilingual dictionary per language (``resources/safety/gloss/{lang}.yaml``) of the few hundred
+words and short phrases that carry risk or emotional meaning, plus the function words that
+decide what a sentence says (negation, "anymore", "want", pronouns, "everyone", "without").
+The English lexicon and the classifier then read the gloss, alongside the language's own
+lexicon.
+
+Per message, in this order:
+
+1. the text arrives folded (accents stripped, lower case) with the language lexicon's masks
+   already applied, so an idiom that lexicon knows ("me muero de hambre", "je suis mort de
+   rire") is blank here and never reaches the English rules;
+2. ``rewrites`` (regular expressions on the native text) move words into English order where
+   a word-by-word gloss would lose the meaning: French "ne ... plus" around a verb, German
+   "will nicht mehr" before its infinitive;
+3. greedy longest-match over ``phrases`` (up to ``MAX_PHRASE`` words), then ``stems``
+   (prefixes for inflected forms; a word ending like an infinitive gets "to" in front:
+   "despertar" -> "to wake up");
+4. a word the dictionary does not know becomes ``x``: it keeps the word count (English rules
+   allow a word or two between their parts) without inventing meaning.
+
+The gloss is meant for pattern matching, not for people to read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warmline.safety.language import fold_accents
+
+logger = logging.getLogger(__name__)
+
+MAX_PHRASE = 5
+"""Longest dictionary phrase, in words."""
+MIN_STEM = 4
+"""Shortest stem that may match a longer word (shorter ones would match unrelated words)."""
+UNKNOWN = "x"
+"""What a word the dictionary does not know becomes."""
+
+# Words (with a French/Italian elided article or pronoun kept on its word: "j'", "m'", "l'"),
+# numbers, and the punctuation that ends clauses and sentences.
+_TOKEN = re.compile(r"[^\W\d_]+'|[^\W_]+|[.,;:!?]")
+_SPACES = re.compile(r"\s+")
+_DOUBLE_TO = re.compile(r"\bto(?: to)+\b")
+# Languages that drop the subject pronoun put the negation before the verb, and the verb's
+# gloss carries the pronoun ("no quiero" -> "not i want"): English order is "i don't want".
+_NEGATED_VERB = re.compile(r"\b(not|no longer|never|never again) (i|you|he|she|we|they|everyone|nobody) (\w+)\b")
+_AUXILIARIES = {"am", "is", "are", "was", "were", "will", "would", "could", "should", "can"}
+
+
+def _english_negation(match: re.Match[str]) -> str:
+    negation, subject, verb = match.groups()
+    if verb in _AUXILIARIES:
+        if negation == "not" and verb == "can":
+            return f"{subject} can't"
+        return f"{subject} {verb} {negation}"
+    if negation == "not":
+        does = "doesn't" if subject in {"he", "she", "everyone", "nobody"} else "don't"
+        verb = {"wants": "want", "has": "have", "feels": "feel", "sees": "see"}.get(verb, verb)
+        return f"{subject} {does} {verb}"
+    return f"{subject} {negation} {verb}"
+
+
+@dataclass(frozen=True)
+class Glossary:
+    """One language's bilingual dictionary, compiled."""
+
+    language: str
+    phrases: dict[str, str]
+    stems: tuple[tuple[str, str], ...]
+    """(prefix, English), longest prefix first."""
+    infinitive: re.Pattern[str] | None
+    rewrites: tuple[tuple[re.Pattern[str], str], ...]
+    max_phrase: int
+
+    def gloss(self, text: str) -> str:
+        """The English gloss of ``text`` (any case or accents)."""
+        folded = fold_accents(text).lower().replace("\u2019", "'")
+        for pattern, replacement in self.rewrites:
+            folded = pattern.sub(replacement, folded)
+        tokens = _TOKEN.findall(folded)
+        out: list[str] = []
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if not token[0].isalnum():
+                out.append(token)
+                i += 1
+                continue
+            for n in range(min(self.max_phrase, len(tokens) - i), 0, -1):
+                key = " ".join(tokens[i : i + n])
+                if key in self.phrases:
+                    out.append(self.phrases[key])
+                    i += n
+                    break
+            else:
+                out.append(self._word(token))
+                i += 1
+        glossed = _SPACES.sub(" ", " ".join(part for part in out if part)).strip()
+        glossed = re.sub(r" ([.,;:!?])", r"\1", glossed)
+        glossed = _NEGATED_VERB.sub(_english_negation, glossed)
+        return _DOUBLE_TO.sub("to", glossed)
+
+    def _word(self, word: str) -> str:
+        if word.isdigit():
+            return word
+        for stem, english in self.stems:
+            if word.startswith(stem):
+                if self.infinitive is not None and self.infinitive.search(word) and not english.startswith("to "):
+                    return f"to {english}"
+                return english
+        return UNKNOWN
+
+
+def packaged_gloss_dir() -> Path:
+    """Folder of the bilingual dictionaries shipped with warmline."""
+    return Path(str(resources.files("warmline") / "resources" / "safety" / "gloss"))
+
+
+def _fold_key(key: Any) -> str:
+    return " ".join(_TOKEN.findall(fold_accents(str(key)).lower().replace("\u2019", "'")))
+
+
+def load_glossary(path: str | Path, language: str) -> Glossary:
+    """Compile a dictionary file (keys folded like the text, so they may carry accents)."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    phrases: dict[str, str] = {}
+    for key, value in (data.get("phrases") or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str | None):
+            # YAML reads a bare no, si or y as a boolean: quote such words in the file.
+            raise ValueError(f"{path}: phrase {key!r}: {value!r} is not text; put both in quotes")
+        folded = _fold_key(key)
+        if not folded:
+            raise ValueError(f"{path}: empty phrase key {key!r}")
+        english = value or ""
+        if phrases.get(folded, english) != english:
+            raise ValueError(f"{path}: {key!r} folds to {folded!r}, which already means {phrases[folded]!r}")
+        phrases[folded] = english
+    stems = []
+    for key, value in (data.get("stems") or {}).items():
+        folded = fold_accents(str(key)).lower()
+        if len(folded) < MIN_STEM:
+            raise ValueError(f"{path}: stem {key!r} is shorter than {MIN_STEM} letters; list its forms as phrases")
+        stems.append((folded, str(value)))
+    stems.sort(key=lambda item: -len(item[0]))
+    rewrites = []
+    for entry in data.get("rewrites") or []:
+        try:
+            rewrites.append((re.compile(fold_accents(entry["pattern"])), fold_accents(entry["replace"])))
+        except (re.error, KeyError) as error:
+            raise ValueError(f"{path}: bad rewrite {entry!r}: {error}") from error
+    infinitive = re.compile(data["infinitive"]) if data.get("infinitive") else None
+    longest = max((len(key.split()) for key in phrases), default=1)
+    return Glossary(language, phrases, tuple(stems), infinitive, tuple(rewrites), min(longest, MAX_PHRASE))
+
+
+@lru_cache(maxsize=8)
+def glossary(language: str) -> Glossary | None:
+    """The packaged dictionary for ``language``, or None when there is none (English)."""
+    path = packaged_gloss_dir() / f"{language}.yaml"
+    if not path.exists():
+        return None
+    loaded = load_glossary(path, language)
+    logger.debug("loaded the %s glossary: %d phrases, %d stems", language, len(loaded.phrases), len(loaded.stems))
+    return loaded
