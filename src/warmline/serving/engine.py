@@ -165,6 +165,27 @@ def logits_processors(s: GenerationSettings):
     return procs
 
 
+def seeded_rng(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random generator a reply samples from: seeded (same seed, same reply) or fresh."""
+    rng = torch.Generator(device=device)
+    if seed is None:
+        rng.seed()
+    else:
+        rng.manual_seed(seed)
+    return rng
+
+
+def next_token(
+    logits: torch.Tensor, reply_ids: torch.Tensor, procs, sampling: bool, rng: torch.Generator
+) -> torch.Tensor:
+    """The next token (1, 1) from the last position's logits (1, vocab): the processors see the
+    reply so far, then a seeded sample or the argmax. Every engine picks its tokens here."""
+    scores = procs(reply_ids, logits.float())  # (1, vocab)
+    if sampling:
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
+    return scores.argmax(dim=-1, keepdim=True)
+
+
 class TorchEngine:
     """Reply tokens from a transformers causal LM; see the module docstring.
 
@@ -240,11 +261,7 @@ class TorchEngine:
         max_new_tokens = s.max_new_tokens
         if self.context_length is not None:  # only a system prompt near the context size gets here
             max_new_tokens = max(1, min(max_new_tokens, self.context_length - len(prompt_ids)))
-        rng = torch.Generator(device=self.device)
-        if seed is None:
-            rng.seed()
-        else:
-            rng.manual_seed(seed)
+        rng = seeded_rng(seed, self.device)
         procs = logits_processors(s)
         prefill = self.prefill(prompt_ids, shared_prefix)
         result.reused_prompt_tokens = prefill.reused
@@ -254,11 +271,7 @@ class TorchEngine:
         # model's ability to stop: replies then run to the token limit.
         reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
         for step in range(max_new_tokens):
-            scores = procs(reply_ids, logits[:, -1, :].float())  # (1, vocab)
-            if s.sampling:
-                token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
-            else:
-                token = scores.argmax(dim=-1, keepdim=True)
+            token = next_token(logits[:, -1, :], reply_ids, procs, s.sampling, rng)
             token_id = int(token)
             if token_id in self.stop_token_ids:
                 result.stop_reason = "eos"

@@ -168,8 +168,9 @@ class Generator:
         engine: TokenEngine | None = None,
     ):
         """`decode_dtype`, `prompt_cache_tokens`: see `TorchEngine`. `engine`: another token
-        engine for `model`'s tokenizer (default: a TorchEngine on `model`). `gate`: the safety
-        gate `stream` uses unless a call passes its own."""
+        engine for `model`'s tokenizer (default: a TorchEngine on `model`); `model` may be None
+        when the engine has its own (`warmline.serving.onnx_engine`). `gate`: the safety gate
+        `stream` uses unless a call passes its own."""
         self.tokenizer = tokenizer
         self.template = template_for(tokenizer)
         self.engine = engine or TorchEngine(
@@ -180,7 +181,9 @@ class Generator:
         )
         self.gate = gate
         self.settings = settings or GenerationSettings()
-        self.context_length = context_length(model)
+        self.context_length = (
+            context_length(model) if model is not None else getattr(self.engine, "context_length", None)
+        )
         self._shared_prefixes: dict[str | None, list[int]] = {}  # system prompt -> its prompt prefix
 
     # The engine's parts, as attributes of the generator (tests and benchmarks swap them).
