@@ -61,6 +61,9 @@ class StageConfig:
     """Longest tokenised example, in tokens; longer ones are truncated and counted."""
     replay_fraction: float = 0.0
     """Extra rows from earlier stages' training data, as a fraction of this stage's training rows."""
+    max_reply_sentences: int | None = None
+    """Keep only the first N sentences of every assistant turn in this stage's training rows (a
+    length target: long replies teach long replies); validation rows stay whole. None keeps all."""
     system_prompt: str | None = None
     """System turn for this stage's conversations; None uses the recipe's."""
 
@@ -406,6 +409,9 @@ def _check(recipe: Recipe, source: str) -> None:
         _check_range(stage.epochs, f"{key}.epochs", source, 0, 100, low_open=True)
         _check_range(stage.learning_rate, f"{key}.learning_rate", source, 0, 0.1, low_open=True)
         _check_range(stage.max_length, f"{key}.max_length", source, 16, 1_048_576)
+        _check_range(
+            stage.max_reply_sentences, f"{key}.max_reply_sentences", source, 1, 10**6, allow_none=True
+        )
     t = recipe.training
     _check_range(t.micro_batch_size, "training.micro_batch_size", source, 1, 4096)
     _check_range(t.global_batch_size, "training.global_batch_size", source, t.micro_batch_size, 1 << 20)

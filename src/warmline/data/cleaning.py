@@ -150,6 +150,34 @@ def grouped_split(
     return train, validation
 
 
+def first_sentences(text: str, n: int) -> str:
+    """The text up to the end of its n-th sentence (nltk's Punkt boundaries), original spacing kept."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    # Punkt's default parameters need no downloaded model: boundaries after ., ! and ? with its
+    # orthographic heuristics (an ellipsis mid-sentence is not one); the whole text when shorter.
+    spans = list(PunktSentenceTokenizer().span_tokenize(text))
+    return text if len(spans) <= n else text[: spans[n - 1][1]]
+
+
+def shorten_replies(
+    convs: list[Conversation], max_sentences: int, counts: Counter
+) -> list[Conversation]:
+    """Every assistant turn cut to its first `max_sentences` sentences (new lists; counted by turn)."""
+    out = []
+    for conv in convs:
+        turns = []
+        for turn in conv:
+            if turn["role"] == "assistant":
+                short = first_sentences(turn["content"], max_sentences)
+                if short != turn["content"]:
+                    counts["reply_cut_to_max_reply_sentences"] += 1
+                    turn = {**turn, "content": short}
+            turns.append(turn)
+        out.append(turns)
+    return out
+
+
 def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = None) -> StageData:
     """Read, convert, clean, de-duplicate and split one stage's data."""
     raw = read_source(stage.source, split=stage.split, subset=stage.subset)
@@ -190,6 +218,10 @@ def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = 
     if stage.max_rows is not None and len(train) > stage.max_rows:
         cut = len(train) - stage.max_rows  # usable rows the recipe chose not to train on: not "dropped"
         train = random.Random(seed).sample(train, stage.max_rows)
+    if stage.max_reply_sentences is not None:
+        # Training rows only: the held-out replies stay the source's, so validation loss and the
+        # reference replies of `warmline eval` measure against the data as it was written.
+        train = shorten_replies(train, stage.max_reply_sentences, cleaned)
     data = StageData(
         name=stage.name,
         format=fmt,
