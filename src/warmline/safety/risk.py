@@ -98,7 +98,7 @@ class TurnAssessment:
 
 
 def assess(
-    conversation: Sequence[Mapping[str, str]],
+    conversation: Sequence[Mapping[str, str]] | Sequence[str] | str,
     *,
     use_classifier: bool = True,
     lexicon: Lexicon | None = None,
@@ -106,10 +106,17 @@ def assess(
 ) -> Assessment:
     """Assess every user turn of ``conversation`` and return the conversation's risk.
 
-    ``conversation`` is warmline's list of ``{"role", "content"}`` messages; system and
-    assistant turns are ignored. With ``use_classifier=False`` only the lexicon runs (no model
-    load; useful where torch is unavailable).
+    ``conversation`` is warmline's list of ``{"role", "content"}`` messages (system and
+    assistant turns are ignored), a list of user messages, or one message as a string. With
+    ``use_classifier=False`` only the lexicon runs (no model load; useful where torch is
+    unavailable).
     """
+    if isinstance(conversation, str | bytes) or conversation is None:
+        # One message on its own (assess("...")) is that message as a user turn: a plain string
+        # must never be read as an empty conversation and come back "none".
+        conversation = [{"role": "user", "content": conversation}]
+    elif all(isinstance(message, str) for message in conversation):
+        conversation = [{"role": "user", "content": message} for message in conversation]
     lexicon = lexicon or default_lexicon()
     classifier = (classifier or default_classifier()) if use_classifier else None
     # Anything a surface passes (None, bytes, lone surrogates, megabytes) is made assessable
