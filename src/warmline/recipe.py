@@ -18,7 +18,27 @@ from typing import Any, Literal
 
 import yaml
 
-Format = Literal["auto", "counseling", "alpaca", "human_assistant", "messages"]
+Format = Literal[
+    "auto", "counseling", "alpaca", "human_assistant", "messages", "preference", "chosen_rejected", "ratings"
+]
+Method = Literal["sft", "dpo"]
+# TRL 1.16's DPO losses (trl/trainer/dpo_trainer.py, `_compute_loss`).
+DpoLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 # Short on purpose: it is part of every training example, so every token of it costs compute.
@@ -33,6 +53,20 @@ class RecipeError(ValueError):
 
 
 @dataclass
+class DpoSettings:
+    """Direct preference optimisation (TRL's DPOTrainer) for a stage with `method: dpo`."""
+
+    beta: float = 0.1
+    """How far the policy may move from the reference (the previous stage): higher stays closer."""
+    loss_type: DpoLoss = "sigmoid"
+    """TRL's DPO loss: sigmoid is the DPO paper's; ipo, hinge, robust, ... are variants."""
+    label_smoothing: float = 0.0
+    """Share of preference labels assumed flipped (robust, exo_pair), in [0, 0.5)."""
+    sft_loss_weight: float = 0.0
+    """Weight of an added SFT loss on the chosen reply (RPO): keeps its likelihood from falling."""
+
+
+@dataclass
 class StageConfig:
     """One fine-tuning stage: a dataset and how to train on it."""
 
@@ -40,8 +74,14 @@ class StageConfig:
     """Short name, used in folder names (`stage-01-<name>`): letters, digits, `.`, `_`, `-`."""
     source: str
     """Hugging Face hub id, local file (.json/.jsonl/.csv/.parquet) or folder of such files."""
+    method: Method = "sft"
+    """sft: imitate the replies; dpo: prefer `chosen` over `rejected` replies (preference pairs),
+    with the previous stage's weights as the reference model."""
     format: Format = "auto"
-    """How rows become conversations; `auto` detects it from the columns."""
+    """How rows become conversations (sft) or preference pairs (dpo: preference, chosen_rejected,
+    ratings); `auto` detects it from the columns."""
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+    """DPO settings (used by `method: dpo` stages only)."""
     columns: dict[str, str] = field(default_factory=dict)
     """Map a format's expected column to the source's column, e.g. {Context: question}."""
     split: str = "train"
@@ -412,6 +452,7 @@ def _check(recipe: Recipe, source: str) -> None:
         _check_range(
             stage.max_reply_sentences, f"{key}.max_reply_sentences", source, 1, 10**6, allow_none=True
         )
+        _check_method(stage, key, source)
     t = recipe.training
     _check_range(t.micro_batch_size, "training.micro_batch_size", source, 1, 4096)
     _check_range(t.global_batch_size, "training.global_batch_size", source, t.micro_batch_size, 1 << 20)
@@ -440,6 +481,38 @@ def _check(recipe: Recipe, source: str) -> None:
             f"{source}: 'training.lora.target_modules' is empty; use all-linear or module names"
         )
     _check_scheduler(t.lr_scheduler, source)
+
+
+PREFERENCE_FORMATS = ("preference", "chosen_rejected", "ratings")
+
+
+def _check_method(stage: StageConfig, key: str, source: str) -> None:
+    """A stage's method, its data format and its DPO settings must agree."""
+    if stage.method == "sft":
+        if stage.format in PREFERENCE_FORMATS:
+            raise RecipeError(
+                f"{source}: '{key}.format' is {stage.format!r}, a preference format; set '{key}.method: dpo' "
+                "to train on preference pairs"
+            )
+        if stage.dpo != DpoSettings():
+            raise RecipeError(f"{source}: '{key}.dpo' is set but '{key}.method' is sft; set 'method: dpo' or drop 'dpo'")
+        return
+    if stage.format not in (*PREFERENCE_FORMATS, "auto"):
+        raise RecipeError(
+            f"{source}: '{key}.format' is {stage.format!r}, but a dpo stage reads preference pairs; use one of "
+            f"{list(PREFERENCE_FORMATS)} or auto"
+        )
+    if stage.replay_fraction:
+        raise RecipeError(
+            f"{source}: '{key}.replay_fraction' is {stage.replay_fraction:g}, but a dpo stage trains on pairs, not "
+            "conversations; set it to 0 (later sft stages can still replay its chosen replies)"
+        )
+    d = stage.dpo
+    _check_range(d.beta, f"{key}.dpo.beta", source, 0, 100, low_open=True)
+    _check_range(d.label_smoothing, f"{key}.dpo.label_smoothing", source, 0, 0.5, high_open=True)
+    _check_range(d.sft_loss_weight, f"{key}.dpo.sft_loss_weight", source, 0, 100)
+    if d.loss_type == "exo_pair" and d.label_smoothing == 0:
+        raise RecipeError(f"{source}: '{key}.dpo.loss_type' exo_pair needs '{key}.dpo.label_smoothing' > 0 (e.g. 0.001)")
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

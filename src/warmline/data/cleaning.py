@@ -14,7 +14,14 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from warmline.data.formats import CONVERTERS, Conversation, check_columns, detect_format, format_context
+from warmline.data.formats import (
+    CONVERTERS,
+    Conversation,
+    FormatError,
+    check_columns,
+    detect_format,
+    format_context,
+)
 from warmline.data.sources import read_source
 from warmline.recipe import StageConfig
 
@@ -179,12 +186,22 @@ def shorten_replies(
 
 
 def prepare_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = None) -> StageData:
-    """Read, convert, clean, de-duplicate and split one stage's data."""
+    """Read, convert, clean, de-duplicate and split one stage's data (a dpo stage's: its pairs,
+    `data.preferences.prepare_preference_stage`)."""
+    if stage.method == "dpo":
+        from warmline.data.preferences import prepare_preference_stage
+
+        return prepare_preference_stage(stage, seed=seed, system_prompt=system_prompt)
     raw = read_source(stage.source, split=stage.split, subset=stage.subset)
     fmt = stage.format
     if fmt == "auto":
         fmt = detect_format(raw.columns)
         logger.info("stage '%s': detected format '%s' from columns %s", stage.name, fmt, raw.columns)
+    if fmt not in CONVERTERS:  # detected preference pairs in an sft stage
+        raise FormatError(
+            f"stage '{stage.name}': {', '.join(raw.files) or stage.source} holds preference pairs (format {fmt}); "
+            "train on them with `method: dpo`"
+        )
     where = ", ".join(raw.files) if raw.files else stage.source
     check_columns(fmt, raw.columns, stage.columns, where)
     rows = raw.rows

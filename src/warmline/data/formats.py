@@ -19,6 +19,10 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "alpaca": ("instruction", "input", "output"),
     "human_assistant": ("text",),
     "messages": ("messages",),
+    # Preference pairs (dpo stages; parsed by warmline.data.preferences)
+    "preference": ("prompt", "chosen", "rejected"),
+    "chosen_rejected": ("chosen", "rejected"),
+    "ratings": ("prompt", "reply_a", "reply_b", "preference"),
 }
 OPTIONAL_COLUMNS = {"alpaca": {"input"}}
 ROLE_ALIASES = {
@@ -40,6 +44,10 @@ class FormatError(ValueError):
 def detect_format(columns: list[str]) -> str:
     """Pick a format from a source's column names."""
     cols = set(columns)
+    if {"chosen", "rejected"} <= cols:  # TRL's preference columns: explicit or implicit prompt
+        return "preference" if "prompt" in cols else "chosen_rejected"
+    if {"reply_a", "reply_b", "preference"} <= cols:  # `warmline eval ratings` items
+        return "ratings"
     if {"Context", "Response"} <= cols:
         return "counseling"
     if {"instruction", "output"} <= cols:

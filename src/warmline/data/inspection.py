@@ -40,8 +40,28 @@ def inspect_recipe(recipe: Recipe, tokenizer) -> list[dict]:
             max_length=stage.max_length,
             problems=problems,
         )
+        if stage.method == "dpo":
+            row["pair_tokens"] = pair_token_lengths(tokenizer, data, stage.max_length)
         rows.append(row)
     return rows
+
+
+def pair_token_lengths(tokenizer, data, max_length: int) -> dict[str, dict[str, int]]:
+    """A dpo stage's prompt, chosen and rejected lengths in tokens (untruncated: p50, p95, max)."""
+    from warmline.data.preferences import tokenize_pair
+
+    pairs = [tokenize_pair(tokenizer, p, 10**9) for p in data.train_pairs + data.validation_pairs]
+    pairs = [p for p in pairs if not isinstance(p, str)]
+    out = {}
+    for part in ("prompt", "chosen", "rejected"):
+        lengths = [len(getattr(p, f"{part}_ids")) for p in pairs]
+        out[part] = {
+            "p50": int(statistics.median(lengths)) if lengths else 0,
+            "p95": percentile(lengths, 0.95),
+            "max": max(lengths, default=0),
+        }
+    out["over_max_length"] = sum(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) > max_length for p in pairs)
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
@@ -88,6 +108,14 @@ def format_table(rows: list[dict]) -> str:
     for name, dropped, cleaned in reasons:
         out.append(f"{name}: dropped by reason {dropped or '{}'}; cleaned {cleaned or '{}'}")
     for r in rows:
+        if r.get("pair_tokens"):
+            t = r["pair_tokens"]
+            out.append(
+                f"{r['name']}: pairs {r['train_pairs']} train / {r['validation_pairs']} validation (dpo; the table's "
+                "lengths are prompt + chosen); "
+                + "; ".join(f"{part} tokens p50 {t[part]['p50']} p95 {t[part]['p95']} max {t[part]['max']}" for part in ("prompt", "chosen", "rejected"))
+                + f"; {t['over_max_length']} pair(s) longer than max_length {r['max_length']} (replies cut to fit)"
+            )
         if r.get("cut_by_max_rows"):
             out.append(
                 f"{r['name']}: {r['cut_by_max_rows']} usable training rows not used (max_rows), not counted as dropped"

@@ -59,10 +59,11 @@ def evaluate_loss(
     device = next(model.parameters()).device
     total_loss = 0.0
     total_tokens = 0
-    backbone = (
-        getattr(model, model.base_model_prefix, None) if getattr(model, "base_model_prefix", "") else None
-    )
-    head = model.get_output_embeddings()
+    # A PEFT model (LoRA, validated mid-stage) is scored through its adapted transformers model:
+    # its own `base_model_prefix` attribute would resolve to the whole causal LM, not the backbone.
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(core, core.base_model_prefix, None) if getattr(core, "base_model_prefix", "") else None
+    head = core.get_output_embeddings()
     for batch in pack_batches(examples, max_tokens):
         inputs = {k: v.to(device) for k, v in collate_padding_free(batch).items()}
         labels = inputs.pop("labels")

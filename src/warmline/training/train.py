@@ -58,6 +58,9 @@ class PreparedStage:
     data: StageData
     train: list[TokenizedExample]
     validation: list[TokenizedExample]
+    # A dpo stage's tokenised pairs (`train`/`validation` then hold its chosen replies).
+    train_pairs: list = field(default_factory=list)
+    validation_pairs: list = field(default_factory=list)
 
     @property
     def dirname(self) -> str:
@@ -119,6 +122,11 @@ def prepare_stages(recipe: Recipe, tokenizer, source: str = "recipe") -> list[Pr
         train, trunc_t = tokenize_all(tokenizer, data.train, stage.max_length, recipe.baseline_prototype)
         val, trunc_v = tokenize_all(tokenizer, data.validation, stage.max_length, recipe.baseline_prototype)
         data.cleaned["truncated_to_max_length"] = trunc_t + trunc_v
+        pairs: tuple[list, list] = ([], [])
+        if stage.method == "dpo":  # pairs; the chosen replies are its train/validation examples
+            from warmline.training.preference import tokenize_stage_pairs
+
+            pairs, train, val = tokenize_stage_pairs(tokenizer, data, stage.max_length)
         if not train or not val:
             raise RecipeError(
                 f"{source}: 'stages.{i - 1}' ({stage.name}): no {'training' if not train else 'validation'} example "
@@ -134,7 +142,7 @@ def prepare_stages(recipe: Recipe, tokenizer, source: str = "recipe") -> list[Pr
             data.duplicates,
             data.dropped,
         )
-        prepared.append(PreparedStage(i, stage, data, train, val))
+        prepared.append(PreparedStage(i, stage, data, train, val, *pairs))
     return prepared
 
 
@@ -264,6 +272,10 @@ def train_recipe(
             model = train_stage(recipe, stage, stages, previous, tokenizer, precision, run_dir, resume=resume)
         if model is not None:  # a new stage, or one killed after publishing, before its row
             forgetting[stage.config.name] = evaluate_all(model, stages, precision)
+            if stage.config.method == "dpo":  # held-out pairs: pre-DPO model vs this stage
+                from warmline.training.preference import record_preferences
+
+                record_preferences(run_dir, stage, model, previous, precision, write=state.is_main_process)
             del model
             _write_forgetting(forgetting_path, forgetting, stages)
             if state.is_main_process:
@@ -337,9 +349,29 @@ def build_training_args(recipe: Recipe, stage: PreparedStage, work_dir: Path, pr
     """TRL's SFTConfig for one stage: the recipe's values, and the settings warmline relies on."""
     from trl import SFTConfig
 
-    cfg, t = stage.config, recipe.training
+    t = recipe.training
     prototype = recipe.baseline_prototype
     return SFTConfig(
+        **trainer_arguments(recipe, stage, work_dir, precision),
+        max_length=None,  # our tokeniser already truncated to the stage's max_length
+        # TRL's SFTConfig turns activation checkpointing ON by default (transformers' does not):
+        # the recipe decides. Recomputing activations saves memory and costs ~1/3 more compute.
+        activation_checkpointing=t.gradient_checkpointing,
+        # One example per micro-batch needs neither padding nor packing.
+        padding_free=t.packing and not prototype and t.micro_batch_size > 1,
+        pad_to_multiple_of=512 if prototype else None,
+        packing=False,
+        dataset_num_proc=None,
+        remove_unused_columns=True,
+    )
+
+
+def trainer_arguments(recipe: Recipe, stage: PreparedStage, work_dir: Path, precision: str) -> dict:
+    """The Trainer settings every stage shares, SFT or DPO: schedule, batch, precision, logging,
+    crash-safe checkpoints (the trainer-specific ones are added by each stage's config)."""
+    cfg, t = stage.config, recipe.training
+    prototype = recipe.baseline_prototype
+    return dict(
         output_dir=str(work_dir),
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
@@ -367,16 +399,6 @@ def build_training_args(recipe: Recipe, stage: PreparedStage, work_dir: Path, pr
         report_to=["tensorboard"] if _has_tensorboard() else [],
         include_num_input_tokens_seen="all",
         dataloader_num_workers=0,
-        max_length=None,  # our tokeniser already truncated to the stage's max_length
-        # TRL's SFTConfig turns activation checkpointing ON by default (transformers' does not):
-        # the recipe decides. Recomputing activations saves memory and costs ~1/3 more compute.
-        activation_checkpointing=t.gradient_checkpointing,
-        # One example per micro-batch needs neither padding nor packing.
-        padding_free=t.packing and not prototype and t.micro_batch_size > 1,
-        pad_to_multiple_of=512 if prototype else None,
-        packing=False,
-        dataset_num_proc=None,
-        remove_unused_columns=True,
         disable_tqdm=False,
         save_only_model=False,
     )
@@ -414,6 +436,12 @@ def build_stage_trainer(
     model.config.use_cache = False  # packed batches must not see a cache (and training needs none)
     if t.trainable_layers is not None and not t.lora.enabled:
         freeze_below(model, t.trainable_layers)
+    if stage.config.method == "dpo":  # preference pairs: TRL's DPOTrainer, the same steps around it
+        from warmline.training.preference import build_preference_trainer
+
+        return build_preference_trainer(
+            recipe, stage, model, init_from, tokenizer, precision, run_dir, work, callbacks=callbacks
+        )
     replay = replay_examples(stages, stage, t.seed)
     train_examples = stage.train + replay
     logger.info(
