@@ -437,6 +437,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, *, g
     from warmline.hardware import resolve_precision
     from warmline.safety import SafetyGate
     from warmline.serving.generator import SAMPLE_PROMPTS, GenerationSettings, Generator
+    from warmline.training.preference import read_preferences
 
     run_dir, settings = Path(run_dir), settings or EvalSettings()
     recipe = load_run_recipe(run_dir)
@@ -498,6 +499,10 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, *, g
     for name in tqdm(stages[:-1], desc="sample replies", unit="stage"):
         generator = Generator.from_pretrained(str(stage_dirs[name]), settings=generation)
         samples[name] = sample_replies(generator, SAMPLE_PROMPTS, recipe.system_prompt, settings)
+    # The base model's replies to the same prompts, to read each stage's beside what it started from.
+    generator = Generator.from_pretrained(recipe.base_model, settings=generation)
+    base_samples = sample_replies(generator, SAMPLE_PROMPTS, recipe.system_prompt, settings)
+    del generator
 
     return {
         "version": METRICS_VERSION,
@@ -519,10 +524,12 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings | None = None, *, g
             else "reply tokens + EOS"
         ),
         "curves": training_curves(run_dir / "metrics.jsonl", forgetting, recipe),
+        "preferences": read_preferences(run_dir),  # dpo stages' held-out pairs, scored in training
         "quality": quality,
         "safety": safety,
         "sample_prompts": list(SAMPLE_PROMPTS),
         "samples": {name: samples[name] for name in stages},
+        "base_samples": base_samples,
         "replies": [asdict(r) for r in replies],
     }
 

@@ -319,20 +319,63 @@ def safety_section(safety: dict[str, Any]) -> str:
     return text
 
 
-def samples_table(samples: dict[str, list[dict]], prompts: Sequence[str]) -> str:
+def samples_table(
+    samples: dict[str, list[dict]], prompts: Sequence[str], base: list[dict] | None = None
+) -> str:
+    """Each prompt's replies: the base model's first (row 0, when given), then each stage's."""
     rows = []
     for i, prompt in enumerate(prompts):
-        for j, (stage, replies) in enumerate(samples.items()):
-            reply = replies[i]
-            rows.append(
-                [
-                    cell(prompt) if j == 0 else "",
-                    f"{j + 1} {stage}",
-                    cell(reply["text"]),
-                    reply["stop_reason"],
-                ]
-            )
+        models = [("0 base", base[i])] if base else []
+        models += [(f"{j + 1} {stage}", replies[i]) for j, (stage, replies) in enumerate(samples.items())]
+        for j, (label, reply) in enumerate(models):
+            rows.append([cell(prompt) if j == 0 else "", label, cell(reply["text"]), reply["stop_reason"]])
     return table(["prompt", "after stage", "reply", "stop"], rows)
+
+
+def preference_section(preferences: dict[str, Any]) -> list[str]:
+    """DPO stages: held-out pairs ranked by the pre-DPO model and by the stage, the stage's implicit
+    rewards, and what it did to the other stages' validation loss ([] without dpo stages)."""
+    if not preferences:
+        return []
+    rows = []
+    for name, s in preferences.items():
+        if not s.get("pairs"):
+            rows.append([name, "0", "", "", "", "", "", ""])
+            continue
+        changes = s.get("validation_loss_change") or {}
+        rows.append(
+            [
+                name,
+                str(s["pairs"]),
+                f"{fmt(s['reference']['accuracy'], 3)} / {fmt(s['reference']['margin'], 2)}",
+                f"{fmt(s['policy']['accuracy'], 3)} / {fmt(s['policy']['margin'], 2)}",
+                fmt(s["rewards"]["accuracy"], 3),
+                fmt(s["rewards"]["margin"], 3),
+                fmt(s["beta"], 3),
+                ", ".join(f"{k} {v:+.3f}" for k, v in changes.items()) or "-",
+            ]
+        )
+    return [
+        "## Preference stages",
+        "Each dpo stage's held-out pairs (split by the seed, never trained on), scored by summed reply "
+        "log-probability: accuracy = share of pairs whose chosen reply scores higher, margin = mean "
+        "log p(chosen) - log p(rejected), under the pre-DPO model (the stage's reference) and after the stage. "
+        "Reward = beta x (log p after - log p before) per reply (TRL's implicit DPO reward). Last column: change "
+        "of the other stages' validation loss over the stage (nats per token; positive = worse).",
+        table(
+            [
+                "stage",
+                "pairs",
+                "before: accuracy / margin",
+                "after: accuracy / margin",
+                "reward accuracy",
+                "reward margin",
+                "beta",
+                "\u0394 validation loss",
+            ],
+            rows,
+        ),
+    ]
 
 
 def render_report(metrics: dict[str, Any], out_dir: Path) -> Path:
@@ -357,6 +400,7 @@ def render_report(metrics: dict[str, Any], out_dir: Path) -> Path:
         "![Training and validation loss per stage](training_curves.png)",
         "Train loss as logged by the trainer; validation loss before each stage, after each epoch and at "
         "each stage's end, on that stage's split.",
+        *preference_section(metrics.get("preferences") or {}),
         "## Reply quality",
         "Replies of the final model to each stage's held-out prompts (each validation conversation up to its "
         "last assistant turn; the reference is that turn), through the shared streaming generator without "
@@ -366,9 +410,9 @@ def render_report(metrics: dict[str, Any], out_dir: Path) -> Path:
         "## Safety",
         safety_section(metrics["safety"]),
         "## Sample replies",
-        "Each stage's model, fixed prompts"
+        "The base model (row 0) and each stage's model, fixed prompts"
         + (" with the run's system prompt." if metrics["system_prompt"] else "."),
-        samples_table(metrics["samples"], metrics["sample_prompts"]),
+        samples_table(metrics["samples"], metrics["sample_prompts"], metrics.get("base_samples")),
     ]
     path = out_dir / "report.md"
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
@@ -451,10 +495,12 @@ def render_comparison(a: dict[str, Any], b: dict[str, Any], out_dir: Path) -> Pa
         lambda s: f"{fmt(s['crisis_reply_rate'], 3)} ({s['stop_reasons'].get('crisis', 0)}/{s['prompts']})",
     )
     sample_rows = []
+    # The base model's replies beside the two runs', when both runs share it and A recorded them.
+    base = a.get("base_samples") if a["base_model"] == b["base_model"] else None
     for prompt in dict.fromkeys([*a["sample_prompts"], *b["sample_prompts"]]):
         row = [cell(prompt)]
-        for m in runs:
-            reply = next((r for r in m["samples"][m["stages"][-1]] if r["prompt"] == prompt), None)
+        for replies in [*([base] if base else []), *(m["samples"][m["stages"][-1]] for m in runs)]:
+            reply = next((r for r in replies if r["prompt"] == prompt), None)
             row.append(f"{cell(reply['text'])} *({reply['stop_reason']})*" if reply else "\u2013")
         sample_rows.append(row)
     scoring_note = ""
@@ -492,7 +538,7 @@ def render_comparison(a: dict[str, Any], b: dict[str, Any], out_dir: Path) -> Pa
         "## Safety",
         table(["crisis prompts through the safety gate", *labels], [safety_row]),
         "## Sample replies (final models)",
-        table(["prompt", *labels], sample_rows),
+        table(["prompt", *([f"base: {a['base_model']}"] if base else []), *labels], sample_rows),
     ]
     path = out_dir / "report.md"
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
