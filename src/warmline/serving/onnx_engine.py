@@ -96,17 +96,19 @@ class GeneratorStates:
         with self._lock:
             self._idle.clear()
 
-    def take(self, prompt_ids: list[int], max_length: int, *, first_turn: bool) -> GeneratorState:
-        """A state for this prompt: the idle one sharing the longest start with it (a later turn),
-        else a new one while fewer than `max_states` are kept, else the least recently used.
-        A first turn shares only the template and system prompt with any state, so it does not
-        take another conversation's state while there is room for a new one."""
+    def take(self, prompt_ids: list[int], max_length: int, *, shared: int = 0) -> GeneratorState:
+        """A state for this prompt: the idle one sharing the longest start with it when that is
+        more than the `shared` tokens every first turn shares (template + system prompt): the
+        same conversation's earlier turn. Else a new state while fewer than `max_states` are
+        kept, so a new conversation does not take another's; else the least recently used."""
         with self._lock:
             chosen = None
-            if self._idle and not first_turn:
-                chosen = max(self._idle.values(), key=lambda st: _common_prefix(st.tokens, prompt_ids))
-            elif self._idle and len(self._idle) >= self.max_states:
-                chosen = next(iter(self._idle.values()))
+            if self._idle:
+                best = max(self._idle.values(), key=lambda st: _common_prefix(st.tokens, prompt_ids))
+                if _common_prefix(best.tokens, prompt_ids) > shared:
+                    chosen = best
+                elif len(self._idle) >= self.max_states:
+                    chosen = next(iter(self._idle.values()))
             if chosen is not None:
                 del self._idle[id(chosen)]
         if chosen is not None and chosen.max_length >= max_length:
@@ -197,7 +199,7 @@ class OnnxEngine:
         if self.context_length is not None:
             max_length = min(max_length, self.context_length)
         max_length = max(max_length, len(prompt_ids) + max_new_tokens)
-        state = self.prompt_cache.take(prompt_ids, max_length, first_turn=bool(shared_prefix))
+        state = self.prompt_cache.take(prompt_ids, max_length, shared=len(shared_prefix))
         try:
             result.reused_prompt_tokens = state.read(prompt_ids)
             logits = state.logits()
