@@ -118,6 +118,50 @@ def test_each_preference_format_parses(tmp_path):
     assert data.rows_read == sum(data.dropped.values()) + data.duplicates + data.kept
 
 
+def test_a_rating_study_folder_becomes_pairs(tmp_path):
+    """`warmline eval sheet`'s key and the raters' saved answers: unblinded by the key, the
+    preferred model's reply is chosen; ties and an even split are dropped; an unknown sheet counted."""
+    from warmline.evaluation.sheet import RATINGS_FORMAT, SHEET_FORMAT
+
+    def item(name, a, prompt, text_a, text_b):
+        other = "run-b" if a == "run-a" else "run-a"
+        return {
+            "item": name,
+            "A": a,
+            "B": other,
+            "prompt": [{"role": "user", "content": prompt}],
+            "replies": {a: {"text": text_a, "stop_reason": "eos"}, other: {"text": text_b, "stop_reason": "eos"}},
+        }
+
+    key = {
+        "format": SHEET_FORMAT,
+        "sheet_id": "s1",
+        "models": ["run-a", "run-b"],
+        "items": [
+            item("i1", "run-b", "Exams scare me.", "Scary. Which exam?", "Make a study plan and sleep 8 hours."),
+            item("i2", "run-a", "I feel alone.", "I'm here. What's been happening?", "Join a club."),
+            item("i3", "run-a", "Hi", "Hello!", "Hey."),
+        ],
+    }
+    (tmp_path / "key-s1.json").write_text(json.dumps(key))
+
+    def answers(rater, prefs, sheet="s1"):
+        items = [{"item": k, "preference": v} for k, v in prefs.items()]
+        data = {"format": RATINGS_FORMAT, "sheet_id": sheet, "rater_id": rater, "items": items}
+        (tmp_path / f"ratings-{sheet}-{rater}.json").write_text(json.dumps(data))
+
+    answers("r1", {"i1": "A", "i2": "A", "i3": "tie"})  # i1's A is run-b's "Scary. Which exam?"
+    answers("r2", {"i1": "A", "i2": "B", "i3": "tie"})
+    answers("r3", {"i1": "B"})
+    answers("r9", {"x": "A", "y": "B"}, sheet="other-sheet")
+    data = prepare_preference_stage(_stage(tmp_path, validation_fraction=0.5), seed=0)
+    assert data.format == "ratings"
+    assert data.dropped == {"raters_split": 1, "tie": 1, "no_key_for_sheet": 2}
+    (pair,) = data.train_pairs + data.validation_pairs
+    assert pair.chosen == "Scary. Which exam?" and pair.rejected == "Make a study plan and sleep 8 hours."
+    assert data.rows_read == sum(data.dropped.values()) + data.duplicates + data.kept
+
+
 def test_bad_pairs_are_counted_and_dropped_with_reasons(tmp_path):
     good = _pair_rows(4)
     bad = [
@@ -311,6 +355,7 @@ def _margins(folder: Path, pairs, precision="fp32") -> float:
     return sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
+@pytest.mark.slow  # two stages, every evaluation: about a minute on 2 shared cores
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_dpo_stage_raises_the_chosen_minus_rejected_margin(tmp_path, tiny_llama_dir, lora):
     """After an SFT stage, the DPO stage ranks its training pairs' chosen replies higher (policy
@@ -341,24 +386,46 @@ def test_dpo_stage_raises_the_chosen_minus_rejected_margin(tmp_path, tiny_llama_
 
 
 def _built_dpo_stage(tmp_path, base, *, lora: bool):
-    """Stage 1 trained and published; stage 2's DPO trainer built (not trained)."""
-    from warmline.hardware import resolve_precision
+    """Stage 2's DPO trainer built (not trained) on a stage-1 folder: the base model's weights
+    moved off their initialisation (so they differ from the base) and saved as a stage is."""
+    from transformers import AutoModelForCausalLM
+
     from warmline.training.train import (
         build_stage_trainer,
         load_training_tokenizer,
         prepare_stages,
         stage_dir,
-        train_stage,
     )
 
     recipe = load_recipe(_dpo_recipe(tmp_path, base, lora=lora, pairs=8))
     tok = load_training_tokenizer(recipe)
     stages = prepare_stages(recipe, tok)
-    precision = resolve_precision("fp32")
-    train_stage(recipe, stages[0], stages, recipe.base_model, tok, precision, recipe.run_dir, resume=False)
     previous = stage_dir(recipe.run_dir, stages[0])
-    built = build_stage_trainer(recipe, stages[1], stages, str(previous), tok, precision, recipe.run_dir)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    model.save_pretrained(previous)
+    tok.save_pretrained(previous)
+    built = build_stage_trainer(recipe, stages[1], stages, str(previous), tok, "fp32", recipe.run_dir)
     return built, previous
+
+
+def test_dpo_training_raises_the_margin_on_its_pairs(tmp_path, tiny_llama_dir):
+    """The built DPO stage, trained: its training pairs' chosen-minus-rejected log-probability
+    margin rises above the starting (reference) model's."""
+    from warmline.training.train import run_stage_training
+
+    built, previous = _built_dpo_stage(tmp_path, tiny_llama_dir, lora=False)
+    pairs = built.stage.train_pairs
+    before = _margins(previous, pairs)
+    model = run_stage_training(built, resume=False)
+    from warmline.training.preference import reply_logprobs
+
+    chosen, rejected = reply_logprobs(model, pairs, precision="fp32")
+    after = sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+    assert after > before + 1.0, (before, after)
 
 
 def test_full_dpo_reference_is_the_previous_stage_frozen(tmp_path, tiny_llama_dir):
@@ -428,3 +495,22 @@ def test_preference_scores_compare_the_policy_with_its_reference(tiny_llama_dir,
     chosen, _ = reply_logprobs(model, pairs[:1], precision="fp32")
     loss = evaluate_loss(model, [reply_example(pairs[0], "chosen")])
     assert chosen[0] == pytest.approx(-loss["loss"] * loss["tokens"], rel=1e-4)
+
+
+def test_report_has_a_preference_section_with_before_and_after():
+    from warmline.evaluation.report import preference_section
+
+    assert preference_section({}) == []
+    scores = {
+        "pairs": 32,
+        "beta": 0.1,
+        "reference": {"accuracy": 0.5, "margin": -1.25},
+        "policy": {"accuracy": 0.75, "margin": 2.5},
+        "rewards": {"accuracy": 0.8125, "margin": 0.375, "chosen": 0.1, "rejected": -0.275},
+        "validation_loss_change": {"counseling": 0.012, "empathetic": -0.004},
+    }
+    title, text, table = preference_section({"preferences": scores})
+    assert title == "## Preference stages" and "pre-DPO" in text
+    row = table.splitlines()[2]
+    assert row.startswith("| preferences | 32 | 0.500 / -1.25 | 0.750 / 2.50 | 0.812 | 0.375 |")
+    assert "counseling +0.012, empathetic -0.004" in row

@@ -7,9 +7,9 @@ Three formats, detected from the columns when the stage's format is `auto`:
                      strings or one-message assistant lists
     chosen_rejected  TRL's implicit prompt: {chosen, rejected} message lists that share the prompt
                      turns and differ in the last assistant turn
-    ratings          items of `warmline eval ratings` sheets: {id, prompt, reply_a, reply_b,
-                     preference: A | B | tie}; raters of the same item are merged by majority
-                     (fields agreed in /work/notes/ratings-format.md)
+    ratings          a rating study (`warmline eval sheet`'s key + the raters' saved answers, in
+                     one folder: `read_rating_study`), or rated items {id, prompt, reply_a,
+                     reply_b, preference: A | B | tie}; raters of one item merged by majority
 
 Nothing is dropped silently: a row that can't be a pair (missing or empty text, identical
 replies, a tie, a prompt that doesn't end with the user) is counted under its reason. The kept
@@ -20,9 +20,11 @@ the same chat template and labels as SFT stages (`data.tokens`).
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from warmline.data.cleaning import (
@@ -34,7 +36,7 @@ from warmline.data.cleaning import (
     normalise_for_dedup,
 )
 from warmline.data.formats import ROLE_ALIASES, Conversation, FormatError, check_columns, detect_format
-from warmline.data.sources import read_source
+from warmline.data.sources import RawRows, is_local, read_source
 from warmline.data.tokens import IGNORE_INDEX, TokenizedExample, tokenize_conversation
 from warmline.recipe import PREFERENCE_FORMATS, StageConfig
 
@@ -218,6 +220,58 @@ def from_ratings(rows: list[dict], mapping: dict[str, str], dropped: Counter) ->
     return pairs, merged
 
 
+def read_rating_study(source: Path) -> RawRows | None:
+    """A rating study as `warmline eval sheet` / the sheet's save button leave it: a folder (or one
+    key file) with the sheet key(s) (`key-*.json`, the prompts, the replies and which model was A)
+    and the raters' saved answers (`ratings-*.json`). Returns one row per rater answer with the
+    `ratings` columns (id, prompt, reply_a, reply_b, preference), or None when `source` holds no key.
+
+    The files are read and unblinded by `evaluation.ratings` (the same reader as `warmline eval
+    ratings`); answers for a sheet without its key are counted (`no_key_for_sheet`)."""
+    from warmline.evaluation.ratings import load_judgements, load_key
+    from warmline.evaluation.sheet import RATINGS_FORMAT, SHEET_FORMAT
+
+    files = sorted(q for q in source.rglob("*.json") if q.is_file()) if source.is_dir() else [source]
+    keys: dict[str, Path] = {}
+    answers: dict[str, list[Path]] = {}
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        kind = data.get("format") if isinstance(data, dict) else None
+        if kind == SHEET_FORMAT:
+            keys[str(data.get("sheet_id"))] = path
+        elif kind == RATINGS_FORMAT:
+            answers.setdefault(str(data.get("sheet_id")), []).append(path)
+    if not keys:
+        return None
+    rows: list[dict[str, Any]] = []
+    dropped: dict[str, int] = {}
+    for sheet_id, paths in answers.items():
+        if sheet_id not in keys:
+            dropped["no_key_for_sheet"] = dropped.get("no_key_for_sheet", 0) + sum(
+                len(json.loads(p.read_text(encoding="utf-8")).get("items") or []) for p in paths
+            )
+    for sheet_id, key_path in keys.items():
+        key = load_key(key_path)
+        items = {item["item"]: item for item in key["items"]}
+        for judgement in load_judgements(answers.get(sheet_id, []), key):
+            item = items[judgement.item]
+            side = {item["A"]: "A", item["B"]: "B"}.get(judgement.preference, judgement.preference)
+            rows.append(
+                {
+                    "id": f"{sheet_id}:{judgement.item}",
+                    "prompt": item["prompt"],
+                    "reply_a": (item["replies"].get(item["A"]) or {}).get("text"),
+                    "reply_b": (item["replies"].get(item["B"]) or {}).get("text"),
+                    "preference": side,
+                }
+            )
+    used = [str(p) for p in [*keys.values(), *(q for ps in answers.values() for q in ps)]]
+    return RawRows(rows=rows, files=used, columns=["id", "prompt", "reply_a", "reply_b", "preference"], dropped=dropped)
+
+
 def parse_rows(fmt: str, rows: list[dict], mapping: dict[str, str], dropped: Counter) -> tuple[list[PreferencePair], int]:
     """Rows of a preference format -> pairs (dropped rows counted by reason in `dropped`); also
     returns how many rows were merged into others (ratings of one item by several raters)."""
@@ -255,7 +309,11 @@ def clean_pair(pair: PreferencePair, cleaned: Counter) -> PreferencePair | str:
 
 def prepare_preference_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = None) -> PreferenceStageData:
     """Read, parse, clean, de-duplicate and split one dpo stage's pairs (grouped by prompt)."""
-    raw = read_source(stage.source, split=stage.split, subset=stage.subset)
+    local = Path(stage.source).expanduser()
+    study = None
+    if stage.format in ("ratings", "auto") and is_local(stage.source) and local.exists():
+        study = read_rating_study(local)
+    raw = study or read_source(stage.source, split=stage.split, subset=stage.subset)
     fmt = stage.format if stage.format != "auto" else detect_format(raw.columns)
     where = ", ".join(raw.files) if raw.files else stage.source
     if fmt not in PREFERENCE_FORMATS:

@@ -235,9 +235,22 @@ def preference_scores(policy, reference, pairs: list[TokenizedPair], *, beta: fl
     } if n else {"pairs": 0, "beta": beta}
 
 
-def record_preferences(run_dir: Path, stage, policy, init_from: str, precision: str, *, write: bool = True) -> dict:
+def record_preferences(
+    run_dir: Path,
+    stage,
+    policy,
+    init_from: str,
+    precision: str,
+    *,
+    before: dict | None = None,
+    after: dict | None = None,
+    write: bool = True,
+) -> dict:
     """Score a dpo stage's held-out pairs under the pre-DPO model (`init_from`) and the trained
-    `policy`; add them to `<run>/preferences.json` (main process) and print one line."""
+    `policy`; add them to `<run>/preferences.json` (main process) and print one line.
+
+    `before`/`after`: the forgetting-matrix rows before and after the stage; the change of each
+    earlier stage's validation loss is recorded with the scores (what DPO cost the SFT stages)."""
     from warmline.models import load_model
     from warmline.training.manifest import write_json_atomic
 
@@ -247,6 +260,12 @@ def record_preferences(run_dir: Path, stage, policy, init_from: str, precision: 
     )
     del reference
     scores["reference_model"] = init_from
+    if before and after:
+        scores["validation_loss_change"] = {
+            name: after[name]["loss"] - before[name]["loss"]
+            for name in before
+            if name != stage.config.name and name in after
+        }
     if write:
         path = run_dir / PREFERENCES_FILE
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -259,6 +278,9 @@ def record_preferences(run_dir: Path, stage, policy, init_from: str, precision: 
             f"reward accuracy {scores['rewards']['accuracy']:.0%}, reward margin {scores['rewards']['margin']:.3f}",
             flush=True,
         )
+    if scores.get("validation_loss_change"):
+        changes = ", ".join(f"{k} {v:+.3f}" for k, v in scores["validation_loss_change"].items())
+        print(f"[{stage.config.name}] validation loss change on the other stages' splits: {changes}", flush=True)
     return scores
 
 

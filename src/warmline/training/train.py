@@ -275,7 +275,17 @@ def train_recipe(
             if stage.config.method == "dpo":  # held-out pairs: pre-DPO model vs this stage
                 from warmline.training.preference import record_preferences
 
-                record_preferences(run_dir, stage, model, previous, precision, write=state.is_main_process)
+                before = forgetting[stages[stage.index - 2].config.name if stage.index > 1 else "base"]
+                record_preferences(
+                    run_dir,
+                    stage,
+                    model,
+                    previous,
+                    precision,
+                    before=before,
+                    after=forgetting[stage.config.name],
+                    write=state.is_main_process,
+                )
             del model
             _write_forgetting(forgetting_path, forgetting, stages)
             if state.is_main_process:
