@@ -625,6 +625,9 @@ def eval_sheet(
         typer.Option(help="Folder for the sheet and its key (default: rating-sheets/<sheet id>)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the sample, the A/B order and the replies.")] = 0,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Longest reply, in tokens (default: the serving default).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Write a blinded rating sheet: two models' replies to the same prompts, in random order as A and B.
@@ -637,8 +640,9 @@ def eval_sheet(
     _setup_logging(verbose)
     from warmline.evaluation.sheet import write_sheet
 
+    settings = GenerationSettings() if max_new_tokens is None else GenerationSettings(max_new_tokens=max_new_tokens)
     try:
-        written = write_sheet(run_a, run_b, prompts_file=prompts, n=n, out=out, seed=seed)
+        written = write_sheet(run_a, run_b, prompts_file=prompts, n=n, out=out, seed=seed, settings=settings)
     except ValueError as err:
         _usage_error(err)
     typer.echo(f"sheet: {written['sheet']}  (send this file to raters)")
