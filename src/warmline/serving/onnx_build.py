@@ -166,16 +166,17 @@ def file_sha256(path: Path) -> str:
 
     stat = path.stat()
     memo_path = cache_dir() / "onnx" / "file-hashes.json"
-    key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key, seen = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
-    if key in memo:
-        return memo[key]
+    if isinstance(memo.get(key), list) and memo[key][:2] == seen:
+        return memo[key][2]
     with path.open("rb") as fh:
         value = hashlib.file_digest(fh, "sha256").hexdigest()
-    memo[key] = value
+    memo = {k: v for k, v in memo.items() if Path(k).exists()}  # one entry per existing file
+    memo[key] = [*seen, value]
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}")
