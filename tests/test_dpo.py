@@ -514,3 +514,20 @@ def test_report_has_a_preference_section_with_before_and_after():
     row = table.splitlines()[2]
     assert row.startswith("| preferences | 32 | 0.500 / -1.25 | 0.750 / 2.50 | 0.812 | 0.375 |")
     assert "counseling +0.012, empathetic -0.004" in row
+
+
+def test_plan_counts_both_replies_and_the_reference_copy(tmp_path, tiny_llama_dir):
+    from warmline.training.plan import format_plan, plan_recipe
+
+    recipe = load_recipe(_dpo_recipe(tmp_path, tiny_llama_dir, pairs=8))
+    result = plan_recipe(recipe)
+    sft, dpo = result["stages"]
+    assert "reference" not in sft.memory and dpo.memory["reference"] == result["parameters"]["total"] * 4
+    assert dpo.examples == 6 and dpo.optimizer_steps == 3 * 2  # 6 pairs, 4 a step, 3 epochs
+    prompt = 0
+    from warmline.training.train import load_training_tokenizer, prepare_stages
+
+    pairs = prepare_stages(recipe, load_training_tokenizer(recipe))[1].train_pairs
+    prompt = sum(len(p.prompt_ids) for p in pairs)
+    assert dpo.tokens == 2 * prompt + sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    assert "dpo reference" in format_plan(result, recipe)

@@ -187,13 +187,22 @@ def plan_recipe(recipe: Recipe, source: str = "recipe", num_processes: int | Non
     plans = []
     for stage in stages:
         examples = stage.train + replay_examples(stages, stage, t.seed)
+        tokens = sum(len(e.input_ids) for e in examples)
+        trained = sum(sum(lbl != -100 for lbl in e.labels) for e in examples)
+        memory = estimate_memory(params, recipe, stage.config.max_length, precision, device)
+        if stage.config.method == "dpo":  # one example is a pair: prompt + chosen, prompt + rejected
+            tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in stage.train_pairs)
+            trained = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in stage.train_pairs)
+            # Two rows per micro-batch, and (full training) a frozen fp32 reference copy.
+            memory = estimate_memory(params, recipe, 2 * stage.config.max_length, precision, device)
+            memory["reference"] = 0 if t.lora.enabled else params["total"] * 4
         plans.append(
             StagePlan(
                 name=stage.config.name,
                 examples=len(examples),
                 replayed=len(examples) - len(stage.train),
-                tokens=sum(len(e.input_ids) for e in examples),
-                assistant_tokens=sum(sum(lbl != -100 for lbl in e.labels) for e in examples),
+                tokens=tokens,
+                assistant_tokens=trained,
                 max_length=stage.config.max_length,
                 epochs=stage.config.epochs,
                 micro_batch_size=t.micro_batch_size,
@@ -203,7 +212,7 @@ def plan_recipe(recipe: Recipe, source: str = "recipe", num_processes: int | Non
                 optimizer_steps=optimizer_steps(
                     len(examples), t.micro_batch_size, accumulation, processes, stage.config.epochs
                 ),
-                memory=estimate_memory(params, recipe, stage.config.max_length, precision, device),
+                memory=memory,
             )
         )
     return {
@@ -265,6 +274,8 @@ def format_plan(result: dict, recipe: Recipe) -> str:
             f"x accumulation {s.accumulation_steps} x {s.processes} process(es)",
             f"  peak memory per process ~{s.peak_bytes / GIB:.2f} GiB (weights {m['weights'] / GIB:.2f}, gradients "
             f"{m['gradients'] / GIB:.2f}, optimizer {m['optimizer'] / GIB:.2f}, activations {m['activations'] / GIB:.2f}, "
-            f"logits {m['logits'] / GIB:.2f}, runtime {m['runtime'] / GIB:.2f}): {fits}",
+            f"logits {m['logits'] / GIB:.2f}, runtime {m['runtime'] / GIB:.2f}"
+            + (f", dpo reference {m['reference'] / GIB:.2f}" if "reference" in m else "")
+            + f"): {fits}",
         ]
     return "\n".join(lines)
