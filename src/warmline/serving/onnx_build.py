@@ -66,8 +66,8 @@ def build_onnx(hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | No
         raise ValueError(f"unknown ONNX quantisation {quant!r}; choose one of {', '.join(QUANT_OPTIONS)}")
     hf_dir = Path(hf_dir).resolve()
     config = _read_config(hf_dir)
-    root = Path(root) if root is not None else build_root(hf_dir)
-    target = root / f"{hf_dir.name}-{quant}-{build_key(hf_dir, quant)[:12]}"
+    target = build_dir(hf_dir, quant, root=root)
+    root = target.parent
     if (target / "genai_config.json").is_file():
         return target
     unsupported = target.with_name(target.name + "." + UNSUPPORTED_FILE)
@@ -90,6 +90,13 @@ def build_onnx(hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | No
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def build_dir(hf_dir: str | Path, quant: str, *, root: str | Path | None = None) -> Path:
+    """The folder `build_onnx(hf_dir, quant)` builds into (it may not exist yet)."""
+    hf_dir = Path(hf_dir).resolve()
+    root = Path(root) if root is not None else build_root(hf_dir)
+    return root / f"{hf_dir.name}-{quant}-{build_key(hf_dir, quant)[:12]}"
 
 
 def check_buildable(hf_dir: str | Path) -> None:

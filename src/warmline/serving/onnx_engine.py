@@ -241,15 +241,21 @@ def onnx_stop_token_ids(tokenizer, hf_dir: str | Path) -> set[int]:
 def pick_quant(hf_dir: str | Path) -> str:
     """The fastest quantisation whose build passes the quality gate (`onnx_quality.quality_verdict`,
     computed once per build and cached there); fp32 (lossless) when none does."""
-    from warmline.serving.onnx_build import SPEED_ORDER
+    import sys
+
+    from tqdm import tqdm
+
+    from warmline.serving.onnx_build import SPEED_ORDER, build_dir
 
     try:
-        from warmline.serving.onnx_quality import quality_verdict
+        from warmline.serving.onnx_quality import VERDICT_FILE, quality_verdict
     except ImportError:
         return "fp32"
-    for quant in SPEED_ORDER:
-        if quant == "fp32":
-            break
+    candidates = [quant for quant in SPEED_ORDER if quant != "fp32"]
+    # Judging a build the first time takes minutes: say so on the terminal (the chat hides INFO logs).
+    first_time = any(not (build_dir(hf_dir, q) / VERDICT_FILE).is_file() for q in candidates)
+    desc = "judging the quantised ONNX builds against fp32, once"
+    for quant in tqdm(candidates, desc=desc, unit="build", file=sys.stderr, disable=not first_time):
         try:
             verdict = quality_verdict(hf_dir, quant)
         except Exception as err:  # noqa: BLE001 - no verdict means not offered as default
@@ -299,8 +305,24 @@ def onnx_generator(
             raise
         logger.warning("%s", err)
         return None
+    if quant is not None and quant != "fp32":
+        _warn_if_outside_gate(hf_dir, onnx_dir, quant)
     tokenizer = load_tokenizer(reference)
     stop_ids = onnx_stop_token_ids(tokenizer, hf_dir)
     onnx_engine = OnnxEngine(onnx_dir, stop_token_ids=stop_ids, max_states=max_states, quant=chosen)
     logger.info("ONNX engine (onnxruntime-genai, %s) on %s", chosen, onnx_dir)
     return Generator(None, tokenizer, gate=gate, settings=settings, engine=onnx_engine)
+
+
+def _warn_if_outside_gate(hf_dir: str | Path, onnx_dir: Path, quant: str) -> None:
+    """A quantisation asked for by name is used; when its judged verdict fails the gate, say so."""
+    try:
+        from warmline.serving.onnx_quality import VERDICT_FILE, quality_verdict
+
+        if not (onnx_dir / VERDICT_FILE).is_file():
+            return  # not judged yet: judging takes minutes, and the user chose it
+        verdict = quality_verdict(hf_dir, quant, onnx_dir=onnx_dir)
+    except Exception:  # noqa: BLE001 - only a notice
+        return
+    if not verdict.ok:
+        logger.warning("%s; using it because --quant %s was asked for", verdict.summary(), quant)
