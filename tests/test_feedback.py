@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -227,3 +228,56 @@ def test_a_thumb_stores_rating_model_time_settings_and_no_text_unless_ticked(wit
         {"role": "assistant", "content": reply.strip()},
     ]
     assert "Traceback" not in server.output() and MESSAGE not in server.output()  # logs hold no text
+
+
+# --- a real browser clicks the thumbs ------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.mark.skipif(
+    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
+    "install it with: apt-get install -y chromium chromium-driver",
+)
+def test_thumbs_in_a_real_browser(with_feedback, tmp_path):
+    """The page shows the consent line and the unticked box; a thumb without the tick stores no
+    text, and after ticking the box the next thumb stores the conversation."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, folder = with_feedback
+    before = len(read_feedback(folder)) if (folder / FEEDBACK_FILE).exists() else 0
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        browser.get(server.url)
+        wait = WebDriverWait(browser, 60)
+        box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#message textarea")))
+        assert "include this conversation" in browser.find_element(By.ID, "feedback-notice").text
+        tick = browser.find_element(By.CSS_SELECTOR, "#feedback-include input[type=checkbox]")
+        assert not tick.is_selected()
+        box.send_keys(MESSAGE, Keys.ENTER)
+        like = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#chatbot button[aria-label='Like']")))
+        like.click()
+        wait.until(lambda _: (folder / FEEDBACK_FILE).exists() and len(read_feedback(folder)) == before + 1)
+        assert read_feedback(folder)[-1]["rating"] == "up"
+        assert "conversation" not in read_feedback(folder)[-1]
+        tick.click()
+        browser.find_element(By.CSS_SELECTOR, "#chatbot button[aria-label='Dislike']").click()
+        wait.until(lambda _: len(read_feedback(folder)) == before + 2)
+    finally:
+        browser.quit()
+    last = read_feedback(folder)[-1]
+    assert last["rating"] == "down" and last["conversation"][0] == {"role": "user", "content": MESSAGE}
+    assert last["conversation"][-1]["role"] == "assistant"
