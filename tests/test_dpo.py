@@ -531,3 +531,20 @@ def test_plan_counts_both_replies_and_the_reference_copy(tmp_path, tiny_llama_di
     prompt = sum(len(p.prompt_ids) for p in pairs)
     assert dpo.tokens == 2 * prompt + sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     assert "dpo reference" in format_plan(result, recipe)
+
+
+def test_resume_accepts_a_folder_trained_before_stages_had_a_method(tmp_path):
+    """recipe.yaml written before `method`/`dpo` existed reads them as their defaults (sft)."""
+    from warmline.recipe import recipe_to_dict
+    from warmline.training.checks import recipe_differences
+
+    source = _write_jsonl(tmp_path / "c.jsonl", [{"Context": "hi", "Response": "hello"}])
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: r\nbase_model: gpt2\nstages:\n  - {{name: a, source: {source}}}\n")
+    current = recipe_to_dict(load_recipe(path))
+    old = json.loads(json.dumps(current))
+    for stage in old["stages"]:
+        del stage["method"], stage["dpo"]
+    assert recipe_differences(old, current, 1) == []
+    old["stages"][0]["method"] = "dpo"
+    assert recipe_differences(old, current, 1) == ["stages.0.method: 'dpo' -> 'sft'"]

@@ -114,7 +114,8 @@ def _weight_settings(recipe: dict, n_stages: int) -> dict[str, object]:
     for key, value in recipe.items():
         if key == "stages":
             for i, stage in enumerate(value[:n_stages]):
-                stage = dict(stage)
+                # A key added to the schema after the folder was trained reads as its default.
+                stage = {**_stage_defaults(), **stage}
                 source = Path(str(stage["source"])).expanduser()
                 # The same file, however the recipe's relative path was written.
                 stage["source"] = str(source.resolve()) if source.exists() else stage["source"]
@@ -122,6 +123,22 @@ def _weight_settings(recipe: dict, n_stages: int) -> dict[str, object]:
         else:
             walk(value, key)
     return flat
+
+
+def _stage_defaults() -> dict[str, object]:
+    """Every StageConfig field that has a default, as plain data (as `recipe.yaml` holds it)."""
+    import dataclasses
+
+    from warmline.recipe import StageConfig
+
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(StageConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def recipe_differences(trained_with: dict, current: dict, n_stages: int) -> list[str]:
