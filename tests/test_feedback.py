@@ -189,7 +189,7 @@ def test_without_feedback_there_are_no_thumbs_and_nothing_is_written(without_fee
     assert like_dependencies(config) == []
     (chatbot,) = [c for c in config["components"] if c.get("type") == "chatbot"]
     assert not chatbot["props"].get("feedback_options")
-    assert CONSENT_NOTICE not in json.dumps(config)
+    assert CONSENT_NOTICE not in json.dumps(config) and "unless you tick" not in json.dumps(config)
     assert not any(c.get("props", {}).get("elem_id") == "feedback-include" for c in config["components"])
     reply = Client(server.url, verbose=False).predict(MESSAGE, api_name="/chat")
     assert isinstance(reply, str)
@@ -202,6 +202,7 @@ def test_a_thumb_stores_rating_model_time_settings_and_no_text_unless_ticked(wit
     (chatbot,) = [c for c in config["components"] if c.get("type") == "chatbot"]
     assert chatbot["props"]["feedback_options"] == ["Like", "Dislike"]
     assert CONSENT_NOTICE in json.dumps(config, ensure_ascii=False)
+    assert "Conversations are not stored, unless you tick" in json.dumps(config, ensure_ascii=False)
     (include,) = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "feedback-include"]
     assert include["props"]["value"] is False  # unticked unless the user ticks it
 

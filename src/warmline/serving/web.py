@@ -55,7 +55,7 @@ BUSY_MESSAGE = "Many people are chatting right now. Please send your message aga
 _CSS = "#ai-notice { border-left: 4px solid #d97706; padding: 0.25rem 0.75rem; background: #fffbeb; }"
 
 
-def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
+def notice_markdown(locale: str, *, transcripts_saved: bool = False, feedback: bool = False) -> str:
     """The banner: this is an AI, not a therapist; where to get urgent help; what is stored."""
     from warmline.safety import AI_NOTICE
     from warmline.safety.replies import resources_for
@@ -65,6 +65,9 @@ def notice_markdown(locale: str, *, transcripts_saved: bool = False) -> str:
     stored = (
         "**Conversations on this server are saved** for review by its operator."
         if transcripts_saved
+        else "Conversations are not stored, unless you tick \u201cinclude this conversation\u201d when you rate a"
+        " reply."
+        if feedback
         else "Conversations are not stored."
     )
     return (
@@ -234,7 +237,10 @@ def build_app(
     ]
     with gr.Blocks(title=title, analytics_enabled=False, fill_height=True) as app:
         gr.Markdown(f"# {title}")
-        gr.Markdown(notice_markdown(locale, transcripts_saved=writer is not None), elem_id="ai-notice")
+        gr.Markdown(
+            notice_markdown(locale, transcripts_saved=writer is not None, feedback=feedback is not None),
+            elem_id="ai-notice",
+        )
         chatbot = gr.Chatbot(
             label=title,
             placeholder="Say what's on your mind. Replies are written by an AI.",
