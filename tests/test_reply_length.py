@@ -87,3 +87,30 @@ def test_offline_recipe_cuts_the_long_stages_only():
     assert stages["counseling"].max_reply_sentences == stages["psychology"].max_reply_sentences == 4
     assert stages["empathetic"].max_reply_sentences is None
     assert all(s.max_rows is None for s in stages.values())  # every shipped conversation trains
+
+
+def test_a_reply_that_gives_crisis_lines_after_the_cut_stays_whole():
+    crisis = (
+        "I'm glad you told me. That sounds unbearably heavy. You matter. Are you safe right now? "
+        "If you might act on these thoughts, call or text 988 in the US, or Samaritans on 116 123."
+    )
+    calm = "I'm glad you told me. That sounds heavy. You matter. What helps? Try a walk. Call a friend."
+    counts: Counter = Counter()
+    convs = [[{"role": "user", "content": "x"}, {"role": "assistant", "content": text}] for text in (crisis, calm)]
+    kept, cut = shorten_replies(convs, 3, counts)
+    assert kept[-1]["content"] == crisis
+    assert cut[-1]["content"] == "I'm glad you told me. That sounds heavy. You matter."
+    assert counts == {"reply_kept_whole_for_its_crisis_lines": 1, "reply_cut_to_max_reply_sentences": 1}
+    # A number that merely contains a line's digits is not a crisis line.
+    (other,) = shorten_replies(
+        [[{"role": "assistant", "content": "One. Two. Room 19880 is upstairs."}]], 2, Counter()
+    )
+    assert other[0]["content"] == "One. Two."
+
+
+def test_the_shipped_crisis_replies_keep_their_lines():
+    stages = {s.name: s for s in load_recipe("recipes/offline.yaml").stages}
+    data = prepare_stage(stages["counseling"], seed=42, system_prompt=None)
+    with_lines = [c[-1]["content"] for c in data.train if "988" in c[-1]["content"]]
+    assert with_lines and all("findahelpline.com" in reply for reply in with_lines)
+    assert data.cleaned["reply_kept_whole_for_its_crisis_lines"] == len(with_lines)

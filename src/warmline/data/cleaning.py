@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from warmline.data.formats import (
     CONVERTERS,
@@ -167,10 +168,29 @@ def first_sentences(text: str, n: int) -> str:
     return text if len(spans) <= n else text[: spans[n - 1][1]]
 
 
+@lru_cache(maxsize=1)
+def _crisis_line_pattern() -> re.Pattern:
+    """Any crisis line of the packaged resources (its number as written, e.g. 988, 116 123) or
+    findahelpline.com: the one registry the safety replies read."""
+    from warmline.safety.replies import load_resources
+
+    numbers = {
+        number
+        for locale in load_resources().values()
+        for line in locale.crisis
+        for number in re.findall(r"\d[\d ]*\d", line.contact)
+    }
+    alternatives = sorted((re.escape(n) for n in numbers), key=len, reverse=True)
+    return re.compile(r"findahelpline\.com|(?<!\d)(?:" + "|".join(alternatives) + r")(?!\d)", re.IGNORECASE)
+
+
 def shorten_replies(
     convs: list[Conversation], max_sentences: int, counts: Counter
 ) -> list[Conversation]:
-    """Every assistant turn cut to its first `max_sentences` sentences (new lists; counted by turn)."""
+    """Every assistant turn cut to its first `max_sentences` sentences (new lists; counted by turn).
+
+    A reply whose cut-off part names a crisis line stays whole (counted apart): training must
+    never teach a reply to someone at risk that drops the safety question and the lines."""
     out = []
     for conv in convs:
         turns = []
@@ -178,8 +198,11 @@ def shorten_replies(
             if turn["role"] == "assistant":
                 short = first_sentences(turn["content"], max_sentences)
                 if short != turn["content"]:
-                    counts["reply_cut_to_max_reply_sentences"] += 1
-                    turn = {**turn, "content": short}
+                    if _crisis_line_pattern().search(turn["content"][len(short) :]):
+                        counts["reply_kept_whole_for_its_crisis_lines"] += 1
+                    else:
+                        counts["reply_cut_to_max_reply_sentences"] += 1
+                        turn = {**turn, "content": short}
             turns.append(turn)
         out.append(turns)
     return out
