@@ -238,6 +238,7 @@ def test_recipe_checks_method_format_and_dpo_settings(tmp_path):
         f"{{name: p, source: {source}, method: dpo, dpo: {{loss_type: exo_pair}}}}": "label_smoothing' > 0",
         f"{{name: p, source: {source}, method: dpo, replay_fraction: 0.1}}": "replay_fraction",
         f"{{name: p, source: {source}, method: ppo}}": "expected one of ['sft', 'dpo']",
+        f"{{name: p, source: {source}, method: dpo, max_reply_sentences: 2}}": "compares whole replies",
     }
     for stage, message in bad.items():
         with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("(", r"\(")):

@@ -502,6 +502,11 @@ def _check_method(stage: StageConfig, key: str, source: str) -> None:
             f"{source}: '{key}.format' is {stage.format!r}, but a dpo stage reads preference pairs; use one of "
             f"{list(PREFERENCE_FORMATS)} or auto"
         )
+    if stage.max_reply_sentences is not None:
+        raise RecipeError(
+            f"{source}: '{key}.max_reply_sentences' cuts SFT replies; a dpo stage compares whole replies, so drop it "
+            f"(or cut the pairs' replies in the data)"
+        )
     if stage.replay_fraction:
         raise RecipeError(
             f"{source}: '{key}.replay_fraction' is {stage.replay_fraction:g}, but a dpo stage trains on pairs, not "
