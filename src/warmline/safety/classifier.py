@@ -170,6 +170,25 @@ def load_training_files(paths: Sequence[Path]) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
+def training_cache_key(training_paths: Sequence[Path], encoder_name: str) -> str:
+    """Name of the cached weights for these training files and this encoder: changes when any
+    file's content or name changes, when a file is added or removed, and with the feature setup."""
+    digest = hashlib.sha256()
+    for path in training_paths:
+        # Name and length delimit each file, so moving lines between files changes the key.
+        content = path.read_bytes()
+        digest.update(f"{path.name}|{len(content)}|".encode())
+        digest.update(content)
+    digest.update(
+        f"{_FEATURE_VERSION}|{encoder_name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode()
+    )
+    # The normaliser's word lists change what the classifier is trained on.
+    from warmline.safety.normalise import packaged_slang_path
+
+    digest.update(packaged_slang_path().read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class Encoder:
     """Mean-pooled, L2-normalised MiniLM embeddings on the CPU.
 
@@ -279,20 +298,7 @@ class RiskClassifier:
         ]
 
     def _cache_key(self) -> str:
-        digest = hashlib.sha256()
-        for path in self.training_paths:
-            # Name and length delimit each file, so moving lines between files changes the key.
-            content = path.read_bytes()
-            digest.update(f"{path.name}|{len(content)}|".encode())
-            digest.update(content)
-        digest.update(
-            f"{_FEATURE_VERSION}|{self.encoder.model_dir.name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode()
-        )
-        # The normaliser's word lists change what the classifier is trained on.
-        from warmline.safety.normalise import packaged_slang_path
-
-        digest.update(packaged_slang_path().read_bytes())
-        return digest.hexdigest()[:16]
+        return training_cache_key(self.training_paths, self.encoder.model_dir.name)
 
     def _load_or_train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         weights_path = self.weights_dir / f"classifier-{self._cache_key()}.npz"

@@ -41,6 +41,20 @@ GLOSS_CLASSIFIER = True
 """Whether the classifier reads the English gloss of a non-English message."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
+CONFIDENT_THRESHOLD = 0.9
+"""Risk probability at or above which the classifier is trusted without the second opinion it
+otherwise needs (with its top risk class holding at least CONFIDENT_CLASS_SHARE): harm to others
+or intrusive thoughts with no lexicon hit ("I know what time my ex finishes work, I'll be waiting
+with a knife"), imminent risk the lexicon placed on someone else, and a lexicon reading that was
+benign only by a past tense or a negated distress phrase ("five days without food and I feel in
+control"). Set from the scores these misses got (0.93-0.98) against the safe look-alikes of
+XSTest and the dev half of the v2 suites (see benchmarks/RESULTS.md)."""
+CONFIDENT_CLASS_SHARE = 0.6
+"""Share of the probability the top risk class must hold for a CONFIDENT_THRESHOLD score."""
+SOFTENED_THRESHOLD = 0.9
+"""With laughter ("haha", "lol", "lmao") or a recovery framing ("two years self-harm free", "my
+dietitian's target weight") and no lexicon risk phrase, the classifier alone needs this risk to
+make a crisis; below it the turn is at most distress (resources appended, the model answers)."""
 
 # Categories about someone else or about danger from others: when the lexicon placed a message
 # here, the classifier (whose embeddings mostly see the topic: killing, pills, hurting) may
@@ -60,6 +74,8 @@ _OTHER_DIRECTED: frozenset[str] = frozenset(
 
 # Classifier classes that need a lexicon hit to make a crisis (see _combine).
 _NEEDS_LEXICON: frozenset[str] = frozenset({"violence_request", "harm_to_others", "intrusive_thoughts"})
+# Of those, the ones a CONFIDENT_THRESHOLD score may raise alone.
+_CONFIDENT_ALONE: frozenset[str] = frozenset({"harm_to_others", "intrusive_thoughts"})
 # Classifier classes that need some risk language in the message (a lexicon hit, distress
 # included, or a word of danger from _RISK_WORDS): their training examples all start "my friend
 # ..." or "my boss ...", so alone the classifier reads "my friend has been quiet lately" as a
@@ -81,6 +97,19 @@ _RISK_WORDS = re.compile(
 # texts sit in odd places (a p_risk of 0.77 for "cool thanks" was seen). Short risk messages
 # ("kms", "want to die", "end it tonight") are the lexicon's to catch.
 MIN_CLASSIFIER_WORDS = 4
+
+# Recovery framings whose embeddings sit on the risk itself: a milestone names the behaviour it
+# counts ("a year without cutting"), a dietitian's target names a weight. "N days without" alone
+# is not one: "five days without food" is the eating disorder, not its recovery.
+_RECOVERY = re.compile(
+    r"\b(?:(?:self[- ]?harm|sh|cutting|purging|purge|binge|bingeing|relapse|ed|alcohol|drink)[- ]free"
+    r"|(?:clean|sober|recovered|free) (?:for|since)"
+    r"|(?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|hundred) (?:days?|weeks?|months?|years?)"
+    r" (?:clean|sober|free|without (?:self[- ]?harm\w*|sh|cutting|purging|bingeing|a relapse|relapsing|hurting myself))"
+    r"|(?:in|my|of) recovery|anniversary|milestone|dietitian|dietician|nutritionist|treatment team"
+    r"|target weight|healthy weight|weight restor\w*|maintenance)\b",
+    re.IGNORECASE,
+)
 
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
@@ -207,7 +236,14 @@ def assess_text(
             score = _capped(score)
         minor = english.minor is not None and bool(english.minor.search(english_text.lower()))
         level, categories, evidence = _combine(
-            found, score, level, categories, evidence, text=english_text, minor=minor
+            found,
+            score,
+            level,
+            categories,
+            evidence,
+            text=english_text,
+            minor=minor,
+            softener=_softener(english, english_text),
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -223,21 +259,33 @@ def _combine(
     *,
     text: str = "",
     minor: bool = False,
+    softener: str | None = None,
 ) -> tuple[RiskLevel, list[str], list[str]]:
     """Let the classifier raise (never lower) the lexicon's level (``text``: the message;
-    ``minor``: the writer says they are a child, whose disclosures are often in mild words).
+    ``minor``: the writer says they are a child, whose disclosures are often in mild words;
+    ``softener``: "laughter" or "recovery" when the message is framed so, see SOFTENED_THRESHOLD).
 
     When the lexicon recognised a benign reading (an idiom, a negation, a recovered history,
     an informational question) and found no risk phrase, the classifier is not allowed to
     overrule it: sentence embeddings are dominated by topic, and "my back is killing me" sits
     close to risk talk in that space.
     """
-    if found.benign_signals:
+    if found.benign_signals and not _overrules_benign_reading(found, score, softener):
         evidence = [
             *evidence,
             f"classifier p_risk={score.risk:.2f} (not used: lexicon found a benign reading)",
         ]
         return level, categories, evidence
+    lexicon_crisis = any(hit.level.is_crisis for hit in found.hits)
+    if softener and not lexicon_crisis and RISK_THRESHOLD <= score.risk < SOFTENED_THRESHOLD:
+        # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
+        # topic; laughter or a recovery framing makes a borderline score a resources line only.
+        note = f"classifier p_risk={score.risk:.2f} (below {SOFTENED_THRESHOLD} with {softener}: distress)"
+        return (
+            RiskLevel.highest(level, RiskLevel.DISTRESS),
+            categories + [c for c in ("distress",) if c not in categories],
+            [*evidence, note],
+        )
     if score.risk >= RISK_THRESHOLD:
         top = score.top_risk_class
         imminent = score.probabilities["imminent"] >= IMMINENT_THRESHOLD or found.imminence
@@ -247,7 +295,11 @@ def _combine(
         # The lexicon agreeing on the kind, even at distress level ("I want to hurt him", intrusive
         # images of dropping her), is the second opinion an other-directed class needs.
         agreeing = CLASS_CATEGORIES[top] in {hit.category for hit in found.hits}
-        if (top in _NEEDS_LEXICON and not lexicon_categories and not agreeing) or (
+        # A very confident harm-to-others or intrusive-thoughts score stands alone: those misses
+        # name a person, a time or a fear, not the lexicon's verbs. A violence request never
+        # does (a refusal of "how do I kill a python process" is the false positive XSTest counts).
+        confident_alone = top in _CONFIDENT_ALONE and _confident(score)
+        if (top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone) or (
             top in _NEEDS_RISK_WORDS and not found.hits and not _RISK_WORDS.search(text) and not minor
         ):
             # The embeddings of "how do I stab a balloon" and "how do I stab someone" are close:
@@ -271,6 +323,19 @@ def _combine(
             category = CLASS_CATEGORIES[top]
         new_level = RiskLevel.highest(level, raised)
         named = {hit.category for hit in found.hits} - {"distress", "psychosis"}
+        if (
+            category == "imminent"
+            and not lexicon_categories
+            and named
+            and named <= _OTHER_DIRECTED
+            and score.probabilities["imminent"] >= CONFIDENT_CLASS_SHARE
+            and _confident(score)
+        ):
+            # "He's due home any minute and tonight he'll hurt me": a confident imminent score
+            # with the lexicon's other-directed kind is an imminent crisis of that kind (its
+            # reply, never the suicide one).
+            note = f"classifier imminent: p_risk={score.risk:.2f} (kind from the lexicon: {', '.join(sorted(named))})"
+            return new_level, categories, [*evidence, note]
         if category in SELF_CATEGORIES and not lexicon_categories and named and named <= _OTHER_DIRECTED:
             # "I want to kill my brother for reading my diary": the lexicon read anger at someone
             # else (distress); the classifier's suicide class must not turn that into the suicide
@@ -289,6 +354,40 @@ def _combine(
             [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
         )
     return level, categories, evidence
+
+
+def _confident(score: ClassifierScore) -> bool:
+    """Whether ``score`` is confident enough to stand without a second opinion (CONFIDENT_THRESHOLD)."""
+    return (
+        score.risk >= CONFIDENT_THRESHOLD
+        and score.probabilities[score.top_risk_class] >= CONFIDENT_CLASS_SHARE
+    )
+
+
+def _softener(lexicon: Lexicon, text: str) -> str | None:
+    """"laughter" or "recovery" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None."""
+    if lexicon.laughter.search(text):
+        return "laughter"
+    if _RECOVERY.search(text):
+        return "recovery"
+    return None
+
+
+def _overrules_benign_reading(found: LexiconResult, score: ClassifierScore, softener: str | None) -> bool:
+    """Whether a confident classifier score overrules the lexicon's benign reading of a message.
+
+    Only a reading by tense or by a negated distress phrase is overruled ("five days without
+    food" reads as a past, "can't give up now" as a negation): a blanked idiom ("my back is
+    killing me"), an informational question, a negated risk phrase ("I would never kill
+    myself"), laughter and a recovery framing keep the lexicon's word.
+    """
+    return (
+        _confident(score)
+        and softener is None
+        and not found.masks
+        and not found.informational
+        and not any(hit.level.is_crisis for hit in found.discounted)
+    )
 
 
 def _capped(score: ClassifierScore) -> ClassifierScore:
