@@ -1,53 +1,49 @@
-"""Generation latency: the prototype's `model.generate` against warmline's Generator, and what helps.
+"""Generation latency: the prototype's `model.generate` against warmline's Generator on each engine
+(torch, and the ONNX Runtime GenAI builds), with the quality of each.
 
-    python benchmarks/generate_latency.py --quick          # about 4 minutes on 2 cores
-    python benchmarks/generate_latency.py --repeats 5      # 200 new tokens a reply, every variant
+    python benchmarks/generate_latency.py --model runs/offline/final          # about 15 minutes on 2 cores
+    python benchmarks/generate_latency.py --model runs/offline/final --quick  # 64 new tokens, 1 repeat
 
-Same model (the packaged SmolLM2-135M-Instruct, fp32 on CPU as `Generator.from_pretrained` loads
-it), same user messages, same machine, one run. The variants:
+Same model (--model; default the packaged SmolLM2-135M-Instruct), same user messages, same
+machine, one run. The variants:
 
   prototype            Hugging Face `model.generate` with the prototype's settings: do_sample,
                        temperature 0.7, top_k 50, top_p 0.92, repetition_penalty 1.2,
-                       pad_token_id = EOS, on the "Human: ...\nAssistant:" prompt
-  warmline             warmline's Generator as `from_pretrained` makes it on a CPU (KV-cached
-                       streaming loop, the model's chat template; prompt read in fp32, tokens
-                       decoded by an fp16 copy), the same sampling settings, torch's default
-                       threads (2 here)
-  warmline-fp32        the same decoding in fp32 too
-  warmline-1thread     the same as warmline on 1 thread
-  warmline-int8*       the same after torch.ao.quantization.quantize_dynamic: every Linear
-                       (`int8`, its default), or per-channel scales leaving the output head
-                       (`-fp32head`), the head and the MLP down projections (`-no-down-proj`),
-                       or everything but the attention projections (`-attention`) in fp32
+                       pad_token_id = EOS, on the "Human: ...\\nAssistant:" prompt
+  warmline             warmline's Generator on the torch engine as `from_pretrained` makes it on a
+                       CPU (KV-cached streaming loop, the model's chat template; prompt read in
+                       fp32, tokens decoded by an fp16 copy), the same sampling settings
+  onnx-fp32|int8|int4  the same Generator on the ONNX engine (`--engine onnx --quant ...`:
+                       onnxruntime-genai runs the model, warmline samples), each built once by
+                       `serving.onnx_build.build_onnx` with its QUANT_OPTIONS
+  warmline-fp32, warmline-1thread, warmline-int8*   (not in the default list) earlier torch
+                       experiments: fp32 decoding, one thread, torch.ao dynamic int8 schemes
 
-Every variant runs in one worker process, interleaved: repetition r runs each variant in turn, so
-load from other processes on a shared machine falls on all of them alike. Each repetition
-answers a 100-token prompt (the user message is cut so that each implementation's own prompt
-format makes 100 tokens) and a short one (SAMPLE_PROMPTS, in turn), after one untimed warm-up
-reply per variant. Time to first token (TTFT) runs from the call (prompt tokenisation included)
-to the first sampled token; decode tokens/s counts the tokens after the first over the time
-after it. Replies run to max_new_tokens (200; 64 with --quick) so every variant decodes the same
-number of tokens: the prototype's generation config has no EOS, the Generator no stop tokens or
-stop strings. CPU/wall (process CPU seconds per wall second) shows whether a variant had its
-threads' cores to itself. Figures are medians over repetitions.
+Each variant runs in its own worker process, one after another, so its peak resident memory
+(ru_maxrss) is its own. Each repetition answers a 100-token prompt (the user message is cut so
+that each implementation's own prompt format makes 100 tokens) and a short one (SAMPLE_PROMPTS,
+in turn), after one untimed warm-up reply, each read cold (no cached prompt). Time to first token
+(TTFT) runs from the call (prompt tokenisation included) to the first sampled token; decode
+tokens/s counts the tokens after the first over the time after it. Replies run to max_new_tokens
+(200; 64 with --quick) so every variant decodes the same number of tokens: the prototype's
+generation config has no EOS, the Generator no stop tokens or stop strings. CPU/wall (process
+CPU seconds per wall second) shows whether a variant had its threads' cores to itself.
 
-These variants run without warmline's PromptCache (each repetition asks the same 100-token
-prompt, which the cache would answer without reading it). The cache is measured on its own: one
-chat of five turns (MULTITURN_MESSAGES, warmline's system prompt, natural replies up to 64
-tokens), each turn's time to first token without and with it, same prompts.
+A 5-turn chat (MULTITURN_MESSAGES, warmline's system prompt, 64-token replies) gives each turn's
+TTFT with the engine's prompt cache as `warmline chat` runs it (torch: PromptCache; ONNX: the
+generator state the previous turn left) and read cold; the prototype reads its whole transcript
+every turn (it has no cache).
 
-A quality check runs the fp32 model, the fp16 decode path and each int8 scheme teacher-forced on
-the offline recipe's validation conversations: token-weighted loss on the reply tokens, and how
-often the top-1 predictions agree with fp32 there. A scheme is within tolerance when the loss
-rises by at most MAX_LOSS_DELTA and top-1 agreement is at least MIN_TOP1_AGREEMENT (fp16's
-disagreements are near-ties; sampling at temperature 0.7 draws from nearly the same
-distribution). The last line is
+Quality: each ONNX build's verdict from the gate in serving/onnx_quality.py (teacher-forced on the
+validation conversations, reply tokens, against the fp32 torch model: loss delta <= +0.02 and
+top-1 agreement >= 97%; cached in the build folder), and for the torch variants the same measure
+on up to 8 conversations a stage. The default CPU engine is what `--engine auto` picks
+(`onnx_engine.pick_quant`: the fastest quantisation that passes). The last line is
 
-    RESULT decode_ratio=... ttft_ms=... ttft_last_turn_ms=...
+    RESULT decode_tok_s=... decode_ratio=... ttft_ms=... ttft_last_turn_ms=... quality_ok=... default=...
 
-(warmline's decode tokens/s over the prototype's, and warmline's median TTFT for the 100-token
-prompt, both as shipped: fp16 decode, default threads; the last chat turn's TTFT with the
-PromptCache).
+for that default engine: its decode tokens/s, that over the prototype's, its median TTFT for the
+100-token prompt, turn 5's TTFT with the cache, and whether it passes the gate.
 """
 
 from __future__ import annotations
@@ -82,11 +78,15 @@ INT8_SCHEMES: dict[str, tuple[bool, tuple[str, ...]]] = {
     "no-down-proj": (True, ("lm_head", "down_proj")),  # the MLP output sees the SwiGLU outliers
     "attention": (True, ("lm_head", "mlp")),  # q, k, v, o projections only
 }
-# variant -> (implementation, threads (None: torch's default), weights: None for fp32, "fp16" for
-# fp32 prompt + fp16 decode (warmline's default on CPU), else an int8 scheme)
+# variant -> (implementation, threads (None: torch's default), weights). Weights: for "warmline",
+# None for fp32, "fp16" for fp32 prompt + fp16 decode (warmline's default on CPU), else an int8
+# scheme; for "onnx", the build's quantisation (a key of onnx_build.QUANT_OPTIONS).
 VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
     "prototype": ("hf", None, None),
     "warmline": ("warmline", None, "fp16"),
+    "onnx-fp32": ("onnx", None, "fp32"),
+    "onnx-int8": ("onnx", None, "int8"),
+    "onnx-int4": ("onnx", None, "int4"),
     "warmline-fp32": ("warmline", None, None),
     "warmline-1thread": ("warmline", 1, "fp16"),
     "warmline-int8": ("warmline", None, "all"),
@@ -95,8 +95,9 @@ VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
     "warmline-int8-attention": ("warmline", None, "attention"),
     "warmline-int8-1thread": ("warmline", 1, "all"),
 }
-QUICK_VARIANTS = ("prototype", "warmline", "warmline-fp32", "warmline-1thread", "warmline-int8-no-down-proj")
-# What "does not change reply quality" means here (teacher-forced, reply tokens, against fp32).
+DEFAULT_VARIANTS = ("prototype", "warmline", "onnx-fp32", "onnx-int8", "onnx-int4")
+# What "does not change reply quality" means for the torch variants (teacher-forced, reply tokens,
+# against fp32); the ONNX builds are judged by serving/onnx_quality.py's gate.
 MAX_LOSS_DELTA = 0.01
 MIN_TOP1_AGREEMENT = 0.98
 PROTOTYPE_SETTINGS = {
@@ -106,7 +107,8 @@ PROTOTYPE_SETTINGS = {
     "top_p": 0.92,
     "repetition_penalty": 1.2,
 }
-# One chat, turn by turn, for the PromptCache's time to first token.
+MULTITURN_NEW_TOKENS = 64
+# One chat, turn by turn, for the prompt cache's time to first token.
 MULTITURN_MESSAGES = (
     "I've been so stressed at work that I can't sleep.",
     "It's been like this for about a month now.",
@@ -172,7 +174,8 @@ def quantize_int8(model, scheme: str):
 # Workers
 
 
-def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) -> dict:
+def _hf_reply(model, tokenizer, prompt: str, seed: int, max_new_tokens: int) -> dict:
+    """One `model.generate` reply to a prompt in the prototype's format, timed token by token."""
     import copy
 
     import torch
@@ -204,155 +207,182 @@ def _hf_reply(model, tokenizer, message: str, seed: int, max_new_tokens: int) ->
     stamps = Stamps()
     torch.manual_seed(seed)
     started = time.perf_counter()
-    inputs = tokenizer(prototype_prompt(message), return_tensors="pt")
+    inputs = tokenizer(prompt, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**inputs, generation_config=config, streamer=stamps)
-    new_tokens = out.shape[1] - inputs["input_ids"].shape[1]
+    new_ids = out[0, inputs["input_ids"].shape[1] :]
     t = stamps.times
     return {
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
-        "new_tokens": int(new_tokens),
+        "new_tokens": int(new_ids.shape[0]),
         "ttft_ms": (t[0] - started) * 1e3,
         "decode_tok_s": (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0,
+        "text": tokenizer.decode(new_ids, skip_special_tokens=True),
     }
 
 
-def _warmline_reply(gen, message: str, seed: int, max_new_tokens: int) -> dict:
-    result = gen.generate(
-        [{"role": "user", "content": message}], seed=seed, max_new_tokens=max_new_tokens, stop_strings=()
-    )
+def _warmline_reply(gen, conversation: list[dict], seed: int, max_new_tokens: int) -> dict:
+    result = gen.generate(conversation, seed=seed, max_new_tokens=max_new_tokens, stop_strings=())
     return {
         "prompt_tokens": result.prompt_tokens,
+        "reused_prompt_tokens": result.reused_prompt_tokens,
         "new_tokens": result.new_tokens,
         "ttft_ms": result.ttft_s * 1e3,
         "decode_tok_s": result.tokens_per_s,
+        "text": result.text,
     }
 
 
-def latency_worker(variants: list[str], *, repeats: int, max_new_tokens: int) -> dict:
-    """Every variant in one process, interleaved: repetition r runs each variant in turn (starting
-    one further along each time), so load from other processes on a shared machine falls on all
-    variants alike instead of on whichever ran while it lasted."""
-    import copy
+class Contestant:
+    """One variant, loaded in this worker: replies to a conversation, with or without its prompt cache."""
 
+    def __init__(self, variant: str, model_ref: str):
+        import torch
+
+        from warmline.models import load_model, load_tokenizer, resolve_model
+        from warmline.serving.generator import Generator
+
+        self.variant = variant
+        self.impl, threads, weights = VARIANTS[variant]
+        if threads:
+            torch.set_num_threads(threads)
+        self.tokenizer = load_tokenizer(model_ref)
+        self.gen = None
+        if self.impl == "onnx":
+            from warmline.serving.onnx_engine import onnx_generator
+
+            self.gen = onnx_generator(model_ref, engine="onnx", quant=weights)
+            if self.gen is None:
+                raise RuntimeError(f"{model_ref} has no ONNX build here (see the warning above)")
+            data = self.gen.engine.onnx_dir.glob("model.onnx*")
+            self.weights_gb = sum(f.stat().st_size for f in data) / 1e9
+        else:
+            model = load_model(model_ref).eval()
+            if self.impl == "warmline":
+                if weights not in (None, "fp16"):
+                    model = quantize_int8(model, weights)
+                decode_dtype = torch.float16 if weights == "fp16" else None
+                self.gen = Generator(model, self.tokenizer, decode_dtype=decode_dtype, prompt_cache_tokens=4096)
+                model = self.gen.engine.decode_model or model  # for the weights column: what decodes
+            self.model = model
+            self.weights_gb = _weight_gb(model)
+        if self.gen is not None:
+            self.gen.engine.stop_token_ids = set()  # every reply runs to max_new_tokens (module docstring)
+        resolve_model(model_ref)  # already resolved above; keeps the packaged conversion out of timings
+
+    def reset_cache(self) -> None:
+        """Forget every cached prompt: the next reply reads its whole prompt."""
+        if self.impl == "warmline":
+            self.gen.prompt_cache.clear()
+        elif self.impl == "onnx":
+            self.gen.engine.prompt_cache.clear()
+
+    def reply(self, conversation: list[dict], seed: int, max_new_tokens: int) -> dict:
+        if self.impl == "hf":
+            prompt = "\n".join(
+                ("Human: " if t["role"] == "user" else "Assistant: ") + t["content"]
+                for t in conversation
+                if t["role"] != "system"  # the prototype had no system prompt
+            )
+            return _hf_reply(self.model, self.tokenizer, prompt + "\nAssistant:", seed, max_new_tokens)
+        return _warmline_reply(self.gen, conversation, seed, max_new_tokens)
+
+
+def latency_worker(variant: str, model_ref: str, *, repeats: int, max_new_tokens: int) -> dict:
+    """One variant in this process: the long and short prompts read cold, then the 5-turn chat."""
+    from warmline.serving.generator import SAMPLE_PROMPTS
+
+    c = Contestant(variant, model_ref)
+    c.reply([{"role": "user", "content": SAMPLE_PROMPTS[0]}], 0, 8)  # warm-up: first-call allocations
+    long_msg = long_message(c.tokenizer, c.impl)
+    runs = []
+    for r in range(repeats):
+        for kind, message in (("long", long_msg), ("short", SAMPLE_PROMPTS[r % len(SAMPLE_PROMPTS)])):
+            c.reset_cache()
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            measured = c.reply([{"role": "user", "content": message}], r, max_new_tokens)
+            # CPU seconds per wall second: below the thread count when other processes share the cores.
+            cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+            measured.pop("text")
+            runs.append({"repeat": r, "prompt": kind, **measured, "cpu_per_wall": cpu_per_wall})
+            logger.info(
+                "%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
+                variant,
+                kind,
+                measured["prompt_tokens"],
+                measured["ttft_ms"],
+                measured["decode_tok_s"],
+                measured["new_tokens"],
+                cpu_per_wall,
+            )
     import torch
 
-    from warmline.models import load_model, load_tokenizer
-    from warmline.serving.generator import SAMPLE_PROMPTS, Generator
-
-    default_threads = torch.get_num_threads()
-    tokenizer = load_tokenizer(BASE_MODEL)
-    models = {None: load_model(BASE_MODEL).eval()}
-    for scheme in {VARIANTS[v][2] for v in variants} - {None, "fp16"}:
-        models[scheme] = quantize_int8(models[None], scheme)
-    fp16 = (
-        Generator(models[None], tokenizer, decode_dtype=torch.float16)
-        if any(VARIANTS[v][2] == "fp16" for v in variants)
-        else None
-    )
-    if fp16 is not None:
-        models["fp16"] = fp16.decode_model  # for the weights column: the decode copy
-
-    def make_reply(variant: str):
-        impl, _, scheme = VARIANTS[variant]
-        model = models[scheme]
-        if impl == "hf":
-            return lambda message, seed, n: _hf_reply(model, tokenizer, message, seed, n)
-        gen = copy.copy(fp16) if scheme == "fp16" else Generator(model, tokenizer)
-        gen.engine.stop_token_ids = set()  # run every reply to max_new_tokens (see the module docstring)
-        return lambda message, seed, n: _warmline_reply(gen, message, seed, n)
-
-    replies = {v: make_reply(v) for v in variants}
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for variant in variants:  # warm-up: first-call allocations and kernel selection
-        torch.set_num_threads(VARIANTS[variant][1] or default_threads)
-        replies[variant](SAMPLE_PROMPTS[0], 0, 8)
-    for r in range(repeats):
-        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            torch.set_num_threads(VARIANTS[variant][1] or default_threads)
-            long_msg = long_message(tokenizer, VARIANTS[variant][0])
-            for kind, message in (("long", long_msg), ("short", SAMPLE_PROMPTS[r % len(SAMPLE_PROMPTS)])):
-                wall0, cpu0 = time.perf_counter(), time.process_time()
-                measured = replies[variant](message, r, max_new_tokens)
-                # CPU seconds per wall second: below the thread count when other processes share the cores.
-                cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-                runs[variant].append(
-                    {
-                        "repeat": r,
-                        "prompt": kind,
-                        **measured,
-                        "cpu_per_wall": cpu_per_wall,
-                        "threads": torch.get_num_threads(),
-                    }
-                )
-                last = runs[variant][-1]
-                logger.info(
-                    "%s %s prompt (%d tokens): TTFT %.0f ms, %.1f tok/s over %d tokens (CPU/wall %.2f)",
-                    variant,
-                    kind,
-                    last["prompt_tokens"],
-                    last["ttft_ms"],
-                    last["decode_tok_s"],
-                    last["new_tokens"],
-                    cpu_per_wall,
-                )
-    multiturn_runs = []
-    if fp16 is not None:
-        torch.set_num_threads(default_threads)
-        for r in range(repeats):
-            multiturn_runs.append(multiturn_ttft(fp16, seed=r))
     return {
-        "variants": {
-            v: {
-                "impl": VARIANTS[v][0],
-                "threads": VARIANTS[v][1] or default_threads,
-                "int8": VARIANTS[v][2],
-                "weights_gb": _weight_gb(models[VARIANTS[v][2]]),
-                "runs": runs[v],
-            }
-            for v in variants
-        },
-        "multiturn": multiturn_runs,
+        "variant": variant,
+        "impl": c.impl,
+        "threads": VARIANTS[variant][1] or torch.get_num_threads(),
+        "weights": VARIANTS[variant][2],
+        "weights_gb": c.weights_gb,
+        "runs": runs,
+        "multiturn": [multiturn_ttft(c, seed=r) for r in range(repeats)],
     }
 
 
-def multiturn_ttft(cold, *, seed: int) -> list[dict]:
-    """TTFT turn by turn in one chat (warmline's system prompt, MULTITURN_MESSAGES, natural replies
-    up to 64 tokens), with the PromptCache (as `warmline chat` and `serve` run) and without: the
-    same prompts and weights (`cold`, a Generator without a cache, and a copy of it with an empty
-    one), so the only difference is how much of each prompt the model reads."""
-    import copy
-
+def multiturn_ttft(c: Contestant, *, seed: int) -> list[dict]:
+    """TTFT turn by turn in one chat (warmline's system prompt, MULTITURN_MESSAGES, 64-token
+    replies): each turn first with the engine's cache holding the previous turn (as `warmline chat`
+    runs), then read cold (cache emptied; that reply leaves the state the next turn starts from).
+    The prototype has no cache: both columns are its only way, the whole transcript read."""
     from warmline.recipe import DEFAULT_SYSTEM_PROMPT
-    from warmline.serving.generator import PromptCache
 
-    cached = copy.copy(cold)
-    cached.prompt_cache = PromptCache(4096)
     conv = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
+    c.reset_cache()
+    if c.gen is not None:
+        c.gen.warm_up(DEFAULT_SYSTEM_PROMPT)  # as `warmline chat` starts: the shared prefix cached
     rows = []
     for turn, message in enumerate(MULTITURN_MESSAGES, 1):
-        conv.append({"role": "user", "content": message})
-        without = cold.generate(conv, seed=seed, max_new_tokens=64)
-        with_cache = cached.generate(conv, seed=seed, max_new_tokens=64)
+        conv = [*conv, {"role": "user", "content": message}]
+        with_cache = c.reply(conv, seed, MULTITURN_NEW_TOKENS)
+        c.reset_cache()
+        without = c.reply(conv, seed, MULTITURN_NEW_TOKENS) if c.impl != "hf" else with_cache
         rows.append(
             {
                 "turn": turn,
-                "prompt_tokens": with_cache.prompt_tokens,
-                "reused_prompt_tokens": with_cache.reused_prompt_tokens,
-                "ttft_cold_ms": without.ttft_s * 1e3,
-                "ttft_cached_ms": with_cache.ttft_s * 1e3,
+                "prompt_tokens": with_cache["prompt_tokens"],
+                "reused_prompt_tokens": with_cache.get("reused_prompt_tokens", 0),
+                "ttft_cold_ms": without["ttft_ms"],
+                "ttft_cached_ms": with_cache["ttft_ms"],
             }
         )
         logger.info(
-            "multi-turn %d: %d prompt tokens (%d from the cache): TTFT %.0f ms cold, %.0f ms cached",
+            "%s multi-turn %d: %d prompt tokens (%d from the cache): TTFT %.0f ms cold, %.0f ms cached",
+            c.variant,
             turn,
             rows[-1]["prompt_tokens"],
             rows[-1]["reused_prompt_tokens"],
             rows[-1]["ttft_cold_ms"],
             rows[-1]["ttft_cached_ms"],
         )
-        conv.append({"role": "assistant", "content": with_cache.text})
+        conv = [*conv, {"role": "assistant", "content": without["text"]}]
     return rows
+
+
+def onnx_quality_worker(model_ref: str, quants: list[str]) -> dict:
+    """The gate's verdict for each ONNX build (cached in the build folder after the first run), and
+    the quantisation `--engine auto` picks."""
+    from dataclasses import asdict
+
+    from warmline.models import resolve_model
+    from warmline.serving.onnx_engine import pick_quant
+    from warmline.serving.onnx_quality import quality_verdict
+
+    hf_dir = resolve_model(model_ref).path
+    verdicts = {}
+    for quant in quants:
+        verdict = quality_verdict(hf_dir, quant)
+        logger.info("%s", verdict.summary())
+        verdicts[quant] = asdict(verdict)
+    return {"verdicts": verdicts, "auto": pick_quant(hf_dir)}
 
 
 def _weight_gb(model) -> float:
@@ -367,7 +397,7 @@ def _weight_gb(model) -> float:
     return total / 1e9
 
 
-def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
+def quality_worker(model_ref: str, *, max_examples_per_stage: int, schemes: list[str]) -> dict:
     """fp32 vs each scheme, teacher-forced on validation conversations: token-weighted loss on the
     reply tokens and how often the top-1 predictions agree there.
 
@@ -387,7 +417,7 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
 
     os.chdir(REPO)
     recipe = load_recipe(OFFLINE_RECIPE)
-    tokenizer = load_tokenizer(BASE_MODEL)
+    tokenizer = load_tokenizer(model_ref)
     examples = []
     for stage in recipe.stages:
         data = prepare_stage(stage, seed=recipe.training.seed, system_prompt=recipe.system_prompt)
@@ -395,7 +425,7 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
             tokenize_conversation(tokenizer, c, stage.max_length)
             for c in data.validation[:max_examples_per_stage]
         ]
-    fp32 = load_model(BASE_MODEL).eval()
+    fp32 = load_model(model_ref).eval()
     quantized = {
         scheme: half_weight_copy(fp32) if scheme == "fp16" else quantize_int8(fp32, scheme)
         for scheme in schemes
@@ -453,9 +483,10 @@ def quality_worker(*, max_examples_per_stage: int, schemes: list[str]) -> dict:
 # The parent
 
 
-def summarise(latency: dict) -> dict:
+def summarise(latency: dict[str, dict]) -> dict:
+    """Per variant: medians over repetitions of the long- and short-prompt replies, and its memory."""
     out = {}
-    for name, w in latency["variants"].items():
+    for name, w in latency.items():
         long_runs = [r for r in w["runs"] if r["prompt"] == "long"]
         short_runs = [r for r in w["runs"] if r["prompt"] == "short"]
         decode = [r["decode_tok_s"] for r in w["runs"]]
@@ -468,9 +499,10 @@ def summarise(latency: dict) -> dict:
             "decode_range": spread(decode),
             "new_tokens": median([r["new_tokens"] for r in w["runs"]]),
             "threads": w["threads"],
-            "int8": w["int8"],
             "weights_gb": w["weights_gb"],
+            "peak_rss_gb": w["peak_rss_gb"],
             "cpu_per_wall": median([r["cpu_per_wall"] for r in w["runs"]]),
+            "multiturn": summarise_multiturn(w["multiturn"]),
         }
     return out
 
@@ -493,150 +525,176 @@ def summarise_multiturn(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="64 new tokens a reply, 6 variants, small quality set"
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions per variant (median)")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help="tokens per reply (200; 64 with --quick)"
-    )
-    parser.add_argument("--variants", default=None, help="comma-separated subset of " + ", ".join(VARIANTS))
-    parser.add_argument("--json", default=None, help="also write every measurement to this file")
-    parser.add_argument("--worker", choices=("latency", "quality"), default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--max-examples-per-stage", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    max_new_tokens = args.max_new_tokens or (64 if args.quick else 200)
-    variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    schemes = [
-        scheme for scheme in ("fp16", *INT8_SCHEMES) if any(VARIANTS[v][2] == scheme for v in variants)
-    ]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-    if args.worker == "latency":
-        emit_worker_result(latency_worker(variants, repeats=args.repeats, max_new_tokens=max_new_tokens))
-        return 0
-    if args.worker == "quality":
-        emit_worker_result(
-            quality_worker(max_examples_per_stage=args.max_examples_per_stage or 4, schemes=schemes)
-        )
-        return 0
-
-    info = machine_info()
-    script = Path(__file__).resolve()
-    logger.info("variants %s, interleaved, %d repeats", ", ".join(variants), args.repeats)
-    latency = run_worker(
-        script,
-        [
-            "--worker",
-            "latency",
-            "--variants",
-            ",".join(variants),
-            "--repeats",
-            str(args.repeats),
-            "--max-new-tokens",
-            str(max_new_tokens),
-        ],
-    )
-    quality = None
-    if schemes:
-        logger.info("int8 quality check")
-        quality = run_worker(
-            script,
-            [
-                "--worker",
-                "quality",
-                "--variants",
-                ",".join(variants),
-                "--max-examples-per-stage",
-                "2" if args.quick else "8",
-            ],
-        )
-    summary = summarise(latency)
-    multiturn = summarise_multiturn(latency.get("multiturn") or [])
-    write_json(
-        args.json,
-        {
-            "machine": info,
-            "args": vars(args),
-            "latency": latency,
-            "quality": quality,
-            "summary": summary,
-            "multiturn": multiturn,
-        },
-    )
-
+def print_report(info: dict, args, summary: dict, onnx_quality: dict | None, torch_quality: dict | None) -> None:
     print(
-        f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | torch {info.get('torch')}"
-        f" | {max_new_tokens} new tokens a reply, {args.repeats} repeats, variants interleaved in one process"
-        f" (peak RSS {latency['peak_rss_gb']:.2f} GB)"
+        f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | load"
+        f" {info.get('load_average_1m_at_start')} at start | torch {info.get('torch')} | model {args.model} |"
+        f" {args.max_new_tokens} new tokens a reply, {args.repeats} repeats, each variant in its own process"
     )
     print(
-        "variant                          TTFT ~100-tok prompt ms [range]  TTFT short ms  decode tok/s [range]"
-        "  weights GB  CPU/wall"
+        "variant               TTFT ~100-tok prompt ms [range]  TTFT short ms  decode tok/s [range]"
+        "  weights GB  peak RSS GB  CPU/wall"
     )
     for name, v in summary.items():
         print(
-            f"  {name:30} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
+            f"  {name:20} {v['ttft_long_ms']:6.0f} [{v['ttft_long_range']:>11}] ({v['long_prompt_tokens']:3d} tok)"
             f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
-            f" {v['cpu_per_wall']:9.2f}"
+            f" {v['peak_rss_gb']:11.2f} {v['cpu_per_wall']:9.2f}"
         )
-    if multiturn:
+    print(f"\none chat, turn by turn (system prompt, {MULTITURN_NEW_TOKENS}-token replies): TTFT ms cached | cold")
+    for name, v in summary.items():
+        cells = "  ".join(
+            f"t{row['turn']} ({row['prompt_tokens']:.0f} tok) {row['ttft_cached_ms']:4.0f} | {row['ttft_cold_ms']:4.0f}"
+            for row in v["multiturn"]
+        )
+        print(f"  {name:20} {cells}")
+    if onnx_quality:
         print(
-            "\none chat turn by turn (warmline, system prompt, replies up to 64 tokens): TTFT ms without | with"
-            " the PromptCache"
+            "\nONNX builds vs fp32 torch (serving/onnx_quality.py gate: loss +0.02, top-1 >= 97%; `--engine auto`"
+            f" picks {onnx_quality['auto']}):"
         )
-        for row in multiturn:
+        for quant, q in onnx_quality["verdicts"].items():
             print(
-                f"  turn {row['turn']}: {row['prompt_tokens']:5.0f} prompt tokens, {row['reused_prompt_tokens']:5.0f}"
-                f" from the cache: {row['ttft_cold_ms']:6.0f} | {row['ttft_cached_ms']:6.0f}"
+                f"  onnx-{quant:5} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement"
+                f" {q['top1_agreement']:.1%} on {q['reply_tokens']} reply tokens of {q['conversations']}"
+                f" conversations -> {'passes' if q['ok'] else 'FAILS'}"
             )
-    if quality:
+    if torch_quality:
         print(
-            f"\nfp16 decode and int8 vs fp32, teacher-forced on {quality['examples']} validation conversations "
-            f"({quality['tokens']} reply tokens; fp32 loss {quality['loss_fp32']:.4f}):"
+            f"torch variants vs fp32, teacher-forced on {torch_quality['examples']} validation conversations "
+            f"({torch_quality['tokens']} reply tokens; fp32 loss {torch_quality['loss_fp32']:.4f}):"
         )
-        for scheme, q in quality["schemes"].items():
+        for scheme, q in torch_quality["schemes"].items():
             within = q["loss_delta"] <= MAX_LOSS_DELTA and q["top1_agreement"] >= MIN_TOP1_AGREEMENT
             print(
                 f"  {scheme:14} loss {q['loss']:.4f} ({q['loss_delta']:+.4f}), top-1 agreement {q['top1_agreement']:.1%}"
                 f" -> {'within' if within else 'OUTSIDE'} tolerance (loss +{MAX_LOSS_DELTA}, agreement"
                 f" {MIN_TOP1_AGREEMENT:.0%})"
             )
-        print(
-            f"memory copy bandwidth {quality['copy_gb_s']:.1f} GB/s: reading every Linear weight once per token bounds"
-            f" decode at {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token']:.0f} tok/s in fp32,"
-            f" {quality['copy_gb_s'] / quality['fp32_weight_gb_per_token'] * 2:.0f} in fp16,"
-            f" {quality['copy_gb_s'] / quality['int8_weight_gb_per_token']:.0f} in int8"
-        )
     contended = [
         f"{n} (got {v['cpu_per_wall'] / v['threads']:.0%} of its threads' time)"
         for n, v in summary.items()
         if v["cpu_per_wall"] < 0.8 * v["threads"]
     ]
     if contended:
-        print("WARNING: other processes took CPU time from " + ", ".join(contended) + "; run again")
-    if "prototype" in summary and "warmline" in summary:
-        base, proto = summary["warmline"], summary["prototype"]["decode_tok_s"]
-        best = max(summary, key=lambda k: summary[k]["decode_tok_s"])
-        print(
-            f"fastest decode: {best} ({summary[best]['decode_tok_s'] / proto:.2f}x the prototype); "
-            f"lowest TTFT: {min(summary, key=lambda k: summary[k]['ttft_long_ms'])}"
+        print("WARNING: other processes took CPU time from " + ", ".join(contended) + "; run again on a quiet machine")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=BASE_MODEL, help="run's final/ folder, stage folder or packaged: model")
+    parser.add_argument("--quick", action="store_true", help="64 new tokens a reply, 1 repeat, small torch quality set")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions per variant (median; 3, 1 with --quick)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="tokens per reply (200; 64 with --quick)"
+    )
+    parser.add_argument(
+        "--variants", default=None, help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: "
+        + ", ".join(DEFAULT_VARIANTS) + ")"
+    )
+    parser.add_argument("--json", default=None, help="also write every measurement to this file")
+    parser.add_argument("--worker", choices=("latency", "quality", "onnx-quality"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-examples-per-stage", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.max_new_tokens = args.max_new_tokens or (64 if args.quick else 200)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    variants = args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if Path(args.model).exists():
+        args.model = str(Path(args.model).resolve())
+    schemes = [
+        scheme
+        for scheme in ("fp16", *INT8_SCHEMES)
+        if any(VARIANTS[v][0] == "warmline" and VARIANTS[v][2] == scheme for v in variants)
+    ]
+    quants = [VARIANTS[v][2] for v in variants if VARIANTS[v][0] == "onnx"]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+    if args.worker == "latency":
+        (variant,) = variants
+        result = latency_worker(variant, args.model, repeats=args.repeats, max_new_tokens=args.max_new_tokens)
+        emit_worker_result(result)
+        return 0
+    if args.worker == "quality":
+        emit_worker_result(
+            quality_worker(args.model, max_examples_per_stage=args.max_examples_per_stage or 4, schemes=schemes)
         )
-        last_turn = {"ttft_last_turn_ms": multiturn[-1]["ttft_cached_ms"]} if multiturn else {}
-        print(
-            result_line(decode_ratio=base["decode_tok_s"] / proto, ttft_ms=base["ttft_long_ms"], **last_turn)
+        return 0
+    if args.worker == "onnx-quality":
+        emit_worker_result(onnx_quality_worker(args.model, quants))
+        return 0
+
+    info = machine_info()
+    script = Path(__file__).resolve()
+    common = ["--model", args.model, "--repeats", str(args.repeats), "--max-new-tokens", str(args.max_new_tokens)]
+    onnx_quality = None
+    if quants:
+        # Builds (once; a progress bar each) and verdicts (cached in the build folders) before any timing.
+        logger.info("ONNX builds and their quality verdicts: %s", ", ".join(quants))
+        onnx_quality = run_worker(script, ["--worker", "onnx-quality", "--variants", ",".join(
+            v for v in variants if VARIANTS[v][0] == "onnx"), *common])
+    torch_quality = None
+    if schemes:
+        logger.info("torch variants' quality check")
+        torch_quality = run_worker(
+            script,
+            ["--worker", "quality", "--variants", ",".join(variants), "--max-examples-per-stage",
+             "2" if args.quick else "8", *common],
         )
-    else:
-        print("prototype or warmline missing: no RESULT line")
+    latency = {}
+    for variant in variants:
+        logger.info("timing %s in its own process", variant)
+        latency[variant] = run_worker(script, ["--worker", "latency", "--variants", variant, *common])
+    summary = summarise(latency)
+    write_json(
+        args.json,
+        {
+            "machine": info,
+            "args": vars(args),
+            "latency": latency,
+            "onnx_quality": onnx_quality,
+            "torch_quality": torch_quality,
+            "summary": summary,
+        },
+    )
+    print_report(info, args, summary, onnx_quality, torch_quality)
+
+    if "prototype" not in summary:
+        print("prototype missing: no RESULT line")
+        return 0
+    proto = summary["prototype"]["decode_tok_s"]
+    default = f"onnx-{onnx_quality['auto']}" if onnx_quality else "warmline"
+    if default not in summary:
+        default = "warmline" if "warmline" in summary else None
+    if default is None:
+        print("neither the default ONNX build nor warmline's torch engine was timed: no RESULT line")
+        return 0
+    d = summary[default]
+    quality_ok = True  # the torch engine is the reference path
+    if default.startswith("onnx-"):
+        quality_ok = onnx_quality["verdicts"][default.removeprefix("onnx-")]["ok"]
+    extra = {"torch_decode_ratio": summary["warmline"]["decode_tok_s"] / proto} if "warmline" in summary else {}
+    print(
+        f"default CPU engine (--engine auto): {default}; fastest decode:"
+        f" {max(summary, key=lambda k: summary[k]['decode_tok_s'])}"
+    )
+    print(
+        result_line(
+            decode_tok_s=d["decode_tok_s"],
+            decode_ratio=d["decode_tok_s"] / proto,
+            ttft_ms=d["ttft_long_ms"],
+            ttft_last_turn_ms=d["multiturn"][-1]["ttft_cached_ms"] if d["multiturn"] else float("nan"),
+            quality_ok=str(bool(quality_ok)).lower(),
+            default=default,
+            **extra,
+        )
+    )
     return 0
 
 

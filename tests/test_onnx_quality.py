@@ -152,9 +152,11 @@ def test_validation_examples_prefer_the_models_own_recipe(tmp_path, tiny_llama64
 
 @pytest.mark.slow
 def test_a_model_without_a_recipe_is_judged_on_the_offline_recipes_validation_split(tiny_llama64_dir):
+    from warmline.recipe import load_recipe
+
     examples, source = onnx_quality.validation_examples(tiny_llama64_dir, max_per_stage=1)
     assert "offline" in source
-    assert len(examples) == 3  # one conversation from each of the offline recipe's three stages
+    assert len(examples) == len(load_recipe(onnx_quality.OFFLINE_RECIPE).stages)  # one from each stage
 
 
 @pytest.mark.slow
