@@ -169,8 +169,17 @@ def held_out_prompts(model: str) -> list[SheetPrompt]:
     prompts = []
     for stage in recipe.stages:
         data = prepare_stage(stage, seed=recipe.training.seed, system_prompt=None)
-        for conversation, _reference in prompt_pairs(data.validation, None):
-            turns = [dict(t) for t in conversation if t["role"] != "system"]
+        # Only conversations with a reply to hold out (a stage of other rows, such as preference
+        # pairs, adds none).
+        conversations = [
+            c
+            for c in data.validation
+            if isinstance(c, list)
+            and all(isinstance(t, dict) and "role" in t for t in c)
+            and any(t["role"] == "assistant" for t in c)
+        ]
+        for conversation, _reference in prompt_pairs(conversations, None):
+            turns = [{"role": t["role"], "content": t["content"]} for t in conversation if t["role"] != "system"]
             if turns and turns[-1]["role"] == "user":
                 prompts.append(SheetPrompt(turns, f"held-out {stage.name}"))
     return prompts
