@@ -44,7 +44,7 @@ from warmline.safety.language import fold_accents
 
 logger = logging.getLogger(__name__)
 
-MAX_PHRASE = 5
+MAX_PHRASE = 8
 """Longest dictionary phrase, in words."""
 MIN_STEM = 4
 """Shortest stem that may match a longer word (shorter ones would match unrelated words)."""
@@ -55,15 +55,33 @@ UNKNOWN = "x"
 # numbers, and the punctuation that ends clauses and sentences.
 _TOKEN = re.compile(r"[^\W\d_]+'|[^\W_]+|[.,;:!?]")
 _SPACES = re.compile(r"\s+")
-_DOUBLE_TO = re.compile(r"\bto(?: to)+\b")
+# "cansada de vivir" -> "tired of to live": English says "tired of living".
+_TIRED_OF = re.compile(
+    r"\b(tired|sick|exhausted|fed up|weary|point) (?:of |in )?(?:still )?to (live|exist|wake up|go on|be alive|be here|fight)\b"
+)
+_ADVERB_AFTER = re.compile(r"\b(i|you|he|she|we|they) (want|wanted|would like|need) (just|only|really)\b")
+_ADVERB_BEFORE = re.compile(r"\b(just|only|really) (i|you|he|she|we|they) (want|wanted|would like|need)\b")
+_DOUBLE_NEGATIVE = re.compile(r"\b(i|you|he|she|we|they) (?:don't|do not|can't) (see|have|find|feel) (?:no|any)\b")
+_GERUNDS = {"live": "living", "exist": "existing", "wake up": "waking up", "go on": "going on",
+            "be alive": "being alive", "be here": "being here", "fight": "fighting"}
+# A preposition glossed before an infinitive ("de continuer" -> "of to go on") is the "to".
+_DOUBLE_TO = re.compile(r"\b(?:to|of|for|in|by) to\b")
 # Languages that drop the subject pronoun put the negation before the verb, and the verb's
 # gloss carries the pronoun ("no quiero" -> "not i want"): English order is "i don't want".
 _NEGATED_VERB = re.compile(r"\b(not|no longer|never|never again) (i|you|he|she|we|they|everyone|nobody) (\w+)\b")
+# Languages with a subject pronoun put it first: French "je ne veux plus" -> "i no longer want".
+_SUBJECT_NEGATION = re.compile(r"\b(i|you|he|she|we|they|everyone|nobody) (not|no longer|never|never again) (\w+)\b")
+_NOT_VERBS = {"to", "x", "a", "the", "that", "this", "it", "me", "myself", "anymore", "more", "even", "again"}
 _AUXILIARIES = {"am", "is", "are", "was", "were", "will", "would", "could", "should", "can"}
 
 
-def _english_negation(match: re.Match[str]) -> str:
-    negation, subject, verb = match.groups()
+def _english_negation(match: re.Match[str], subject_first: bool = False) -> str:
+    if subject_first:
+        subject, negation, verb = match.groups()
+    else:
+        negation, subject, verb = match.groups()
+    if verb in _NOT_VERBS:
+        return match.group(0)
     if verb in _AUXILIARIES:
         if negation == "not" and verb == "can":
             return f"{subject} can't"
@@ -113,7 +131,16 @@ class Glossary:
         glossed = _SPACES.sub(" ", " ".join(part for part in out if part)).strip()
         glossed = re.sub(r" ([.,;:!?])", r"\1", glossed)
         glossed = _NEGATED_VERB.sub(_english_negation, glossed)
-        return _DOUBLE_TO.sub("to", glossed)
+        glossed = _SUBJECT_NEGATION.sub(lambda match: _english_negation(match, subject_first=True), glossed)
+        glossed = _TIRED_OF.sub(lambda m: f"{m.group(1)} of {_GERUNDS[m.group(2)]}", glossed)
+        # Adverbs where English puts them: "i want just to sleep" -> "i just want to sleep".
+        glossed = _ADVERB_AFTER.sub(r"\1 \3 \2", glossed)
+        glossed = _ADVERB_BEFORE.sub(r"\2 \1 \3", glossed)
+        # Double negation of Romance languages: "no veo ninguna salida" -> "i see no way out".
+        glossed = _DOUBLE_NEGATIVE.sub(r"\1 \2 no", glossed)
+        while _DOUBLE_TO.search(glossed):
+            glossed = _DOUBLE_TO.sub("to", glossed)
+        return glossed
 
     def _word(self, word: str) -> str:
         if word.isdigit():
@@ -138,12 +165,12 @@ def _fold_key(key: Any) -> str:
 def load_glossary(path: str | Path, language: str) -> Glossary:
     """Compile a dictionary file (keys folded like the text, so they may carry accents)."""
     path = Path(path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    # BaseLoader: every scalar is text, so a bare "no", "si" or "on" is the word, not a boolean.
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader) or {}
     phrases: dict[str, str] = {}
     for key, value in (data.get("phrases") or {}).items():
         if not isinstance(key, str) or not isinstance(value, str | None):
-            # YAML reads a bare no, si or y as a boolean: quote such words in the file.
-            raise ValueError(f"{path}: phrase {key!r}: {value!r} is not text; put both in quotes")
+            raise ValueError(f"{path}: phrase {key!r}: {value!r} is not text")
         folded = _fold_key(key)
         if not folded:
             raise ValueError(f"{path}: empty phrase key {key!r}")

@@ -24,7 +24,7 @@ from warmline.safety.classifier import (
 )
 from warmline.safety.language import gloss_message, identify_language, merge_results, scan_languages
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
-from warmline.safety.lexicon import Lexicon, LexiconResult, default_lexicon
+from warmline.safety.lexicon import Hit, Lexicon, LexiconResult, default_lexicon
 from warmline.safety.normalise import clean
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ RISK_THRESHOLD = 0.7
 DISTRESS_THRESHOLD = 0.4
 """At or above (and below RISK_THRESHOLD): the turn is at least distress. A design choice, not
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
+GLOSS = True
+"""Whether the English lexicon reads the gloss (``warmline.safety.gloss``) of a non-English message."""
 GLOSS_CLASSIFIER = True
 """Whether the classifier reads the English gloss of a non-English message."""
 IMMINENT_THRESHOLD = 0.5
@@ -212,11 +214,11 @@ def assess_text(
     found = _scan(lexicon or default_lexicon(), text, context)
     found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
     english = lexicon or default_lexicon()
-    glossed = gloss_message(language, text) if language != "en" else None
+    glossed = gloss_message(language, text) if GLOSS and language != "en" else None
     if glossed:
         # The English rules read the word-by-word gloss too: they know more indirect phrasing
         # than any one language's lexicon (warmline.safety.gloss).
-        found = merge_results([found, _glossed(_scan(english, glossed, context))])
+        found = merge_results([found, _glossed(_scan(english, glossed, context), found)])
     level = found.level
     categories = found.categories
     evidence = found.evidence()
@@ -226,12 +228,14 @@ def assess_text(
         )
     risk_score: float | None = None
     # The classifier only understands English: another language's message is read through its gloss.
-    english_text = text if language == "en" else (glossed if GLOSS_CLASSIFIER else None)
+    english_text = text if language == "en" else (glossed if GLOSS_CLASSIFIER and _gloss_needs_classifier(found) else None)
     if classifier is not None and english_text and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(english_text)
         risk_score = score.risk
-        if not found.hits and len(english_text.split()) < MIN_CLASSIFIER_WORDS:
+        if not found.hits and (language != "en" or len(english_text.split()) < MIN_CLASSIFIER_WORDS):
+            # A gloss is broken English (unknown words are "x"): the classifier alone reads it
+            # at most as distress; with a lexicon hit (distress included) it may raise it.
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
             score = _capped(score)
         minor = english.minor is not None and bool(english.minor.search(english_text.lower()))
@@ -406,12 +410,45 @@ def _capped(score: ClassifierScore) -> ClassifierScore:
     return ClassifierScore(probabilities)
 
 
-def _glossed(result: LexiconResult) -> LexiconResult:
-    """``result`` (the English lexicon on a gloss) with its rule ids marked as read from the gloss."""
+def _gloss_needs_classifier(found: LexiconResult) -> bool:
+    """Whether the classifier should read a non-English message's gloss: only when the lexicons
+    heard distress in it ("no aguanto más", "je suis un fardeau") and no crisis. A gloss is
+    broken English, so the classifier alone never makes a crisis of it; where a lexicon already
+    found a crisis, that language's lexicon names the kind better than the classifier (a
+    violence request stays one); a demoted means question (a context rule without context) is
+    not distress; and non-risk messages, most of them, are spared the encoder's ~15 ms."""
+    return found.level == RiskLevel.DISTRESS and any(hit.category == "distress" for hit in found.hits)
+
+
+def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
+    """``result`` (the English lexicon on a gloss) with its rule ids marked as read from the
+    gloss, judged against ``native`` (the message's own language's lexicons).
+
+    The language's own lexicon reads negation, recovered history and idioms in that language
+    better than English rules read a gloss ("Sono due anni che non mi taglio" is a recovery
+    milestone): a gloss hit of a kind the native lexicon discounted, and found nowhere else in
+    the message, does not count.
+    """
+    counted = {hit.category for hit in native.hits}
+    overruled = {hit.category for hit in native.discounted} - counted
+    if native.history:
+        overruled |= SELF_CATEGORIES - counted
+    hits: list[Hit] = []
+    discounted = [replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.discounted]
+    for hit in result.hits:
+        hit = replace(hit, rule_id=f"gloss:{hit.rule_id}")
+        if hit.category in overruled and hit.level.is_crisis:
+            discounted.append(replace(hit, discount=hit.discount or "negated"))
+        else:
+            hits.append(hit)
+    level = RiskLevel.highest(*(hit.level for hit in hits))
+    if result.imminence and level.is_crisis:
+        level = RiskLevel.IMMINENT
     return replace(
         result,
-        hits=[replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.hits],
-        discounted=[replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.discounted],
+        level=level,
+        hits=hits,
+        discounted=discounted,
         masks=[f"gloss:{mask}" for mask in result.masks],
     )
 
