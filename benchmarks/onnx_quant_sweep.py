@@ -45,6 +45,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, str]]] = {
     "int8-b16": ("int8", {"block_size": "16", "accuracy_level": "4"}),
     "int8-b16-fp32head": ("int8", {"block_size": "16", "accuracy_level": "4", "nodes_to_exclude": LM_HEAD}),
     "int8-b32-fp32down": ("int8", {"block_size": "32", "accuracy_level": "4", "nodes_to_exclude": DOWN_PROJ}),
+    "int8-b16-fp32head-down": (
+        "int8",
+        {"block_size": "16", "accuracy_level": "4", "nodes_to_exclude": f"{LM_HEAD},{DOWN_PROJ}"},
+    ),
     "int4-b32-acc1": ("int4", {"block_size": "32", "accuracy_level": "1"}),
     "int4-b32": ("int4", {"block_size": "32", "accuracy_level": "4"}),
     "int4-b32-fp32head": ("int4", {"block_size": "32", "accuracy_level": "4", "nodes_to_exclude": LM_HEAD}),
