@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         options = " ".join([f"-p {r['precision']}", *(f"{k}={v}" for k, v in r["extra_options"].items())])
+        options = options.replace(DOWN_PROJ, "<the 30 down_proj MatMuls>")
         print(
             f"| {name} | `{options}` | {r['model_mb']:.0f} | {r['loss_delta']:+.4f} | {r['top1_agreement']:.1%} |"
             f" {'pass' if r['ok'] else 'FAIL'} | {r['decode_tok_s']:.1f} | {r['ttft_ms']:.0f} | {r['cpu_per_wall']:.2f} |"
