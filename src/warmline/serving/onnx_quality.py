@@ -14,8 +14,8 @@ as the default engine. The ONNX side runs through onnxruntime-genai itself, the 
 serves the chat: the whole conversation appended at once, logits read at every position.
 
 Verdicts are cached as `quality.json` in the build folder, so `--engine auto` reads them instead of
-recomputing; the cache is keyed by the model's weight files, the build's files, the thresholds and
-the evaluation settings.
+recomputing; the cache is keyed by the model's weight files, the build's files, the recipe files
+that name the conversations, the thresholds and the evaluation settings (not by the data files).
 """
 
 from __future__ import annotations
@@ -315,6 +315,12 @@ def quality_verdict(
         "weights": weights,
         "build": _weights_fingerprint(onnx_dir, ("*.onnx", "*.onnx.data")),
         "max_per_stage": max_per_stage,
+        # The recipe that names the conversations (a changed split is judged again).
+        "recipes": [
+            [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+            for path in (hf_dir / "recipe.yaml", OFFLINE_RECIPE)
+            if path.is_file()
+        ],
         "max_loss_delta": MAX_LOSS_DELTA,
         "min_top1_agreement": MIN_TOP1_AGREEMENT,
     }
