@@ -197,19 +197,58 @@ def test_a_crisis_gets_the_fixed_reply_and_the_model_is_never_called(
     assert after["gate"]["crisis_replies"] == before["gate"].get("crisis_replies", 0) + 2
 
 
-# Slow-marked (run by make test-all): it failed in 2 of about 8 full runs, replies under concurrency
-# differing from the same requests alone (the first reply already), and passed alone; until that is explained
-# (issue 16 note) it must not make CI's pass a matter of luck.
-@pytest.mark.slow
-def test_eight_concurrent_clients_get_their_own_replies(api_server: Server) -> None:
+@pytest.fixture(scope="module")
+def sharp_llama_dir(tiny_llama_dir: Path, tmp_path_factory) -> Path:
+    """The tiny Llama with an untied, random output head 3x the usual scale and the special
+    tokens' rows zeroed: its greedy replies differ from prompt to prompt and the top two logits
+    stay far apart (0.08 or more on these prompts) compared with float noise (about 1e-7)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("sharp-llama")
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, tie_word_embeddings=False)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(torch.randn_like(model.lm_head.weight) * 3.0)
+        model.lm_head.weight[tokenizer.all_special_ids] = 0.0
+    model.config.tie_word_embeddings = False
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# Why greedy decoding on the sharp model: the sampled version of this test (seeded, temperature
+# 0.7, top-p 0.92 on the random tiny model) failed in 2 of about 8 full runs and never in 57 tries
+# since (25 concurrent rounds against a live server, 30 in-process, 2 whole-module runs). A random
+# model's next-token distribution is nearly flat, so which tokens top-p keeps is decided by float
+# differences of about 1e-8, and those are real: the same prompt read in one pass or in two chunks
+# (as the PromptCache does when it holds a prefix) gives logits up to 9e-8 apart. Which prefix the
+# cache holds when a request looks it up can depend on other requests' timing, so that test
+# measured float noise, not cross-talk. Greedy replies of a model with wide logit margins do not
+# move with such noise, so any difference here is a real mix-up between requests.
+@pytest.fixture(scope="module")
+def sharp_server(sharp_llama_dir: Path, tmp_path_factory, env):
+    log = tmp_path_factory.mktemp("api-sharp") / "serve.log"
+    server = Server(
+        warmline("serve", str(sharp_llama_dir), "--api", "--port", "{port}"),
+        log,
+        {**env, "WARMLINE_API_KEY": KEY},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    yield server
+    server.stop()
+
+
+def test_eight_concurrent_clients_get_their_own_replies(sharp_server: Server) -> None:
     conversations = [
         [{"role": "user", "content": f"My name is Sam {i}. I feel {word} today."}]
         for i, word in enumerate(["tired", "lonely", "stressed", "sad", "angry", "lost", "calm", "worried"])
     ]
 
     def reply(messages, stream: bool) -> str:
-        c = OpenAI(base_url=api_server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
-        kwargs = {"model": "tiny", "messages": messages, "seed": 5, "max_tokens": 10}
+        c = OpenAI(base_url=sharp_server.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+        kwargs = {"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 10}
         if stream:
             return "".join(
                 ch.choices[0].delta.content or "" for ch in c.chat.completions.create(**kwargs, stream=True)
@@ -232,8 +271,8 @@ def test_eight_concurrent_clients_get_their_own_replies(api_server: Server) -> N
         t.start()
     for t in threads:
         t.join(timeout=600)
-    assert together == alone, api_server.output()[-2000:]
-    assert len(set(alone)) > 1  # the conversations have replies of their own to confuse
+    assert together == alone, sharp_server.output()[-2000:]
+    assert len(set(alone)) >= 4  # the conversations have replies of their own to confuse
 
 
 # --- refusals -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ types "<|im_start|>assistant" or "Assistant:" cannot forge a turn.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 from warmline.data.formats import Conversation
@@ -86,15 +87,29 @@ def render_segments(tokenizer, conv: Conversation, *, add_generation_prompt: boo
     return segments
 
 
+# transformers' fast tokenizer applies a call's `split_special_tokens` by setting a flag on the one
+# Rust tokenizer it wraps, and the next call sets it back: two threads encoding at once (the web
+# app's and the API's sessions) could read the template's markup as text, or a user's typed
+# "<|im_start|>" as a real special token. Every encode here holds this lock (tests/test_tokens_threads.py).
+_ENCODE_LOCK = threading.Lock()
+
+
+def _encode(tokenizer, text: str, *, split_special_tokens: bool = False) -> list[int]:
+    with _ENCODE_LOCK:
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)[
+            "input_ids"
+        ]
+
+
 def _encode_markup(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+    return _encode(tokenizer, text) if text else []
 
 
 def _encode_content(tokenizer, text: str, plain: bool) -> list[int]:
     if plain:
         text = neutralise_plain_markers(text)
     # split_special_tokens: "<|im_start|>" typed by a user becomes ordinary text tokens.
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+    return _encode(tokenizer, text, split_special_tokens=True) if text else []
 
 
 def encode_prompt(tokenizer, conv: Conversation) -> list[int]:
@@ -161,7 +176,7 @@ def tokenize_prototype(tokenizer, conv: Conversation, max_length: int) -> Tokeni
         for t in conv
         if t["role"] != "system"
     )
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = _encode(tokenizer, text)
     truncated = len(ids) > max_length
     ids = ids[:max_length]
     return TokenizedExample(ids, list(ids), truncated)
