@@ -218,15 +218,13 @@ def sharp_llama_dir(tiny_llama_dir: Path, tmp_path_factory) -> Path:
     return folder
 
 
-# Why greedy decoding on the sharp model: the sampled version of this test (seeded, temperature
-# 0.7, top-p 0.92 on the random tiny model) failed in 2 of about 8 full runs and never in 57 tries
-# since (25 concurrent rounds against a live server, 30 in-process, 2 whole-module runs). A random
-# model's next-token distribution is nearly flat, so which tokens top-p keeps is decided by float
-# differences of about 1e-8, and those are real: the same prompt read in one pass or in two chunks
-# (as the PromptCache does when it holds a prefix) gives logits up to 9e-8 apart. Which prefix the
-# cache holds when a request looks it up can depend on other requests' timing, so that test
-# measured float noise, not cross-talk. Greedy replies of a model with wide logit margins do not
-# move with such noise, so any difference here is a real mix-up between requests.
+# This test once failed in 2 of about 8 full runs (seeded sampling on the random tiny model). The
+# cause was real cross-talk: transformers' fast tokenizer applies `split_special_tokens` as a flag
+# on the shared Rust tokenizer, so one request's user turn could make another's template markup
+# encode as text (fixed in warmline/data/tokens.py; tests/test_tokens_threads.py). It is greedy on
+# the wide-margin model now so that only such a mix-up, never float noise (a prompt read in one
+# pass or two chunks differs by about 1e-8, enough to move top-p sampling of a near-flat random
+# model), can make a reply differ.
 @pytest.fixture(scope="module")
 def sharp_server(sharp_llama_dir: Path, tmp_path_factory, env):
     log = tmp_path_factory.mktemp("api-sharp") / "serve.log"
