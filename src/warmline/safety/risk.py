@@ -39,8 +39,10 @@ DISTRESS_THRESHOLD = 0.4
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
 GLOSS = True
 """Whether the English lexicon reads the gloss (``warmline.safety.gloss``) of a non-English message."""
-GLOSS_CLASSIFIER = True
-"""Whether the classifier reads the English gloss of a non-English message."""
+GLOSS_CLASSIFIER = False
+"""Whether the classifier reads the English gloss of a non-English message (to lift a native
+distress hit). Off: measured on the v2 suites' held-out half it added one false positive and
+no recall, and it costs the encoder's time on every distressed non-English message."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 CONFIDENT_THRESHOLD = 0.9
