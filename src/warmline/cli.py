@@ -124,6 +124,13 @@ def train(
             help="Print per stage examples, tokens, optimizer steps and estimated memory; train nothing."
         ),
     ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            help="With --plan: train the first stage's first 2 optimizer steps in a scratch folder (deleted"
+            " after) and print measured peak memory and speed next to the estimate."
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train the recipe's stages in order, each starting from the previous stage's weights.
@@ -132,11 +139,16 @@ def train(
     _setup_logging(verbose)
     from warmline.recipe import load_recipe
 
+    if measure and not plan:
+        raise typer.BadParameter("--measure measures the plan: use it with --plan", param_hint="--measure")
     loaded = load_recipe(recipe, overrides)
     if plan:
-        from warmline.training.plan import format_plan, plan_recipe
+        from warmline.training.plan import format_measurement, format_plan, measure_first_steps, plan_recipe
 
-        typer.echo(format_plan(plan_recipe(loaded, str(recipe)), loaded))
+        result = plan_recipe(loaded, str(recipe))
+        typer.echo(format_plan(result, loaded))
+        if measure:
+            typer.echo(format_measurement(measure_first_steps(loaded, str(recipe)), result))
         return
     from warmline.training.train import train_recipe
 

@@ -279,3 +279,99 @@ def format_plan(result: dict, recipe: Recipe) -> str:
             + f"): {fits}",
         ]
     return "\n".join(lines)
+
+
+MEASURE_STEPS = 2
+
+
+def measure_first_steps(recipe: Recipe, source: str = "recipe", steps: int = MEASURE_STEPS) -> dict:
+    """`--plan --measure`: train the first stage's first `steps` optimizer steps for real, in a
+    scratch folder that is deleted afterwards (the recipe's run folder is never touched), and
+    return the measured peak memory and speed: peak RSS of this process (CPU), or the CUDA
+    allocator's peak (GPU), seconds per optimizer step and trained-input tokens per second."""
+    import dataclasses
+    import resource
+    import tempfile
+    import time
+
+    import torch
+    from transformers import TrainerCallback
+
+    from warmline.hardware import resolve_precision
+    from warmline.training.train import build_stage_trainer, load_training_tokenizer, prepare_stages
+
+    class StepTimer(TrainerCallback):
+        """Wall time and input tokens of each optimizer step (forward, backward, optimizer)."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.tokens: list[int] = []
+            self._start, self._seen = 0.0, 0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start, self._seen = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self._start)
+            self.tokens.append(state.num_input_tokens_seen - self._seen)
+
+    precision = resolve_precision(recipe.training.precision)
+    cuda = torch.cuda.is_available()
+    tokenizer = load_training_tokenizer(recipe)
+    stages = prepare_stages(recipe, tokenizer, source)
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory(prefix="warmline-measure-") as scratch:
+        scratch_recipe = dataclasses.replace(recipe, output_dir=scratch)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        built = build_stage_trainer(
+            scratch_recipe,
+            stages[0],
+            stages,
+            recipe.base_model,
+            tokenizer,
+            precision,
+            scratch_recipe.run_dir,
+            callbacks=(timer,),
+        )
+        # Only the first `steps` steps, and no checkpoint: the measurement keeps nothing.
+        built.trainer.args.max_steps = steps
+        built.trainer.args.save_strategy = "no"
+        built.trainer.train()
+        trained_steps = built.trainer.state.global_step
+    # The first step also pays for warm-up (allocator, kernels, lazy imports): time the rest.
+    timed = slice(1, None) if len(timer.seconds) > 1 else slice(None)
+    seconds, tokens = sum(timer.seconds[timed]), sum(timer.tokens[timed])
+    return {
+        "stage": stages[0].config.name,
+        "steps": trained_steps,
+        "device": "cuda" if cuda else "cpu",
+        # ru_maxrss is KiB on Linux: the whole process's peak, as the plan's CPU estimate counts it
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+        "seconds_per_step": seconds / max(len(timer.seconds[timed]), 1),
+        "tokens_per_second": tokens / seconds if seconds > 0 else None,
+    }
+
+
+def format_measurement(measured: dict, result: dict) -> str:
+    """The measured lines `--plan --measure` adds: peak memory next to the first stage's estimate,
+    and each stage's time estimated from the measured tokens per second."""
+    first = result["stages"][0]
+    if measured["device"] == "cuda":
+        # the allocator's peak leaves out the CUDA context, which the plan counts as runtime
+        peak = f"peak CUDA allocated {measured['peak_cuda_bytes'] / GIB:.2f} GiB (plan without runtime " + (
+            f"~{(first.peak_bytes - first.memory['runtime']) / GIB:.2f} GiB)"
+        )
+    else:
+        peak = f"peak RSS {measured['peak_rss_bytes'] / GIB:.2f} GiB (plan ~{first.peak_bytes / GIB:.2f} GiB)"
+    rate = measured["tokens_per_second"]
+    lines = [
+        f"measured: {measured['steps']} optimizer step(s) of stage '{measured['stage']}' on {measured['device']}: "
+        f"{peak}, {measured['seconds_per_step']:.2f} s/step" + (f", {rate:.0f} tokens/s" if rate else "")
+    ]
+    if rate:
+        for s in result["stages"]:
+            # tokens the stage feeds through the model: its examples' tokens once per epoch
+            lines.append(f"  stage '{s.name}': about {s.tokens * s.epochs / rate / 60:.1f} min at that rate")
+    return "\n".join(lines)
