@@ -135,6 +135,8 @@ for recipe in recipes/llama-3.2-1b-lora.yaml recipes/mistral-7b-qlora.yaml; do
     result PASS "$name" "largest stage ~$peak GiB/process; $(grep -c 'DOES NOT FIT' "$WORK/p.txt") stage(s) do not fit"
   elif grep -q "not reachable" "$WORK/p.err"; then
     result SKIP "$name" "the hub is not reachable (the recipe needs it)"
+  elif [ "$HAVE_BNB" -eq 0 ] && grep -q "bitsandbytes" "$WORK/p.err"; then
+    result SKIP "$name" "a QLoRA recipe: needs bitsandbytes"
   else
     result FAIL "$name" "$(tail -1 "$WORK/p.err")"
   fi
