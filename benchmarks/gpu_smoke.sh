@@ -9,7 +9,8 @@
 # `warmline train --plan` predicted for the same recipe and overrides:
 #   1. environment: nvidia-smi, torch.cuda, bitsandbytes
 #   2. `--plan` for the shipped GPU recipes (they read the model config from the hub: SKIP offline)
-#   3. bf16 training of the offline recipe, cut small with --set, plus one sample reply (chat)
+#   3. bf16 training of the offline recipe, cut small with --set, plus one sample reply (chat),
+#      and `--plan --measure` on it (2 real steps: measured CUDA peak and s/step vs the plan)
 #   4. one LoRA stage and (bitsandbytes) one QLoRA stage on the packaged model: no hub needed
 #   5. 2-process DDP (`accelerate launch --multi_gpu --num_processes 2`) when 2+ GPUs are present
 # and ends with one line: `RESULT gpu_smoke: N pass, N fail, N skip`.
@@ -154,6 +155,14 @@ if run_measured train-bf16 "$(planned_gib "${BF16[@]}")" "$BIN/warmline" train "
   fi
 else
   result SKIP chat-reply "the bf16 run failed"
+fi
+
+# `--plan --measure`: 2 real optimizer steps of the first stage, measured next to the estimate
+if "$BIN/warmline" train "${BF16[@]}" --plan --measure >"$WORK/measure.txt" 2>"$WORK/measure.err" \
+  && line="$(grep '^measured: ' "$WORK/measure.txt")"; then
+  result PASS plan-measure "${line#measured: }"
+else
+  result FAIL plan-measure "$(tail -1 "$WORK/measure.err")"
 fi
 
 # --- 4. LoRA and QLoRA stages on the packaged model ----------------------------------------------
