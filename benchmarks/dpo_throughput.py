@@ -43,14 +43,18 @@ def build(recipe, stage, tokenizer, precision: str, run_dir: Path):
 def time_step(trainer, batches) -> tuple[int, float]:
     """(tokens, seconds) of one forward + backward of the trainer's next micro-batch."""
     batch = next(batches)
-    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+    tokens = (
+        int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+    )
     started = time.perf_counter()
     trainer.training_step(trainer.model, batch)
     return tokens, time.perf_counter() - started
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "offline.yaml"))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--max-length", type=int, default=None, help="override the dpo stage's max_length")
@@ -76,7 +80,9 @@ def main() -> None:
     dpo_tokens = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
     sft_tokens = [len(p.prompt_ids) + len(p.chosen_ids) for p in pairs]
 
-    sft_stage = replace(dpo_stage, config=replace(dpo_stage.config, method="sft"), train_pairs=[], validation_pairs=[])
+    sft_stage = replace(
+        dpo_stage, config=replace(dpo_stage.config, method="sft"), train_pairs=[], validation_pairs=[]
+    )
     totals = {"sft": [0, 0.0], "dpo": [0, 0.0]}
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {

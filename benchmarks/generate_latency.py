@@ -262,7 +262,9 @@ class Contestant:
                 if weights not in (None, "fp16"):
                     model = quantize_int8(model, weights)
                 decode_dtype = torch.float16 if weights == "fp16" else None
-                self.gen = Generator(model, self.tokenizer, decode_dtype=decode_dtype, prompt_cache_tokens=4096)
+                self.gen = Generator(
+                    model, self.tokenizer, decode_dtype=decode_dtype, prompt_cache_tokens=4096
+                )
                 model = self.gen.engine.decode_model or model  # for the weights column: what decodes
             self.model = model
             self.weights_gb = _weight_gb(model)
@@ -525,7 +527,9 @@ def summarise_multiturn(runs: list[list[dict]]) -> list[dict]:
     return out
 
 
-def print_report(info: dict, args, summary: dict, onnx_quality: dict | None, torch_quality: dict | None) -> None:
+def print_report(
+    info: dict, args, summary: dict, onnx_quality: dict | None, torch_quality: dict | None
+) -> None:
     print(
         f"\nmachine: {info.get('cpu_model')} | {info.get('logical_cpus_available')} CPUs | load"
         f" {info.get('load_average_1m_at_start')} at start | torch {info.get('torch')} | model {args.model} |"
@@ -541,7 +545,9 @@ def print_report(info: dict, args, summary: dict, onnx_quality: dict | None, tor
             f" {v['ttft_short_ms']:9.0f} {v['decode_tok_s']:10.1f} [{v['decode_range']:>11}] {v['weights_gb']:9.2f}"
             f" {v['peak_rss_gb']:11.2f} {v['cpu_per_wall']:9.2f}"
         )
-    print(f"\none chat, turn by turn (system prompt, {MULTITURN_NEW_TOKENS}-token replies): TTFT ms cached | cold")
+    print(
+        f"\none chat, turn by turn (system prompt, {MULTITURN_NEW_TOKENS}-token replies): TTFT ms cached | cold"
+    )
     for name, v in summary.items():
         cells = "  ".join(
             f"t{row['turn']} ({row['prompt_tokens']:.0f} tok) {row['ttft_cached_ms']:4.0f} | {row['ttft_cold_ms']:4.0f}"
@@ -577,25 +583,42 @@ def print_report(info: dict, args, summary: dict, onnx_quality: dict | None, tor
         if v["cpu_per_wall"] < 0.8 * v["threads"]
     ]
     if contended:
-        print("WARNING: other processes took CPU time from " + ", ".join(contended) + "; run again on a quiet machine")
+        print(
+            "WARNING: other processes took CPU time from "
+            + ", ".join(contended)
+            + "; run again on a quiet machine"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=BASE_MODEL, help="run's final/ folder, stage folder or packaged: model")
-    parser.add_argument("--quick", action="store_true", help="64 new tokens a reply, 1 repeat, small torch quality set")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions per variant (median; 3, 1 with --quick)")
+    parser.add_argument(
+        "--model", default=BASE_MODEL, help="run's final/ folder, stage folder or packaged: model"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="64 new tokens a reply, 1 repeat, small torch quality set"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="repetitions per variant (median; 3, 1 with --quick)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="tokens per reply (200; 64 with --quick)"
     )
     parser.add_argument(
-        "--variants", default=None, help="comma-separated subset of " + ", ".join(VARIANTS) + " (default: "
-        + ", ".join(DEFAULT_VARIANTS) + ")"
+        "--variants",
+        default=None,
+        help="comma-separated subset of "
+        + ", ".join(VARIANTS)
+        + " (default: "
+        + ", ".join(DEFAULT_VARIANTS)
+        + ")",
     )
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
-    parser.add_argument("--worker", choices=("latency", "quality", "onnx-quality"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=("latency", "quality", "onnx-quality"), default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--max-examples-per-stage", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.max_new_tokens = args.max_new_tokens or (64 if args.quick else 200)
@@ -623,7 +646,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker == "quality":
         emit_worker_result(
-            quality_worker(args.model, max_examples_per_stage=args.max_examples_per_stage or 4, schemes=schemes)
+            quality_worker(
+                args.model, max_examples_per_stage=args.max_examples_per_stage or 4, schemes=schemes
+            )
         )
         return 0
     if args.worker == "onnx-quality":
@@ -632,20 +657,42 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     script = Path(__file__).resolve()
-    common = ["--model", args.model, "--repeats", str(args.repeats), "--max-new-tokens", str(args.max_new_tokens)]
+    common = [
+        "--model",
+        args.model,
+        "--repeats",
+        str(args.repeats),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+    ]
     onnx_quality = None
     if quants:
         # Builds (once; a progress bar each) and verdicts (cached in the build folders) before any timing.
         logger.info("ONNX builds and their quality verdicts: %s", ", ".join(quants))
-        onnx_quality = run_worker(script, ["--worker", "onnx-quality", "--variants", ",".join(
-            v for v in variants if VARIANTS[v][0] == "onnx"), *common])
+        onnx_quality = run_worker(
+            script,
+            [
+                "--worker",
+                "onnx-quality",
+                "--variants",
+                ",".join(v for v in variants if VARIANTS[v][0] == "onnx"),
+                *common,
+            ],
+        )
     torch_quality = None
     if schemes:
         logger.info("torch variants' quality check")
         torch_quality = run_worker(
             script,
-            ["--worker", "quality", "--variants", ",".join(variants), "--max-examples-per-stage",
-             "2" if args.quick else "8", *common],
+            [
+                "--worker",
+                "quality",
+                "--variants",
+                ",".join(variants),
+                "--max-examples-per-stage",
+                "2" if args.quick else "8",
+                *common,
+            ],
         )
     latency = {}
     for variant in variants:
@@ -679,7 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     quality_ok = True  # the torch engine is the reference path
     if default.startswith("onnx-"):
         quality_ok = onnx_quality["verdicts"][default.removeprefix("onnx-")]["ok"]
-    extra = {"torch_decode_ratio": summary["warmline"]["decode_tok_s"] / proto} if "warmline" in summary else {}
+    extra = (
+        {"torch_decode_ratio": summary["warmline"]["decode_tok_s"] / proto} if "warmline" in summary else {}
+    )
     print(
         f"default CPU engine (--engine auto): {default}; fastest decode:"
         f" {max(summary, key=lambda k: summary[k]['decode_tok_s'])}"

@@ -19,7 +19,9 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="The run whose models are scored (runs/NAME).")
-    parser.add_argument("--splits-of", type=Path, required=True, help="The run whose held-out splits are used.")
+    parser.add_argument(
+        "--splits-of", type=Path, required=True, help="The run whose held-out splits are used."
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -29,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
     mine, theirs = load_run_recipe(args.run), load_run_recipe(args.splits_of)
     if [s.name for s in mine.stages] != [s.name for s in theirs.stages]:
-        print(f"the runs' stages differ: {[s.name for s in mine.stages]} vs {[s.name for s in theirs.stages]}")
+        print(
+            f"the runs' stages differ: {[s.name for s in mine.stages]} vs {[s.name for s in theirs.stages]}"
+        )
         return 2
     seed, system = theirs.training.seed, theirs.system_prompt
     data = [prepare_stage(s, seed=seed, system_prompt=system) for s in theirs.stages]

@@ -163,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="runs/offline/final", help="Hugging Face model folder")
     parser.add_argument("--out", default="/tmp/warmline-onnx-sweep", help="where the candidate builds go")
-    parser.add_argument("--candidates", default=None, help="comma-separated subset of " + ", ".join(CANDIDATES))
-    parser.add_argument("--max-per-stage", type=int, default=None, help="validation conversations per stage (all)")
+    parser.add_argument(
+        "--candidates", default=None, help="comma-separated subset of " + ", ".join(CANDIDATES)
+    )
+    parser.add_argument(
+        "--max-per-stage", type=int, default=None, help="validation conversations per stage (all)"
+    )
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens decoded per timed reply")
     parser.add_argument("--repeats", type=int, default=3, help="timed replies per candidate (median)")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
@@ -212,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s | %.1f tok/s", verdict.summary(), speed["decode_tok_s"])
     write_json(
         args.json,
-        {"machine": info, "args": vars(args), "data": source, "reply_tokens": int(reference.nll.size), "rows": rows},
+        {
+            "machine": info,
+            "args": vars(args),
+            "data": source,
+            "reply_tokens": int(reference.nll.size),
+            "rows": rows,
+        },
     )
 
     print(
@@ -220,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         f" {info.get('load_average_1m_at_start')} at start | {source}, {len(examples)} conversations,"
         f" {reference.nll.size} reply tokens (fp32 torch loss {reference.nll.mean():.4f})"
     )
-    print("| candidate | builder options | MB | loss delta | top-1 | gate | decode tok/s | TTFT ms | CPU/wall |")
+    print(
+        "| candidate | builder options | MB | loss delta | top-1 | gate | decode tok/s | TTFT ms | CPU/wall |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         options = " ".join([f"-p {r['precision']}", *(f"{k}={v}" for k, v in r["extra_options"].items())])
@@ -235,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         r = passing[best]
         print(
             result_line(
-                best=best, best_decode_tok_s=r["decode_tok_s"], best_loss_delta=r["loss_delta"], best_top1=r["top1_agreement"]
+                best=best,
+                best_decode_tok_s=r["decode_tok_s"],
+                best_loss_delta=r["loss_delta"],
+                best_top1=r["top1_agreement"],
             )
         )
     else:

@@ -99,7 +99,9 @@ def rows() -> list[dict]:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    print("| recipe | model | method | parameters | precision | peak memory per device (GiB, per stage) | devices | optimizer steps per stage |")
+    print(
+        "| recipe | model | method | parameters | precision | peak memory per device (GiB, per stage) | devices | optimizer steps per stage |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows():
         print(

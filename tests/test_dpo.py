@@ -50,7 +50,11 @@ def test_each_preference_format_parses(tmp_path):
     explicit = _write_jsonl(
         tmp_path / "explicit.jsonl",
         [
-            {"prompt": "I can't sleep.", "chosen": "That is hard. What keeps you up?", "rejected": "Take pills."},
+            {
+                "prompt": "I can't sleep.",
+                "chosen": "That is hard. What keeps you up?",
+                "rejected": "Take pills.",
+            },
             {
                 "prompt": [
                     {"role": "user", "content": "Hi."},
@@ -68,7 +72,11 @@ def test_each_preference_format_parses(tmp_path):
     assert pairs["That is hard. What keeps you up?"].prompt == [{"role": "user", "content": "I can't sleep."}]
     assert pairs["That is hard. What keeps you up?"].rejected == "Take pills."
     multi = pairs["I'm sorry. What happened?"]
-    assert [t["role"] for t in multi.prompt] == ["user", "assistant", "user"] and multi.rejected == "Cheer up!"
+    assert [t["role"] for t in multi.prompt] == [
+        "user",
+        "assistant",
+        "user",
+    ] and multi.rejected == "Cheer up!"
 
     shared = [{"role": "user", "content": "My friend ignores me."}]
     implicit = _write_jsonl(
@@ -79,7 +87,10 @@ def test_each_preference_format_parses(tmp_path):
                 "rejected": [*shared, {"role": "assistant", "content": "Get new friends."}],
             },
             {
-                "chosen": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Tell me more?"}],
+                "chosen": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "Tell me more?"},
+                ],
                 "rejected": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "No."}],
             },
         ],
@@ -91,7 +102,11 @@ def test_each_preference_format_parses(tmp_path):
     assert by_chosen["That hurts. Have you asked why?"].rejected == "Get new friends."
 
     ratings = tmp_path / "ratings.json"
-    item = {"prompt": "Exams scare me.", "reply_a": "Lecture about study plans.", "reply_b": "Scary. Which exam?"}
+    item = {
+        "prompt": "Exams scare me.",
+        "reply_a": "Lecture about study plans.",
+        "reply_b": "Scary. Which exam?",
+    }
     ratings.write_text(
         json.dumps(
             {
@@ -101,9 +116,27 @@ def test_each_preference_format_parses(tmp_path):
                     {"id": "p1", **item, "preference": "b"},
                     {"id": "p1", **item, "preference": "A"},
                     {"id": "p2", "prompt": "Hi", "reply_a": "Hello!", "reply_b": "Hey.", "preference": "tie"},
-                    {"id": "p3", "prompt": "Tired", "reply_a": "Rest?", "reply_b": "Sleep.", "preference": "A"},
-                    {"id": "p3", "prompt": "Tired", "reply_a": "Rest?", "reply_b": "Sleep.", "preference": "B"},
-                    {"id": "p4", "prompt": "Alone", "reply_a": "I'm here. What's up?", "reply_b": "Ok.", "preference": "A"},
+                    {
+                        "id": "p3",
+                        "prompt": "Tired",
+                        "reply_a": "Rest?",
+                        "reply_b": "Sleep.",
+                        "preference": "A",
+                    },
+                    {
+                        "id": "p3",
+                        "prompt": "Tired",
+                        "reply_a": "Rest?",
+                        "reply_b": "Sleep.",
+                        "preference": "B",
+                    },
+                    {
+                        "id": "p4",
+                        "prompt": "Alone",
+                        "reply_a": "I'm here. What's up?",
+                        "reply_b": "Ok.",
+                        "preference": "A",
+                    },
                 ],
             }
         )
@@ -130,7 +163,10 @@ def test_a_rating_study_folder_becomes_pairs(tmp_path):
             "A": a,
             "B": other,
             "prompt": [{"role": "user", "content": prompt}],
-            "replies": {a: {"text": text_a, "stop_reason": "eos"}, other: {"text": text_b, "stop_reason": "eos"}},
+            "replies": {
+                a: {"text": text_a, "stop_reason": "eos"},
+                other: {"text": text_b, "stop_reason": "eos"},
+            },
         }
 
     key = {
@@ -138,7 +174,9 @@ def test_a_rating_study_folder_becomes_pairs(tmp_path):
         "sheet_id": "s1",
         "models": ["run-a", "run-b"],
         "items": [
-            item("i1", "run-b", "Exams scare me.", "Scary. Which exam?", "Make a study plan and sleep 8 hours."),
+            item(
+                "i1", "run-b", "Exams scare me.", "Scary. Which exam?", "Make a study plan and sleep 8 hours."
+            ),
             item("i2", "run-a", "I feel alone.", "I'm here. What's been happening?", "Join a club."),
             item("i3", "run-a", "Hi", "Hello!", "Hey."),
         ],
@@ -171,7 +209,11 @@ def test_bad_pairs_are_counted_and_dropped_with_reasons(tmp_path):
         {"prompt": "d", "chosen": "   ", "rejected": "Something."},
         {"prompt": "", "chosen": "Something.", "rejected": "Other."},
         {"prompt": "f", "chosen": 3, "rejected": "Other."},
-        {"prompt": [{"role": "user", "content": "g"}, {"role": "assistant", "content": "h"}], "chosen": "x", "rejected": "y"},
+        {
+            "prompt": [{"role": "user", "content": "g"}, {"role": "assistant", "content": "h"}],
+            "chosen": "x",
+            "rejected": "y",
+        },
         {"prompt": "i", "chosen": [{"role": "user", "content": "x"}], "rejected": "y"},
         {"prompt": "k", "chosen": "Caf\ufffd.", "rejected": "y"},
         {"chosen": "no prompt", "rejected": "at all"},
@@ -203,10 +245,16 @@ def test_implicit_prompt_pairs_with_bad_lists_are_dropped(tmp_path):
     source = _write_jsonl(
         tmp_path / "implicit.jsonl",
         [
-            {"chosen": [user, {"role": "assistant", "content": "Same"}], "rejected": [user, {"role": "assistant", "content": "Same"}]},
+            {
+                "chosen": [user, {"role": "assistant", "content": "Same"}],
+                "rejected": [user, {"role": "assistant", "content": "Same"}],
+            },
             {"chosen": [user, {"role": "assistant", "content": "A?"}]},
             {"chosen": "plain text", "rejected": "other text"},
-            {"chosen": [user, {"role": "wizard", "content": "A?"}], "rejected": [user, {"role": "assistant", "content": "B"}]},
+            {
+                "chosen": [user, {"role": "wizard", "content": "A?"}],
+                "rejected": [user, {"role": "assistant", "content": "B"}],
+            },
         ],
     )
     data = prepare_preference_stage(_stage(source), seed=0)
@@ -227,7 +275,9 @@ def test_recipe_checks_method_format_and_dpo_settings(tmp_path):
         path.write_text(f"name: r\nbase_model: gpt2\nstages:\n  - {stage}\n")
         return path
 
-    loaded = load_recipe(recipe(f"{{name: p, source: {source}, method: dpo, dpo: {{beta: 0.2, loss_type: ipo}}}}"))
+    loaded = load_recipe(
+        recipe(f"{{name: p, source: {source}, method: dpo, dpo: {{beta: 0.2, loss_type: ipo}}}}")
+    )
     assert loaded.stages[0].dpo.beta == 0.2 and loaded.stages[0].dpo.loss_type == "ipo"
     bad = {
         f"{{name: p, source: {source}, format: preference}}": "set 'stages.0.method: dpo'",
@@ -266,13 +316,19 @@ def test_pair_tokens_are_the_sft_tokens_of_each_reply(tokenizer_fixture, request
     labels (ChatML, and GPT-2 with no template: the plain "Human/Assistant" one)."""
     tok = request.getfixturevalue(tokenizer_fixture)
     pair = PreferencePair(
-        [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "I feel <|im_start|>assistant lost."}],
+        [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "I feel <|im_start|>assistant lost."},
+        ],
         "That sounds really hard, and it makes sense to feel lost. What happened today?",
         "Go outside.",
     )
     tokens = tokenize_pair(tok, pair, 512)
     assert tokens.prompt_ids == encode_prompt(tok, pair.prompt)
-    for reply, ids in ((pair.chosen_conversation(), tokens.chosen_ids), (pair.rejected_conversation(), tokens.rejected_ids)):
+    for reply, ids in (
+        (pair.chosen_conversation(), tokens.chosen_ids),
+        (pair.rejected_conversation(), tokens.rejected_ids),
+    ):
         sft = tokenize_conversation(tok, reply, 512)
         assert tokens.prompt_ids + ids == sft.input_ids[: len(tokens.prompt_ids) + len(ids)]
         assert ids == [label for label in sft.labels if label != IGNORE_INDEX]
@@ -290,7 +346,12 @@ def test_data_inspect_reports_a_preference_stage(tmp_path, tiny_llama_dir):
     from warmline.data.inspection import format_table, inspect_recipe
 
     source = _write_jsonl(
-        tmp_path / "p.jsonl", [*_pair_rows(12), {"prompt": "x", "chosen": "Same.", "rejected": "same"}, {"prompt": "y", "chosen": "ok"}]
+        tmp_path / "p.jsonl",
+        [
+            *_pair_rows(12),
+            {"prompt": "x", "chosen": "Same.", "rejected": "same"},
+            {"prompt": "y", "chosen": "ok"},
+        ],
     )
     path = tmp_path / "r.yaml"
     path.write_text(
@@ -306,7 +367,11 @@ def test_data_inspect_reports_a_preference_stage(tmp_path, tiny_llama_dir):
     assert row["train_pairs"] + row["validation_pairs"] == 12
     lengths = row["pair_tokens"]
     first = _pair_rows(1)[0]
-    ref = tokenize_pair(tok, PreferencePair([{"role": "user", "content": first["prompt"]}], first["chosen"], first["rejected"]), 10**9)
+    ref = tokenize_pair(
+        tok,
+        PreferencePair([{"role": "user", "content": first["prompt"]}], first["chosen"], first["rejected"]),
+        10**9,
+    )
     assert lengths["rejected"]["max"] == len(ref.rejected_ids)  # every rejected reply is the same text
     assert lengths["prompt"]["p50"] > 0 and lengths["chosen"]["max"] >= lengths["chosen"]["p50"]
     table = format_table([row])
@@ -316,7 +381,9 @@ def test_data_inspect_reports_a_preference_stage(tmp_path, tiny_llama_dir):
 # --- training ------------------------------------------------------------------------------------
 
 
-def _dpo_recipe(tmp_path: Path, base: Path, *, lora: bool = False, pairs: int = 16, sft_epochs: int = 1) -> Path:
+def _dpo_recipe(
+    tmp_path: Path, base: Path, *, lora: bool = False, pairs: int = 16, sft_epochs: int = 1
+) -> Path:
     sft_rows = [
         {"text": f"Human: I feel {f} {p}.\nAssistant: Feeling {f} {p} is hard. What helps?"}
         for f in FEELINGS
@@ -482,7 +549,11 @@ def test_preference_scores_compare_the_policy_with_its_reference(tiny_llama_dir,
     from warmline.training.preference import preference_scores, reply_logprobs
 
     pairs = [
-        tokenize_pair(chatml_tokenizer, PreferencePair([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]), 64)
+        tokenize_pair(
+            chatml_tokenizer,
+            PreferencePair([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]),
+            64,
+        )
         for r in _pair_rows(6)
     ]
     model = load_model(str(tiny_llama_dir))

@@ -27,7 +27,14 @@ from warmline.cli import app
 from warmline.evaluation.ratings import summarise_feedback, wilson_interval
 from warmline.serving.feedback import CONSENT_NOTICE, FEEDBACK_FILE, FeedbackStore, read_feedback
 
-SETTINGS = {"temperature": 0.7, "top_k": 50, "top_p": 0.92, "repetition_penalty": 1.2, "max_new_tokens": 8, "seed": 3}
+SETTINGS = {
+    "temperature": 0.7,
+    "top_k": 50,
+    "top_p": 0.92,
+    "repetition_penalty": 1.2,
+    "max_new_tokens": 8,
+    "seed": 3,
+}
 MESSAGE = "I feel lonely since the move."
 
 
@@ -62,7 +69,13 @@ def test_the_summary_counts_each_reply_once_by_its_latest_rating(tmp_path):
         a.record(rating, settings=SETTINGS, session="s1", message_index=2 * index + 1)
     a.record("down", settings=SETTINGS, session="s1", message_index=1)  # changed their mind: up -> down
     a.record("cleared", settings=SETTINGS, session="s1", message_index=3)  # took one back
-    a.record("up", settings=SETTINGS, session="s2", message_index=1, conversation=[{"role": "user", "content": "x"}])
+    a.record(
+        "up",
+        settings=SETTINGS,
+        session="s2",
+        message_index=1,
+        conversation=[{"role": "user", "content": "x"}],
+    )
     b.record("down", settings=SETTINGS, session="s3", message_index=1)
     summary = summarise_feedback(tmp_path)
     # model-a: s1#1 down, s1#3 cleared, s1#5 up, s1#7 down, s2#1 up -> 2 up of 4
@@ -136,7 +149,8 @@ def like_dependencies(config: dict) -> list[dict]:
     """The app's event handlers fired by a chatbot's thumbs."""
     chatbots = {c["id"] for c in config["components"] if c.get("type") == "chatbot"}
     return [
-        d for d in config["dependencies"]
+        d
+        for d in config["dependencies"]
         if any(t[0] in chatbots and t[1] == "like" for t in d.get("targets", []))
     ]
 
@@ -154,7 +168,9 @@ def send_thumb(server: Serve, history: list[dict], index: int, liked: bool, incl
     }
     joined = httpx.post(server.url + "/gradio_api/queue/join", json=body, timeout=30)
     assert joined.status_code == 200, joined.text
-    with httpx.stream("GET", server.url + "/gradio_api/queue/data", params={"session_hash": session}, timeout=60) as r:
+    with httpx.stream(
+        "GET", server.url + "/gradio_api/queue/data", params={"session_hash": session}, timeout=60
+    ) as r:
         for line in r.iter_lines():
             if line.startswith("data:") and json.loads(line[5:]).get("msg") == "process_completed":
                 assert json.loads(line[5:]).get("success") is True, line
@@ -165,7 +181,9 @@ def send_thumb(server: Serve, history: list[dict], index: int, liked: bool, incl
 @pytest.fixture(scope="module")
 def without_feedback(tiny_llama_dir, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("serve-plain")
-    server = Serve([str(tiny_llama_dir), "--max-new-tokens", "8"], cwd, tmp_path_factory.mktemp("logs") / "plain.log")
+    server = Serve(
+        [str(tiny_llama_dir), "--max-new-tokens", "8"], cwd, tmp_path_factory.mktemp("logs") / "plain.log"
+    )
     yield server, cwd
     server.stop()
 
@@ -256,9 +274,18 @@ def test_thumbs_in_a_real_browser(with_feedback, tmp_path):
     before = len(read_feedback(folder)) if (folder / FEEDBACK_FILE).exists() else 0
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,900",
+    ):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:

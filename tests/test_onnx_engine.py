@@ -70,7 +70,9 @@ def onnx_dir(llama16_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def torch_gen(llama16_dir: Path) -> Generator:
     """The torch engine in fp32 (no fp16 decode copy), with its PromptCache."""
-    return Generator.from_pretrained(str(llama16_dir), fp16_decode=False, settings=GenerationSettings(max_new_tokens=40))
+    return Generator.from_pretrained(
+        str(llama16_dir), fp16_decode=False, settings=GenerationSettings(max_new_tokens=40)
+    )
 
 
 def onnx_gen(llama16_dir: Path, onnx_dir: Path, **kwargs) -> Generator:
@@ -112,10 +114,17 @@ def test_fp32_greedy_reply_equals_the_torch_engines(torch_gen: Generator, onnx: 
     assert (got, got_stop) == (expected, expected_stop)
     # The whole Generator path too: template, release, stop reason and counts.
     a, b = torch_gen.generate(conversation, do_sample=False), onnx.generate(conversation, do_sample=False)
-    assert (b.text, b.stop_reason, b.new_tokens, b.prompt_tokens) == (a.text, a.stop_reason, a.new_tokens, a.prompt_tokens)
+    assert (b.text, b.stop_reason, b.new_tokens, b.prompt_tokens) == (
+        a.text,
+        a.stop_reason,
+        a.new_tokens,
+        a.prompt_tokens,
+    )
 
 
-def test_the_repetition_penalty_looks_at_the_reply_only_on_both(torch_gen: Generator, onnx: Generator) -> None:
+def test_the_repetition_penalty_looks_at_the_reply_only_on_both(
+    torch_gen: Generator, onnx: Generator
+) -> None:
     conversation = ask("Work stress keeps me awake at night.")
     plain = token_ids(onnx, conversation, do_sample=False, repetition_penalty=1.0)
     penalised = token_ids(onnx, conversation, do_sample=False, repetition_penalty=1.5)
@@ -128,7 +137,9 @@ def test_seeds_give_the_same_reply_on_both_engines(torch_gen: Generator, onnx: G
     replies = {}
     for seed in range(3):
         first = onnx.generate(conversation, seed=seed, max_new_tokens=16).text
-        assert onnx.generate(conversation, seed=seed, max_new_tokens=16).text == first  # same seed, same reply
+        assert (
+            onnx.generate(conversation, seed=seed, max_new_tokens=16).text == first
+        )  # same seed, same reply
         assert torch_gen.generate(conversation, seed=seed, max_new_tokens=16).text == first  # as on torch
         replies[seed] = first
     assert len(set(replies.values())) > 1  # different seeds can differ
@@ -177,11 +188,16 @@ def test_a_crisis_message_gets_the_crisis_reply_without_the_engine(
 # ---------------------------------------------------------------- KV reuse across turns
 
 
-def test_the_next_turn_reuses_the_conversations_state(torch_gen: Generator, onnx: Generator, llama16_dir, onnx_dir) -> None:
+def test_the_next_turn_reuses_the_conversations_state(
+    torch_gen: Generator, onnx: Generator, llama16_dir, onnx_dir
+) -> None:
     first = ask("My flatmate never cleans up.")
     turn1 = onnx.generate(first, do_sample=False, max_new_tokens=8)
     assert turn1.reused_prompt_tokens == 0
-    second = first + [{"role": "assistant", "content": turn1.text}, {"role": "user", "content": "What should I say?"}]
+    second = first + [
+        {"role": "assistant", "content": turn1.text},
+        {"role": "user", "content": "What should I say?"},
+    ]
     turn2 = onnx.generate(second, do_sample=False, max_new_tokens=12)
     assert turn2.reused_prompt_tokens >= len(onnx.prompt_ids(first))  # only the reply and new message read
     cold = onnx_gen(llama16_dir, onnx_dir).generate(second, do_sample=False, max_new_tokens=12)
@@ -211,7 +227,9 @@ def test_states_are_bounded_and_a_new_conversation_does_not_take_anothers(llama1
     last = ask("Health is on my mind.")
     reply = gen.generate(last, do_sample=False, max_new_tokens=3).text
     nxt = last + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And then?"}]
-    assert gen.generate(nxt, do_sample=False, max_new_tokens=3).reused_prompt_tokens >= len(gen.prompt_ids(last))
+    assert gen.generate(nxt, do_sample=False, max_new_tokens=3).reused_prompt_tokens >= len(
+        gen.prompt_ids(last)
+    )
 
 
 def test_concurrent_conversations_get_the_replies_they_get_alone(llama16_dir, onnx_dir) -> None:
@@ -240,7 +258,9 @@ def test_concurrent_conversations_get_the_replies_they_get_alone(llama16_dir, on
 # ---------------------------------------------------------------- building and choosing
 
 
-def test_the_build_is_cached_and_keyed_by_weights_and_options(llama16_dir: Path, onnx_dir: Path, monkeypatch) -> None:
+def test_the_build_is_cached_and_keyed_by_weights_and_options(
+    llama16_dir: Path, onnx_dir: Path, monkeypatch
+) -> None:
     assert onnx_dir.parent == llama16_dir.parent / "onnx"  # next to the model folder
     assert (onnx_dir / "genai_config.json").is_file() and (onnx_dir / "build.log").is_file()
 
@@ -286,7 +306,9 @@ def test_auto_stays_on_torch_on_a_gpu(llama16_dir: Path, monkeypatch) -> None:
 
 def test_onnx_engine_on_request(llama16_dir: Path, onnx_dir: Path) -> None:
     gen = onnx_generator(str(llama16_dir), engine="onnx", gate=SafetyGate(use_classifier=False))
-    assert isinstance(gen.engine, OnnxEngine) and gen.engine.onnx_dir == onnx_dir and gen.engine.quant == "fp32"
+    assert (
+        isinstance(gen.engine, OnnxEngine) and gen.engine.onnx_dir == onnx_dir and gen.engine.quant == "fp32"
+    )
     assert gen.generate(ask("I want to kill myself tonight")).stop_reason == "crisis"
 
 
@@ -311,7 +333,9 @@ def test_auto_picks_the_fastest_build_that_passes_the_gate(llama16_dir: Path, mo
 
 
 @pytest.mark.slow
-def test_warmline_chat_on_the_onnx_engine_as_a_real_process(llama16_dir: Path, onnx_dir: Path, torch_gen) -> None:
+def test_warmline_chat_on_the_onnx_engine_as_a_real_process(
+    llama16_dir: Path, onnx_dir: Path, torch_gen
+) -> None:
     """`warmline chat MODEL --engine onnx` in a real process gives the torch engine's greedy reply."""
     message = "I feel lonely and tired."
     expected = torch_gen.generate(

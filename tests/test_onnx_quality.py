@@ -75,7 +75,9 @@ def test_compare_scores_known_delta_and_agreement():
     assert verdict.reply_tokens == 100 and verdict.conversations == 3
     assert not verdict.ok  # loss is within +0.02, but 96% agreement is below 97%
     top1[3] = 3  # 97 of 100 agree now
-    assert compare_scores(reference, TokenScores(candidate.nll, top1), quant="int8", conversations=3, data="t").ok
+    assert compare_scores(
+        reference, TokenScores(candidate.nll, top1), quant="int8", conversations=3, data="t"
+    ).ok
 
 
 def test_gate_boundaries_are_inclusive_and_nan_fails():
@@ -134,7 +136,8 @@ def test_validation_examples_prefer_the_models_own_recipe(tmp_path, tiny_llama64
     data = tmp_path / "chats.jsonl"
     data.write_text(
         "".join(
-            json.dumps({"text": f"Human: I feel tired today, number {i}.\nAssistant: That sounds hard, {i}."}) + "\n"
+            json.dumps({"text": f"Human: I feel tired today, number {i}.\nAssistant: That sounds hard, {i}."})
+            + "\n"
             for i in range(20)
         )
     )

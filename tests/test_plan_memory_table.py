@@ -20,7 +20,9 @@ PUBLISHED = {
 
 
 def _table_module():
-    spec = importlib.util.spec_from_file_location("plan_memory_table", REPO / "benchmarks" / "plan_memory_table.py")
+    spec = importlib.util.spec_from_file_location(
+        "plan_memory_table", REPO / "benchmarks" / "plan_memory_table.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -35,9 +37,7 @@ def test_published_config_values_give_the_published_parameter_count(tmp_path, hu
 
     kind, values = _table_module().HUB_CONFIGS[hub_id]
     AutoConfig.for_model(kind, **values).save_pretrained(tmp_path / kind)
-    recipe = next(
-        p for p in sorted((REPO / "recipes").glob("*.yaml")) if load_recipe(p).base_model == hub_id
-    )
+    recipe = next(p for p in sorted((REPO / "recipes").glob("*.yaml")) if load_recipe(p).base_model == hub_id)
     counted = count_parameters(load_recipe(recipe, [f"base_model={tmp_path / kind}"]))
     assert counted["total"] == PUBLISHED[hub_id]
 

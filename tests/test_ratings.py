@@ -26,8 +26,14 @@ def make_key(tmp_path: Path, n_items: int, sheet_id: str = "abc123") -> Path:
     for i in range(1, n_items + 1):
         a, b = (MODELS[0], MODELS[1]) if i % 2 else (MODELS[1], MODELS[0])
         items.append(
-            {"item": f"{i:02d}", "A": a, "B": b, "source": "everyday",
-             "prompt": [{"role": "user", "content": f"prompt number {i}"}], "replies": {}}
+            {
+                "item": f"{i:02d}",
+                "A": a,
+                "B": b,
+                "source": "everyday",
+                "prompt": [{"role": "user", "content": f"prompt number {i}"}],
+                "replies": {},
+            }
         )
     key = {"format": SHEET_FORMAT, "sheet_id": sheet_id, "models": MODELS, "items": items}
     path = tmp_path / f"key-{sheet_id}.json"
@@ -81,7 +87,20 @@ def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
 def test_win_rate_excludes_ties_and_has_the_wilson_interval(tmp_path):
     key = make_key(tmp_path, 12)
     # 7 alpha wins, 3 beta wins, 2 ties, spread over both A/B orders.
-    winners = ["alpha", "alpha", "beta", "alpha", "tie", "alpha", "alpha", "beta", "alpha", "tie", "alpha", "beta"]
+    winners = [
+        "alpha",
+        "alpha",
+        "beta",
+        "alpha",
+        "tie",
+        "alpha",
+        "alpha",
+        "beta",
+        "alpha",
+        "tie",
+        "alpha",
+        "beta",
+    ]
     summary = summarise_ratings([write_ratings(tmp_path, key, "r1", winners)], key)
     alpha, beta = summary["win_rates"][MODELS[0]], summary["win_rates"][MODELS[1]]
     assert (alpha["wins"], alpha["losses"], alpha["ties"]) == (7, 3, 2)
@@ -175,9 +194,7 @@ def test_scores_two_points_apart_are_a_disagreement(tmp_path):
         write_ratings(tmp_path, key, "r2", ["alpha", "alpha"], {"alpha": [3, 4], "beta": [3, 2]}),
     ]
     (found,) = summarise_ratings(files, key)["disagreements"]
-    assert found["item"] == "01" and found["score_spreads"] == {
-        f"{d} ({MODELS[0]})": [3, 5] for d in DIMS
-    }
+    assert found["item"] == "01" and found["score_spreads"] == {f"{d} ({MODELS[0]})": [3, 5] for d in DIMS}
 
 
 # --- the command -----------------------------------------------------------------------------
@@ -186,13 +203,27 @@ def test_scores_two_points_apart_are_a_disagreement(tmp_path):
 def test_cli_writes_the_report_and_appends_it_to_a_run_once(tmp_path):
     key = make_key(tmp_path, 4)
     files = [
-        write_ratings(tmp_path, key, "r1", ["alpha", "alpha", "beta", "tie"], {"alpha": [4] * 4, "beta": [3] * 4}),
-        write_ratings(tmp_path, key, "r2", ["alpha", "beta", "beta", "tie"], {"alpha": [4] * 4, "beta": [3] * 4}),
+        write_ratings(
+            tmp_path, key, "r1", ["alpha", "alpha", "beta", "tie"], {"alpha": [4] * 4, "beta": [3] * 4}
+        ),
+        write_ratings(
+            tmp_path, key, "r2", ["alpha", "beta", "beta", "tie"], {"alpha": [4] * 4, "beta": [3] * 4}
+        ),
     ]
     run = tmp_path / "runs" / "alpha"
     (run / "report").mkdir(parents=True)
     (run / "report" / "report.md").write_text("# Report\n\nearlier text\n")
-    args = ["eval", "ratings", *map(str, files), "--key", str(key), "--report", str(run), "--out", str(tmp_path / "out")]
+    args = [
+        "eval",
+        "ratings",
+        *map(str, files),
+        "--key",
+        str(key),
+        "--report",
+        str(run),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     for _ in range(2):  # a second summary of the same sheet replaces the first
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
@@ -233,10 +264,14 @@ def test_the_same_rater_twice_is_refused(tmp_path):
     first = write_ratings(tmp_path, key, "r1", ["alpha", "beta"])
     second = tmp_path / "copy.json"
     second.write_text(first.read_text())
-    error = _one_line_error(CliRunner().invoke(app, ["eval", "ratings", str(first), str(second), "--key", str(key)]))
+    error = _one_line_error(
+        CliRunner().invoke(app, ["eval", "ratings", str(first), str(second), "--key", str(key)])
+    )
     assert "r1" in error and "one file per rater" in error
 
 
 def test_a_missing_key_is_one_line(tmp_path):
-    error = _one_line_error(CliRunner().invoke(app, ["eval", "ratings", "x.json", "--key", str(tmp_path / "k.json")]))
+    error = _one_line_error(
+        CliRunner().invoke(app, ["eval", "ratings", "x.json", "--key", str(tmp_path / "k.json")])
+    )
     assert "key file" in error

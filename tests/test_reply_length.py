@@ -40,7 +40,13 @@ def test_shorten_replies_cuts_only_assistant_turns_and_counts_them():
     ]
     counts: Counter = Counter()
     (out,) = shorten_replies([conv], 1, counts)
-    assert [t["content"] for t in out] == ["Be kind. Be brief. Ask.", "One. Two. Three.", "Yes.", "Four.", "Sure."]
+    assert [t["content"] for t in out] == [
+        "Be kind. Be brief. Ask.",
+        "One. Two. Three.",
+        "Yes.",
+        "Four.",
+        "Sure.",
+    ]
     assert counts == {"reply_cut_to_max_reply_sentences": 1}
     assert conv[2]["content"] == "Yes. No. Maybe."  # the caller's conversation is not mutated
 
@@ -96,7 +102,9 @@ def test_a_reply_that_gives_crisis_lines_after_the_cut_stays_whole():
     )
     calm = "I'm glad you told me. That sounds heavy. You matter. What helps? Try a walk. Call a friend."
     counts: Counter = Counter()
-    convs = [[{"role": "user", "content": "x"}, {"role": "assistant", "content": text}] for text in (crisis, calm)]
+    convs = [
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": text}] for text in (crisis, calm)
+    ]
     kept, cut = shorten_replies(convs, 3, counts)
     assert kept[-1]["content"] == crisis
     assert cut[-1]["content"] == "I'm glad you told me. That sounds heavy. You matter."

@@ -119,7 +119,11 @@ def test_classifier_trains_on_both_files_and_retrains_when_one_changes(tmp_path:
     )
     weights = tmp_path / "cache"
     classifier = RiskClassifier([base, extra], encoder=_HashEncoder(), weights_dir=weights)
-    assert set(classifier.classes) == {"none", "distress", "eating_disorder"}  # the second file's label is learnt
+    assert set(classifier.classes) == {
+        "none",
+        "distress",
+        "eating_disorder",
+    }  # the second file's label is learnt
     assert classifier.score("purging after every meal").top_class == "eating_disorder"
     assert len(list(weights.glob("classifier-*.npz"))) == 1
     with extra.open("a") as handle:
@@ -171,7 +175,8 @@ class _FixedScore:
         rest = 1.0 - sum(probabilities.values())
         assert rest >= -1e-9
         self._score = ClassifierScore(
-            {c: probabilities.get(c, 0.0) for c in CLASS_LEVELS} | {"none": probabilities.get("none", 0.0) + rest}
+            {c: probabilities.get(c, 0.0) for c in CLASS_LEVELS}
+            | {"none": probabilities.get("none", 0.0) + rest}
         )
 
     def score(self, text: str) -> ClassifierScore:
@@ -195,9 +200,14 @@ def test_the_messages_carry_no_lexicon_crisis() -> None:
 
 @pytest.mark.parametrize(
     ("text", "kind", "category"),
-    [(HARM_TO_OTHERS, "harm_to_others", "harm_to_others"), (INTRUSIVE, "intrusive_thoughts", "intrusive_thoughts")],
+    [
+        (HARM_TO_OTHERS, "harm_to_others", "harm_to_others"),
+        (INTRUSIVE, "intrusive_thoughts", "intrusive_thoughts"),
+    ],
 )
-def test_a_confident_other_directed_score_reaches_the_crisis_level(text: str, kind: str, category: str) -> None:
+def test_a_confident_other_directed_score_reaches_the_crisis_level(
+    text: str, kind: str, category: str
+) -> None:
     confident = _turn(text, **{kind: 0.8, "suicidal": 0.15})
     assert confident.level == RiskLevel.ELEVATED
     assert category in confident.categories and "suicidal_ideation" not in confident.categories

@@ -36,7 +36,11 @@ def test_every_packaged_glossary_loads(language):
         ("pt", "não quero mais viver", "i no longer want to live"),
         # French ne ... plus around a verb and its pronoun
         ("fr", "je ne veux plus vivre comme ça", "i no longer want to live like this"),
-        ("fr", "je voudrais m'endormir et ne plus jamais me réveiller", "i would like to fall asleep and never to wake up"),
+        (
+            "fr",
+            "je voudrais m'endormir et ne plus jamais me réveiller",
+            "i would like to fall asleep and never to wake up",
+        ),
         # German negation moved before the verb, verb-second inversion undone
         ("de", "ich will einfach nicht mehr aufwachen", "i no longer want to wake up"),
         ("de", "heute Nacht springe ich von der Brücke", "tonight i jump from the bridge"),
@@ -177,7 +181,9 @@ def test_no_strength_rule_leaves_ordinary_plans_alone():
 
 
 def test_goodbye_to_colleagues_for_the_last_time_still_counts():
-    assert _assess("i said goodbye to my colleagues for the last time, i won't be here next week").level.is_crisis
+    assert _assess(
+        "i said goodbye to my colleagues for the last time, i won't be here next week"
+    ).level.is_crisis
 
 
 def test_glossary_file_errors_are_one_clear_line(tmp_path):

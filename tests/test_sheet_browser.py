@@ -87,11 +87,20 @@ def test_the_sheet_never_holds_the_key_or_the_model_names(sheet, run_dir, tiny_l
     html = sheet["sheet"].read_text(encoding="utf-8")
     key = sheet["key_data"]
     assert key["models"] == [str(run_dir), str(tiny_llama_dir)]
-    for name in (str(run_dir), run_dir.name, str(tiny_llama_dir), tiny_llama_dir.name, "sheetrun", sheet["key"].name):
+    for name in (
+        str(run_dir),
+        run_dir.name,
+        str(tiny_llama_dir),
+        tiny_llama_dir.name,
+        "sheetrun",
+        sheet["key"].name,
+    ):
         assert name not in html, name
     assert "held-out" not in html and '"A":' not in html  # neither the sources nor the order
     assert sheet["key"].parent not in sheet["sheet"].parents or sheet["sheet"].parent != sheet["key"].parent
-    assert sheet["sheet"].parent.name == "for-raters" and list(sheet["sheet"].parent.iterdir()) == [sheet["sheet"]]
+    assert sheet["sheet"].parent.name == "for-raters" and list(sheet["sheet"].parent.iterdir()) == [
+        sheet["sheet"]
+    ]
     assert sheet["key"].stat().st_mode & 0o777 == 0o600
     # Self-contained: nothing is fetched from anywhere.
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
@@ -125,7 +134,9 @@ def test_crisis_prompts_are_left_out(tmp_path, tiny_llama_dir, run_dir):
         "# a comment\nI feel nervous before my driving test.\nI want to end my life tonight.\n"
         "My flatmate never cleans up and I don't know how to bring it up.\n"
     )
-    made = make_sheet(str(tiny_llama_dir), str(run_dir), "--prompts", str(prompts), *QUICK, "--out", str(tmp_path / "s"))
+    made = make_sheet(
+        str(tiny_llama_dir), str(run_dir), "--prompts", str(prompts), *QUICK, "--out", str(tmp_path / "s")
+    )
     html = made["sheet"].read_text(encoding="utf-8")
     assert "1 dropped as crisis prompts" in made["stdout"] and made["key_data"]["dropped_crisis"] == 1
     assert "end my life" not in html
@@ -163,7 +174,9 @@ def browser(tmp_path: Path):
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
     driver.downloads = downloads
     try:
         yield driver
@@ -198,7 +211,9 @@ def test_a_rater_fills_in_the_sheet_in_a_browser_and_the_ratings_read_back(sheet
                 browser.find_element(By.CSS_SELECTOR, f'input[name="{name}"][value="{score}"]').click()
         winner = plan[item["item"]]
         choice = "tie" if winner == "tie" else side_of[winner]
-        browser.find_element(By.CSS_SELECTOR, f'input[name="{item["item"]}-preference"][value="{choice}"]').click()
+        browser.find_element(
+            By.CSS_SELECTOR, f'input[name="{item["item"]}-preference"][value="{choice}"]'
+        ).click()
     browser.find_element(By.CSS_SELECTOR, f'textarea[name="{items[0]}-comment"]').send_keys("A felt warmer.")
     browser.find_element(By.ID, "save").click()
 
@@ -217,7 +232,9 @@ def test_a_rater_fills_in_the_sheet_in_a_browser_and_the_ratings_read_back(sheet
     assert model_a not in saved.read_text() and model_b not in saved.read_text()  # still blind
 
     out = tmp_path / "summary"
-    result = CliRunner().invoke(app, ["eval", "ratings", str(saved), "--key", str(sheet["key"]), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["eval", "ratings", str(saved), "--key", str(sheet["key"]), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "ratings.json").read_text())
     n = len(items)

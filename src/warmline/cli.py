@@ -625,12 +625,14 @@ def _usage_error(err: Exception) -> None:
 @eval_app.command("sheet")
 @friendly_errors
 def eval_sheet(
-    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="A run folder, stage folder, hub id or packaged:NAME.")],
+    run_a: Annotated[
+        str, typer.Argument(metavar="RUN_A", help="A run folder, stage folder, hub id or packaged:NAME.")
+    ],
     run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="The model to compare it with (same kinds).")],
     prompts: Annotated[
         Path | None,
         typer.Option(
-            help="Prompts file: .txt (one message a line) or .jsonl ({\"prompt\": ...} or {\"messages\": [...]})."
+            help='Prompts file: .txt (one message a line) or .jsonl ({"prompt": ...} or {"messages": [...]}).'
             " Default: the runs' held-out prompts of every stage plus warmline's everyday set."
         ),
     ] = None,
@@ -655,7 +657,9 @@ def eval_sheet(
     _setup_logging(verbose)
     from warmline.evaluation.sheet import write_sheet
 
-    settings = GenerationSettings() if max_new_tokens is None else GenerationSettings(max_new_tokens=max_new_tokens)
+    settings = (
+        GenerationSettings() if max_new_tokens is None else GenerationSettings(max_new_tokens=max_new_tokens)
+    )
     try:
         written = write_sheet(run_a, run_b, prompts_file=prompts, n=n, out=out, seed=seed, settings=settings)
     except ValueError as err:
@@ -671,7 +675,9 @@ def eval_sheet(
 @eval_app.command("ratings")
 @friendly_errors
 def eval_ratings(
-    files: Annotated[list[Path], typer.Argument(metavar="FILES...", help="Ratings files saved from the sheet.")],
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILES...", help="Ratings files saved from the sheet.")
+    ],
     key: Annotated[Path, typer.Option(help="The sheet's key file (key-<sheet id>.json).")],
     report: Annotated[
         Path | None, typer.Option(metavar="RUN", help="Also append the summary to RUN/report/report.md.")
@@ -697,13 +703,17 @@ def eval_ratings(
     except ValueError as err:
         _usage_error(err)
     typer.echo(render_ratings_markdown(summary))
-    typer.echo(f"written: {written}" + (f" and {report / 'report' / 'report.md'}" if report else ""), err=True)
+    typer.echo(
+        f"written: {written}" + (f" and {report / 'report' / 'report.md'}" if report else ""), err=True
+    )
 
 
 @eval_app.command("feedback")
 @friendly_errors
 def eval_feedback(
-    folder: Annotated[Path, typer.Argument(metavar="DIR", help="The folder given to `warmline serve --feedback`.")],
+    folder: Annotated[
+        Path, typer.Argument(metavar="DIR", help="The folder given to `warmline serve --feedback`.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of markdown.")] = False,
 ) -> None:
     """Summarise in-app thumbs up/down from `warmline serve --feedback DIR`: counts and up-rate per model."""

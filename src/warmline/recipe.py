@@ -495,7 +495,9 @@ def _check_method(stage: StageConfig, key: str, source: str) -> None:
                 "to train on preference pairs"
             )
         if stage.dpo != DpoSettings():
-            raise RecipeError(f"{source}: '{key}.dpo' is set but '{key}.method' is sft; set 'method: dpo' or drop 'dpo'")
+            raise RecipeError(
+                f"{source}: '{key}.dpo' is set but '{key}.method' is sft; set 'method: dpo' or drop 'dpo'"
+            )
         return
     if stage.format not in (*PREFERENCE_FORMATS, "auto"):
         raise RecipeError(
@@ -517,7 +519,9 @@ def _check_method(stage: StageConfig, key: str, source: str) -> None:
     _check_range(d.label_smoothing, f"{key}.dpo.label_smoothing", source, 0, 0.5, high_open=True)
     _check_range(d.sft_loss_weight, f"{key}.dpo.sft_loss_weight", source, 0, 100)
     if d.loss_type == "exo_pair" and d.label_smoothing == 0:
-        raise RecipeError(f"{source}: '{key}.dpo.loss_type' exo_pair needs '{key}.dpo.label_smoothing' > 0 (e.g. 0.001)")
+        raise RecipeError(
+            f"{source}: '{key}.dpo.loss_type' exo_pair needs '{key}.dpo.label_smoothing' > 0 (e.g. 0.001)"
+        )
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

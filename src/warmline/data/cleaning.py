@@ -184,9 +184,7 @@ def _crisis_line_pattern() -> re.Pattern:
     return re.compile(r"findahelpline\.com|(?<!\d)(?:" + "|".join(alternatives) + r")(?!\d)", re.IGNORECASE)
 
 
-def shorten_replies(
-    convs: list[Conversation], max_sentences: int, counts: Counter
-) -> list[Conversation]:
+def shorten_replies(convs: list[Conversation], max_sentences: int, counts: Counter) -> list[Conversation]:
     """Every assistant turn cut to its first `max_sentences` sentences (new lists; counted by turn).
 
     A reply whose cut-off part names a crisis line stays whole (counted apart): training must

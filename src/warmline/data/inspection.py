@@ -60,7 +60,9 @@ def pair_token_lengths(tokenizer, data, max_length: int) -> dict[str, dict[str, 
             "p95": percentile(lengths, 0.95),
             "max": max(lengths, default=0),
         }
-    out["over_max_length"] = sum(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) > max_length for p in pairs)
+    out["over_max_length"] = sum(
+        len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) > max_length for p in pairs
+    )
     return out
 
 
@@ -113,7 +115,10 @@ def format_table(rows: list[dict]) -> str:
             out.append(
                 f"{r['name']}: pairs {r['train_pairs']} train / {r['validation_pairs']} validation (dpo; the table's "
                 "lengths are prompt + chosen); "
-                + "; ".join(f"{part} tokens p50 {t[part]['p50']} p95 {t[part]['p95']} max {t[part]['max']}" for part in ("prompt", "chosen", "rejected"))
+                + "; ".join(
+                    f"{part} tokens p50 {t[part]['p50']} p95 {t[part]['p95']} max {t[part]['max']}"
+                    for part in ("prompt", "chosen", "rejected")
+                )
                 + f"; {t['over_max_length']} pair(s) longer than max_length {r['max_length']} (replies cut to fit)"
             )
         if r.get("cut_by_max_rows"):

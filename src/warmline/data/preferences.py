@@ -179,7 +179,9 @@ def _preference_label(value: Any) -> str | None:
     return {"a": "A", "b": "B", "tie": "tie", "none": "tie", "": None}.get(text, "?")
 
 
-def from_ratings(rows: list[dict], mapping: dict[str, str], dropped: Counter) -> tuple[list[PreferencePair], int]:
+def from_ratings(
+    rows: list[dict], mapping: dict[str, str], dropped: Counter
+) -> tuple[list[PreferencePair], int]:
     """Rated sheet items -> pairs: A/B preferred reply first; raters of one item merged by majority.
 
     Returns the pairs and the number of rows merged into another rater's item (counted as duplicates)."""
@@ -188,7 +190,10 @@ def from_ratings(rows: list[dict], mapping: dict[str, str], dropped: Counter) ->
     texts: dict[tuple, tuple] = {}
     for index, row in enumerate(rows):
         prompt = _prompt(row.get(col("prompt")))
-        reply_a, reply_b = _reply(row.get(col("reply_a")), "reply_a"), _reply(row.get(col("reply_b")), "reply_b")
+        reply_a, reply_b = (
+            _reply(row.get(col("reply_a")), "reply_a"),
+            _reply(row.get(col("reply_b")), "reply_b"),
+        )
         label = _preference_label(row.get(col("preference")))
         problem = next((p[1:] for p in (reply_a, reply_b) if p.startswith("\x00")), None)
         if isinstance(prompt, str):
@@ -202,7 +207,12 @@ def from_ratings(rows: list[dict], mapping: dict[str, str], dropped: Counter) ->
             continue
         item_id = row.get(col("id"))
         key = (
-            (str(item_id), conversation_key(prompt), normalise_for_dedup(reply_a), normalise_for_dedup(reply_b))
+            (
+                str(item_id),
+                conversation_key(prompt),
+                normalise_for_dedup(reply_a),
+                normalise_for_dedup(reply_b),
+            )
             if item_id is not None
             else (index,)
         )
@@ -216,7 +226,9 @@ def from_ratings(rows: list[dict], mapping: dict[str, str], dropped: Counter) ->
             dropped["tie" if a == 0 else "raters_split"] += 1
             continue
         prompt, reply_a, reply_b = texts[key]
-        pairs.append(PreferencePair(prompt, reply_a, reply_b) if a > b else PreferencePair(prompt, reply_b, reply_a))
+        pairs.append(
+            PreferencePair(prompt, reply_a, reply_b) if a > b else PreferencePair(prompt, reply_b, reply_a)
+        )
     return pairs, merged
 
 
@@ -269,10 +281,14 @@ def read_rating_study(source: Path) -> RawRows | None:
                 }
             )
     used = [str(p) for p in [*keys.values(), *(q for ps in answers.values() for q in ps)]]
-    return RawRows(rows=rows, files=used, columns=["id", "prompt", "reply_a", "reply_b", "preference"], dropped=dropped)
+    return RawRows(
+        rows=rows, files=used, columns=["id", "prompt", "reply_a", "reply_b", "preference"], dropped=dropped
+    )
 
 
-def parse_rows(fmt: str, rows: list[dict], mapping: dict[str, str], dropped: Counter) -> tuple[list[PreferencePair], int]:
+def parse_rows(
+    fmt: str, rows: list[dict], mapping: dict[str, str], dropped: Counter
+) -> tuple[list[PreferencePair], int]:
     """Rows of a preference format -> pairs (dropped rows counted by reason in `dropped`); also
     returns how many rows were merged into others (ratings of one item by several raters)."""
     if fmt == "ratings":
@@ -307,7 +323,9 @@ def clean_pair(pair: PreferencePair, cleaned: Counter) -> PreferencePair | str:
     return PreferencePair(chosen_conv[:-1], chosen, rejected)
 
 
-def prepare_preference_stage(stage: StageConfig, *, seed: int, system_prompt: str | None = None) -> PreferenceStageData:
+def prepare_preference_stage(
+    stage: StageConfig, *, seed: int, system_prompt: str | None = None
+) -> PreferenceStageData:
     """Read, parse, clean, de-duplicate and split one dpo stage's pairs (grouped by prompt)."""
     local = Path(stage.source).expanduser()
     study = None
@@ -335,13 +353,21 @@ def prepare_preference_stage(stage: StageConfig, *, seed: int, system_prompt: st
         if isinstance(pair, str):
             dropped[pair] += 1
             continue
-        key = conversation_key(pair.prompt) + "\x1e" + normalise_for_dedup(pair.chosen) + "\x1e" + normalise_for_dedup(pair.rejected)
+        key = (
+            conversation_key(pair.prompt)
+            + "\x1e"
+            + normalise_for_dedup(pair.chosen)
+            + "\x1e"
+            + normalise_for_dedup(pair.rejected)
+        )
         if key in seen:
             duplicates += 1
             continue
         seen.add(key)
         if system and pair.prompt[0]["role"] != "system":
-            pair = PreferencePair([{"role": "system", "content": system}, *pair.prompt], pair.chosen, pair.rejected)
+            pair = PreferencePair(
+                [{"role": "system", "content": system}, *pair.prompt], pair.chosen, pair.rejected
+            )
         kept.append(pair)
     # Split the chosen conversations as SFT stages split theirs (by first user turn, seeded), and
     # map each back to its pair: grouped_split returns the very list objects it was given.
@@ -400,7 +426,9 @@ def tokenize_pair(tokenizer, pair: PreferencePair, max_length: int) -> Tokenized
     return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, truncated)
 
 
-def tokenize_pairs(tokenizer, pairs: list[PreferencePair], max_length: int, dropped: dict[str, int]) -> tuple[list[TokenizedPair], int]:
+def tokenize_pairs(
+    tokenizer, pairs: list[PreferencePair], max_length: int, dropped: dict[str, int]
+) -> tuple[list[TokenizedPair], int]:
     """Tokenise pairs; pairs that can't fit are counted in `dropped`; returns (pairs, truncated)."""
     out, truncated = [], 0
     for pair in pairs:

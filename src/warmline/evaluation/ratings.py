@@ -69,10 +69,14 @@ def load_key(path: Path) -> dict[str, Any]:
     """The organiser's key file written by `warmline eval sheet`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"key file {path} not found: pass the key-<sheet id>.json `warmline eval sheet` wrote")
+        raise FileNotFoundError(
+            f"key file {path} not found: pass the key-<sheet id>.json `warmline eval sheet` wrote"
+        )
     key = _read_json(path)
     if not isinstance(key, dict) or key.get("format") != SHEET_FORMAT:
-        raise RatingsError(f"{path} is not a warmline sheet key (format {SHEET_FORMAT}); pass the key-*.json file")
+        raise RatingsError(
+            f"{path} is not a warmline sheet key (format {SHEET_FORMAT}); pass the key-*.json file"
+        )
     return key
 
 
@@ -97,7 +101,9 @@ def load_judgements(paths: Sequence[Path], key: dict[str, Any]) -> list[Judgemen
         if not rater:
             raise RatingsError(f"{path} has no rater id")
         if rater in raters:
-            raise RatingsError(f"rater {rater!r} appears in {raters[rater]} and {path}: keep one file per rater")
+            raise RatingsError(
+                f"rater {rater!r} appears in {raters[rater]} and {path}: keep one file per rater"
+            )
         raters[rater] = path
         for answer in data.get("items", []):
             item = answer.get("item")
@@ -106,7 +112,9 @@ def load_judgements(paths: Sequence[Path], key: dict[str, Any]) -> list[Judgemen
             sides = dict(zip(("A", "B"), order[item], strict=True))
             preference = answer.get("preference")
             if preference not in (*PREFERENCES, None):
-                raise RatingsError(f"{path}: item {item}: preference {preference!r} is not one of {PREFERENCES}")
+                raise RatingsError(
+                    f"{path}: item {item}: preference {preference!r} is not one of {PREFERENCES}"
+                )
             scores: dict[str, dict[str, int | None]] = {}
             for side, model in sides.items():
                 given = (answer.get("scores") or {}).get(side) or {}
@@ -114,7 +122,9 @@ def load_judgements(paths: Sequence[Path], key: dict[str, Any]) -> list[Judgemen
                 for dim in DIMENSIONS:
                     value = given.get(dim)
                     if value is not None and value not in SCALE:
-                        raise RatingsError(f"{path}: item {item}: {dim} {side} is {value!r}, not on the scale {SCALE}")
+                        raise RatingsError(
+                            f"{path}: item {item}: {dim} {side} is {value!r}, not on the scale {SCALE}"
+                        )
                     scores[model][dim] = value
             judgements.append(
                 Judgement(
@@ -220,8 +230,9 @@ def agreement(judgements: Sequence[Judgement], models: Sequence[str]) -> dict[st
     pref_rows = [[preference(r, i) for i in items] for r in raters]
     measures["preference"] = {
         "level": "nominal",
-        "alpha": _alpha([[nan if v is None else v for v in row] for row in pref_rows], "nominal",
-                        range(len(models) + 1)),
+        "alpha": _alpha(
+            [[nan if v is None else v for v in row] for row in pref_rows], "nominal", range(len(models) + 1)
+        ),
     }
     units = [(i, m) for i in items for m in models]
     score_rows = {dim: [[score(r, i, m, dim) for i, m in units] for r in raters] for dim in DIMENSIONS}
@@ -438,7 +449,9 @@ def append_to_report(summary: dict[str, Any], run: Path) -> Path:
     """Add (or replace) the sheet's ratings section in RUN/report/report.md, with its plot."""
     report = run / "report" / "report.md"
     if not report.is_file():
-        raise FileNotFoundError(f"{report} not found: write the run's report first with `warmline eval {run}`")
+        raise FileNotFoundError(
+            f"{report} not found: write the run's report first with `warmline eval {run}`"
+        )
     plot_name = f"ratings-{summary['sheet_id']}.png"
     plot_ratings(summary, report.parent / plot_name)
     start, end = (s.format(sheet=summary["sheet_id"]) for s in (_SECTION_START, _SECTION_END))

@@ -128,7 +128,9 @@ def read_prompts(path: Path) -> list[SheetPrompt]:
     """Prompts from a file: .jsonl rows with "prompt" (a message) or "messages" (a conversation
     ending with the user's turn); any other file, one message a line ('#' starts a comment)."""
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} not found: give a .txt (one message a line) or .jsonl file")
+        raise FileNotFoundError(
+            f"prompts file {path} not found: give a .txt (one message a line) or .jsonl file"
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix != ".jsonl":
         return [_user_prompt(line, path.name) for line in _lines(text)]
@@ -179,13 +181,17 @@ def held_out_prompts(model: str) -> list[SheetPrompt]:
             and any(t["role"] == "assistant" for t in c)
         ]
         for conversation, _reference in prompt_pairs(conversations, None):
-            turns = [{"role": t["role"], "content": t["content"]} for t in conversation if t["role"] != "system"]
+            turns = [
+                {"role": t["role"], "content": t["content"]} for t in conversation if t["role"] != "system"
+            ]
             if turns and turns[-1]["role"] == "user":
                 prompts.append(SheetPrompt(turns, f"held-out {stage.name}"))
     return prompts
 
 
-def drop_crisis(prompts: Sequence[SheetPrompt], *, use_classifier: bool = True) -> tuple[list[SheetPrompt], int]:
+def drop_crisis(
+    prompts: Sequence[SheetPrompt], *, use_classifier: bool = True
+) -> tuple[list[SheetPrompt], int]:
     """The prompts the safety assessment does not take for a crisis (elevated or imminent: those get
     the fixed crisis reply, never the model's), and how many were dropped."""
     from warmline.safety import assess
@@ -257,7 +263,9 @@ def write_sheet(
     logger.info("%d candidate prompts; %d dropped as crisis prompts", len(candidates), dropped)
     chosen = choose(kept, n, rng)
     if not chosen:
-        raise ValueError("no prompts left for the sheet (all were empty or crisis prompts): give --prompts FILE")
+        raise ValueError(
+            "no prompts left for the sheet (all were empty or crisis prompts): give --prompts FILE"
+        )
 
     # --- replies: one model loaded at a time, through the serving gate flow ------------------
     items = [

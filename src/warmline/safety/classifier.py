@@ -179,9 +179,7 @@ def training_cache_key(training_paths: Sequence[Path], encoder_name: str) -> str
         content = path.read_bytes()
         digest.update(f"{path.name}|{len(content)}|".encode())
         digest.update(content)
-    digest.update(
-        f"{_FEATURE_VERSION}|{encoder_name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode()
-    )
+    digest.update(f"{_FEATURE_VERSION}|{encoder_name}|C={_REGULARISATION_C}|aug={AUGMENTED_COPIES}".encode())
     # The normaliser's word lists change what the classifier is trained on.
     from warmline.safety.normalise import packaged_slang_path
 

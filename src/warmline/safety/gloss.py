@@ -61,16 +61,29 @@ _TIRED_OF = re.compile(
 )
 _ADVERB_AFTER = re.compile(r"\b(i|you|he|she|we|they) (want|wanted|would like|need) (just|only|really)\b")
 _ADVERB_BEFORE = re.compile(r"\b(just|only|really) (i|you|he|she|we|they) (want|wanted|would like|need)\b")
-_DOUBLE_NEGATIVE = re.compile(r"\b(i|you|he|she|we|they) (?:don't|do not|can't) (see|have|find|feel) (?:no|any)\b")
-_GERUNDS = {"live": "living", "exist": "existing", "wake up": "waking up", "go on": "going on",
-            "be alive": "being alive", "be here": "being here", "fight": "fighting"}
+_DOUBLE_NEGATIVE = re.compile(
+    r"\b(i|you|he|she|we|they) (?:don't|do not|can't) (see|have|find|feel) (?:no|any)\b"
+)
+_GERUNDS = {
+    "live": "living",
+    "exist": "existing",
+    "wake up": "waking up",
+    "go on": "going on",
+    "be alive": "being alive",
+    "be here": "being here",
+    "fight": "fighting",
+}
 # A preposition glossed before an infinitive ("de continuer" -> "of to go on") is the "to".
 _DOUBLE_TO = re.compile(r"\b(?:to|of|for|in|by) to\b")
 # Languages that drop the subject pronoun put the negation before the verb, and the verb's
 # gloss carries the pronoun ("no quiero" -> "not i want"): English order is "i don't want".
-_NEGATED_VERB = re.compile(r"\b(not|no longer|never|never again) (i|you|he|she|we|they|everyone|nobody) (\w+)\b")
+_NEGATED_VERB = re.compile(
+    r"\b(not|no longer|never|never again) (i|you|he|she|we|they|everyone|nobody) (\w+)\b"
+)
 # Languages with a subject pronoun put it first: French "je ne veux plus" -> "i no longer want".
-_SUBJECT_NEGATION = re.compile(r"\b(i|you|he|she|we|they|everyone|nobody) (not|no longer|never|never again) (\w+)\b")
+_SUBJECT_NEGATION = re.compile(
+    r"\b(i|you|he|she|we|they|everyone|nobody) (not|no longer|never|never again) (\w+)\b"
+)
 _NOT_VERBS = {"to", "x", "a", "the", "that", "this", "it", "me", "myself", "anymore", "more", "even", "again"}
 _AUXILIARIES = {"am", "is", "are", "was", "were", "will", "would", "could", "should", "can"}
 
@@ -147,7 +160,11 @@ class Glossary:
             return word
         for stem, english in self.stems:
             if word.startswith(stem):
-                if self.infinitive is not None and self.infinitive.search(word) and not english.startswith("to "):
+                if (
+                    self.infinitive is not None
+                    and self.infinitive.search(word)
+                    and not english.startswith("to ")
+                ):
                     return f"to {english}"
                 return english
         return UNKNOWN
@@ -182,7 +199,9 @@ def load_glossary(path: str | Path, language: str) -> Glossary:
     for key, value in (data.get("stems") or {}).items():
         folded = fold_accents(str(key)).lower()
         if len(folded) < MIN_STEM:
-            raise ValueError(f"{path}: stem {key!r} is shorter than {MIN_STEM} letters; list its forms as phrases")
+            raise ValueError(
+                f"{path}: stem {key!r} is shorter than {MIN_STEM} letters; list its forms as phrases"
+            )
         stems.append((folded, str(value)))
     stems.sort(key=lambda item: -len(item[0]))
     rewrites = []
@@ -203,5 +222,7 @@ def glossary(language: str) -> Glossary | None:
     if not path.exists():
         return None
     loaded = load_glossary(path, language)
-    logger.debug("loaded the %s glossary: %d phrases, %d stems", language, len(loaded.phrases), len(loaded.stems))
+    logger.debug(
+        "loaded the %s glossary: %d phrases, %d stems", language, len(loaded.phrases), len(loaded.stems)
+    )
     return loaded

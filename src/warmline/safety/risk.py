@@ -230,7 +230,11 @@ def assess_text(
         )
     risk_score: float | None = None
     # The classifier only understands English: another language's message is read through its gloss.
-    english_text = text if language == "en" else (glossed if GLOSS_CLASSIFIER and _gloss_needs_classifier(found) else None)
+    english_text = (
+        text
+        if language == "en"
+        else (glossed if GLOSS_CLASSIFIER and _gloss_needs_classifier(found) else None)
+    )
     if classifier is not None and english_text and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(english_text)
@@ -371,7 +375,7 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """"laughter" or "recovery" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None."""
+    """ "laughter" or "recovery" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None."""
     if lexicon.laughter.search(text):
         return "laughter"
     if _RECOVERY.search(text):

@@ -197,7 +197,9 @@ def file_sha256(path: Path) -> str:
 def _read_config(hf_dir: Path) -> dict[str, Any]:
     path = hf_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass a Hugging Face model folder (a run's final/ or a stage)")
+        raise FileNotFoundError(
+            f"{path} not found: pass a Hugging Face model folder (a run's final/ or a stage)"
+        )
     return json.loads(path.read_text())
 
 
@@ -221,7 +223,9 @@ def _run_builder(hf_dir: Path, out: Path, quant: str, config: dict[str, Any], un
     logger.info("building the %s ONNX model of %s into %s (once)", quant, hf_dir, out.parent)
     with (
         log_path.open("w") as log,
-        tqdm(total=steps, desc=f"building the {quant} ONNX model (once)", unit="step", file=sys.stderr) as bar,
+        tqdm(
+            total=steps, desc=f"building the {quant} ONNX model (once)", unit="step", file=sys.stderr
+        ) as bar,
     ):
         log.write(" ".join(command) + "\n")
         process = subprocess.Popen(

@@ -235,7 +235,9 @@ def onnx_stop_token_ids(tokenizer, hf_dir: str | Path) -> set[int]:
         generation_config = GenerationConfig.from_pretrained(str(hf_dir))
     except OSError:  # no generation_config.json: the tokenizer's EOS and the template's stops
         generation_config = None
-    return stop_token_ids(tokenizer, template_for(tokenizer), SimpleNamespace(generation_config=generation_config))
+    return stop_token_ids(
+        tokenizer, template_for(tokenizer), SimpleNamespace(generation_config=generation_config)
+    )
 
 
 def pick_quant(hf_dir: str | Path) -> str:

@@ -150,7 +150,9 @@ def compare_scores(
         )
     n = int(reference.nll.size)
     if n == 0:
-        raise QualityDataError("no reply tokens to judge the build on: the conversations have no assistant turns")
+        raise QualityDataError(
+            "no reply tokens to judge the build on: the conversations have no assistant turns"
+        )
     loss_fp32, loss = float(reference.nll.mean()), float(candidate.nll.mean())
     delta = loss - loss_fp32
     agreement = float((reference.top1 == candidate.top1).mean())
@@ -163,7 +165,9 @@ def compare_scores(
         reply_tokens=n,
         conversations=conversations,
         data=data,
-        ok=passes_gate(delta, agreement, max_loss_delta=max_loss_delta, min_top1_agreement=min_top1_agreement),
+        ok=passes_gate(
+            delta, agreement, max_loss_delta=max_loss_delta, min_top1_agreement=min_top1_agreement
+        ),
         max_loss_delta=max_loss_delta,
         min_top1_agreement=min_top1_agreement,
     )
@@ -186,7 +190,10 @@ def validation_examples(hf_dir: str | Path, max_per_stage: int | None = None):
     from warmline.recipe import load_recipe
 
     hf_dir = Path(hf_dir)
-    candidates = [(hf_dir / "recipe.yaml", f"validation split of the recipe in {hf_dir}"), (OFFLINE_RECIPE, "")]
+    candidates = [
+        (hf_dir / "recipe.yaml", f"validation split of the recipe in {hf_dir}"),
+        (OFFLINE_RECIPE, ""),
+    ]
     problems = []
     for path, label in candidates:
         if not path.is_file():
@@ -332,7 +339,9 @@ def quality_verdict(
                 return QualityVerdict(**saved["verdict"])
         except (ValueError, TypeError, KeyError):
             pass  # an unreadable or older cache is recomputed below
-    logger.info("judging the %s ONNX build in %s against fp32 torch on validation reply tokens", quant, onnx_dir)
+    logger.info(
+        "judging the %s ONNX build in %s against fp32 torch on validation reply tokens", quant, onnx_dir
+    )
     examples, source, reference = _reference(str(hf_dir), json.dumps(weights), max_per_stage)
     verdict = compare_scores(
         reference, onnx_scores(onnx_dir, examples), quant=quant, conversations=len(examples), data=source

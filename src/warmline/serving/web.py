@@ -310,7 +310,9 @@ def _feedback_controls(chatbot: gr.Chatbot, settings_inputs: list, feedback: Fee
             },
             session=getattr(request, "session_hash", None),
             message_index=index,
-            conversation=history_to_conversation(history[: index + 1]) if include_conversation is True else None,
+            conversation=history_to_conversation(history[: index + 1])
+            if include_conversation is True
+            else None,
         )
 
     chatbot.like(rate, inputs=[chatbot, include, *settings_inputs], outputs=None, api_name="feedback")

@@ -191,7 +191,9 @@ def plan_recipe(recipe: Recipe, source: str = "recipe", num_processes: int | Non
         trained = sum(sum(lbl != -100 for lbl in e.labels) for e in examples)
         memory = estimate_memory(params, recipe, stage.config.max_length, precision, device)
         if stage.config.method == "dpo":  # one example is a pair: prompt + chosen, prompt + rejected
-            tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in stage.train_pairs)
+            tokens = sum(
+                2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in stage.train_pairs
+            )
             trained = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in stage.train_pairs)
             # Two rows per micro-batch, and (full training) a frozen fp32 reference copy.
             memory = estimate_memory(params, recipe, 2 * stage.config.max_length, precision, device)

@@ -36,7 +36,11 @@ def tokenize_stage_pairs(
     train, trunc_t = tokenize_pairs(tokenizer, data.train_pairs, max_length, data.dropped)
     val, trunc_v = tokenize_pairs(tokenizer, data.validation_pairs, max_length, data.dropped)
     data.cleaned["truncated_to_max_length"] = trunc_t + trunc_v
-    return (train, val), [reply_example(p, "chosen") for p in train], [reply_example(p, "chosen") for p in val]
+    return (
+        (train, val),
+        [reply_example(p, "chosen") for p in train],
+        [reply_example(p, "chosen") for p in val],
+    )
 
 
 def build_preference_args(recipe, stage, work_dir: Path, precision: str):
@@ -66,7 +70,16 @@ def build_preference_args(recipe, stage, work_dir: Path, precision: str):
 
 
 def build_preference_trainer(
-    recipe, stage, model, init_from: str, tokenizer, precision: str, run_dir: Path, work: Path, *, callbacks=()
+    recipe,
+    stage,
+    model,
+    init_from: str,
+    tokenizer,
+    precision: str,
+    run_dir: Path,
+    work: Path,
+    *,
+    callbacks=(),
 ):
     """The stage's DPOTrainer (policy `model` from `init_from`, reference = `init_from` frozen) with
     our callbacks; returns the StageTrainer the other steps take."""
@@ -191,7 +204,9 @@ def reply_logprobs(model, pairs: list[TokenizedPair], *, precision: str, max_tok
             labels = inputs.pop("labels")
             targets = labels[0, 1:]  # position t predicts token t+1
             keep = targets != IGNORE_INDEX
-            owner = torch.cat([torch.full((len(ex.input_ids),), i) for i, ex in enumerate(batch)])[1:].to(device)
+            owner = torch.cat([torch.full((len(ex.input_ids),), i) for i, ex in enumerate(batch)])[1:].to(
+                device
+            )
             with autocast_context(precision, device):
                 logits = model(**inputs, use_cache=False).logits[0, :-1][keep]  # (labelled, vocab)
             token_logps = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[keep][:, None])[:, 0]
@@ -222,17 +237,21 @@ def preference_scores(policy, reference, pairs: list[TokenizedPair], *, beta: fl
 
     reward_c = [beta * (p - r) for p, r in zip(pol_c, ref_c, strict=True)]
     reward_r = [beta * (p - r) for p, r in zip(pol_r, ref_r, strict=True)]
-    return {
-        "pairs": n,
-        "beta": beta,
-        "reference": ranking(ref_c, ref_r),
-        "policy": ranking(pol_c, pol_r),
-        "rewards": {
-            **ranking(reward_c, reward_r),
-            "chosen": sum(reward_c) / n,
-            "rejected": sum(reward_r) / n,
-        },
-    } if n else {"pairs": 0, "beta": beta}
+    return (
+        {
+            "pairs": n,
+            "beta": beta,
+            "reference": ranking(ref_c, ref_r),
+            "policy": ranking(pol_c, pol_r),
+            "rewards": {
+                **ranking(reward_c, reward_r),
+                "chosen": sum(reward_c) / n,
+                "rejected": sum(reward_r) / n,
+            },
+        }
+        if n
+        else {"pairs": 0, "beta": beta}
+    )
 
 
 def record_preferences(
@@ -280,7 +299,9 @@ def record_preferences(
         )
     if scores.get("validation_loss_change"):
         changes = ", ".join(f"{k} {v:+.3f}" for k, v in scores["validation_loss_change"].items())
-        print(f"[{stage.config.name}] validation loss change on the other stages' splits: {changes}", flush=True)
+        print(
+            f"[{stage.config.name}] validation loss change on the other stages' splits: {changes}", flush=True
+        )
     return scores
 
 
