@@ -186,6 +186,54 @@ def next_token(
     return scores.argmax(dim=-1, keepdim=True)
 
 
+def reply_token_budget(
+    prompt_ids: Sequence[int],
+    settings: GenerationSettings,
+    context_length: int | None,
+    result: GenerationResult,
+) -> int:
+    """The reply's token limit for this prompt; records the prompt size and the default stop reason
+    on `result` (every engine starts a reply here)."""
+    result.prompt_tokens = len(prompt_ids)
+    result.stop_reason = "max_new_tokens"
+    max_new_tokens = settings.max_new_tokens
+    if context_length is not None:  # only a system prompt near the context size gets here
+        max_new_tokens = max(1, min(max_new_tokens, context_length - len(prompt_ids)))
+    return max_new_tokens
+
+
+def decode_loop(
+    logits: torch.Tensor,
+    advance,
+    *,
+    settings: GenerationSettings,
+    max_new_tokens: int,
+    stop_token_ids,
+    rng: torch.Generator,
+    result: GenerationResult,
+    device: torch.device | str = "cpu",
+) -> Iterator[int]:
+    """The reply's tokens from the prompt's last logits (1, vocab); `advance(token)` feeds one
+    token (1, 1) to the engine and returns the next logits (1, vocab). Stops at a stop token
+    (result.stop_reason "eos", the token not yielded) or after `max_new_tokens`. Every engine
+    decodes here, so sampling, penalties and stopping are the same code on all of them."""
+    procs = logits_processors(settings)
+    # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
+    # also penalises the end-of-turn token that closes every earlier turn, and with it the
+    # model's ability to stop: replies then run to the token limit.
+    reply_ids = torch.empty((1, 0), dtype=torch.long, device=device)  # (1, new tokens)
+    for step in range(max_new_tokens):
+        token = next_token(logits, reply_ids, procs, settings.sampling, rng)
+        token_id = int(token)
+        if token_id in stop_token_ids:
+            result.stop_reason = "eos"
+            return
+        reply_ids = torch.cat([reply_ids, token], dim=1)
+        yield token_id
+        if step + 1 < max_new_tokens:
+            logits = advance(token)
+
+
 class TorchEngine:
     """Reply tokens from a transformers causal LM; see the module docstring.
 
@@ -255,31 +303,22 @@ class TorchEngine:
         result: GenerationResult,
     ) -> Iterator[int]:
         """The KV-cached decode loop (see `TokenEngine.tokens`)."""
-        s = settings
-        result.prompt_tokens = len(prompt_ids)
-        result.stop_reason = "max_new_tokens"
-        max_new_tokens = s.max_new_tokens
-        if self.context_length is not None:  # only a system prompt near the context size gets here
-            max_new_tokens = max(1, min(max_new_tokens, self.context_length - len(prompt_ids)))
+        max_new_tokens = reply_token_budget(prompt_ids, settings, self.context_length, result)
         rng = seeded_rng(seed, self.device)
-        procs = logits_processors(s)
         prefill = self.prefill(prompt_ids, shared_prefix)
         result.reused_prompt_tokens = prefill.reused
-        cache, logits = prefill.cache, prefill.logits
-        # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
-        # also penalises the end-of-turn token that closes every earlier turn, and with it the
-        # model's ability to stop: replies then run to the token limit.
-        reply_ids = torch.empty((1, 0), dtype=torch.long, device=self.device)  # (1, new tokens)
-        for step in range(max_new_tokens):
-            token = next_token(logits[:, -1, :], reply_ids, procs, s.sampling, rng)
-            token_id = int(token)
-            if token_id in self.stop_token_ids:
-                result.stop_reason = "eos"
-                return
-            reply_ids = torch.cat([reply_ids, token], dim=1)
-            yield token_id
-            if step + 1 < max_new_tokens:  # the decode model continues from the prompt's cache
-                logits = self._forward(self.decode_model, token, cache)
+        cache = prefill.cache
+        yield from decode_loop(
+            prefill.logits[:, -1, :],
+            # The decode model continues from the prompt's cache.
+            lambda token: self._forward(self.decode_model, token, cache)[:, -1, :],
+            settings=settings,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=self.stop_token_ids,
+            rng=rng,
+            result=result,
+            device=self.device,
+        )
 
 
 def context_length(model) -> int | None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from warmline.serving.engine import logits_processors, next_token, seeded_rng
+from warmline.serving.engine import decode_loop, reply_token_budget, seeded_rng
 
 if TYPE_CHECKING:
     from warmline.serving.generator import GenerationResult, Generator
@@ -183,13 +183,8 @@ class OnnxEngine:
     ) -> Iterator[int]:
         """The decode loop (see `TokenEngine.tokens`); the same steps as `TorchEngine.tokens`."""
         s = settings
-        result.prompt_tokens = len(prompt_ids)
-        result.stop_reason = "max_new_tokens"
-        max_new_tokens = s.max_new_tokens
-        if self.context_length is not None:  # only a system prompt near the context size gets here
-            max_new_tokens = max(1, min(max_new_tokens, self.context_length - len(prompt_ids)))
+        max_new_tokens = reply_token_budget(prompt_ids, s, self.context_length, result)
         rng = seeded_rng(seed)
-        procs = logits_processors(s)
         # A state sized for any prompt within budget and a full reply, so the next turn fits too.
         max_length = self.max_length or max(s.max_prompt_tokens, len(prompt_ids)) + max_new_tokens
         if self.context_length is not None:
@@ -198,20 +193,20 @@ class OnnxEngine:
         state = self.prompt_cache.take(prompt_ids, max_length, shared=len(shared_prefix))
         try:
             result.reused_prompt_tokens = state.read(prompt_ids)
-            logits = state.logits()
-            # The repetition penalty looks at the reply only, as in TorchEngine.
-            reply_ids = torch.empty((1, 0), dtype=torch.long)  # (1, new tokens)
-            for step in range(max_new_tokens):
-                token = next_token(logits, reply_ids, procs, s.sampling, rng)
-                token_id = int(token)
-                if token_id in self.stop_token_ids:
-                    result.stop_reason = "eos"
-                    return
-                reply_ids = torch.cat([reply_ids, token], dim=1)
-                yield token_id
-                if step + 1 < max_new_tokens:
-                    state.append([token_id])
-                    logits = state.logits()
+
+            def advance(token: torch.Tensor) -> torch.Tensor:
+                state.append([int(token)])
+                return state.logits()
+
+            yield from decode_loop(
+                state.logits(),
+                advance,
+                settings=s,
+                max_new_tokens=max_new_tokens,
+                stop_token_ids=self.stop_token_ids,
+                rng=rng,
+                result=result,
+            )
         except GeneratorExit:  # the reply ended early (stop string, screen): the state is whole
             raise
         except BaseException:
