@@ -62,14 +62,16 @@ def chatml_tokenizer():
     return fast
 
 
-def _save_tiny(model_type: str, tokenizer, folder: Path, seed: int = 0) -> Path:
+def _save_tiny(model_type: str, tokenizer, folder: Path, seed: int = 0, **config_overrides) -> Path:
+    """A randomly initialised 2-layer model saved with `tokenizer`; `config_overrides` replace
+    config fields (e.g. hidden_size=64 for an attention head size of 16)."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     torch.manual_seed(seed)
     vocab = len(tokenizer)
     if model_type == "gpt2":
-        config = GPT2Config(
+        fields = dict(
             vocab_size=vocab,
             n_positions=1024,
             n_embd=32,
@@ -78,8 +80,9 @@ def _save_tiny(model_type: str, tokenizer, folder: Path, seed: int = 0) -> Path:
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.eos_token_id,
         )
+        config = GPT2Config(**{**fields, **config_overrides})
     else:
-        config = LlamaConfig(
+        fields = dict(
             vocab_size=vocab,
             hidden_size=32,
             intermediate_size=64,
@@ -91,6 +94,7 @@ def _save_tiny(model_type: str, tokenizer, folder: Path, seed: int = 0) -> Path:
             pad_token_id=tokenizer.pad_token_id,
             tie_word_embeddings=True,
         )
+        config = LlamaConfig(**{**fields, **config_overrides})
     model = AutoModelForCausalLM.from_config(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

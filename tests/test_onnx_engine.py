@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import _save_tiny
 
 from warmline.safety import SafetyGate
 from warmline.serving.engine import TorchEngine
@@ -40,26 +41,10 @@ def ask(text: str) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def llama16_dir(tmp_path_factory, chatml_tokenizer) -> Path:
     """A saved 2-layer Llama, hidden 64, 4 heads of size 16, ChatML template."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(chatml_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=chatml_tokenizer.eos_token_id,
-        pad_token_id=chatml_tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-    )
     folder = tmp_path_factory.mktemp("runs") / "llama16"
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    chatml_tokenizer.save_pretrained(folder)
-    return folder
+    return _save_tiny(
+        "llama", chatml_tokenizer, folder, hidden_size=64, intermediate_size=128, initializer_range=0.2
+    )
 
 
 @pytest.fixture(scope="module")

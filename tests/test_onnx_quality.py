@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import _save_tiny
 
 from warmline.data.tokens import IGNORE_INDEX
 from warmline.serving import onnx_quality
@@ -108,26 +109,8 @@ def test_compare_refuses_different_tokens_and_no_tokens():
 def tiny_llama64_dir(tmp_path_factory, chatml_tokenizer):
     """A 2-layer Llama with hidden size 64 and head size 16 (ONNX Runtime's CPU attention needs a
     multiple of 16; conftest's tiny Llama has 8)."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(chatml_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        eos_token_id=chatml_tokenizer.eos_token_id,
-        pad_token_id=chatml_tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
     folder = tmp_path_factory.mktemp("run") / "final"
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    chatml_tokenizer.save_pretrained(folder)
-    return folder
+    return _save_tiny("llama", chatml_tokenizer, folder, hidden_size=64, intermediate_size=128)
 
 
 def test_validation_examples_prefer_the_models_own_recipe(tmp_path, tiny_llama64_dir):
