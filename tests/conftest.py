@@ -4,6 +4,7 @@ tokenizers, built offline in seconds."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
+# Headless Chromium for the browser tests (tests/test_browser.py, test_sheet_browser.py,
+# test_feedback.py); they skip with this reason where it is missing (.ci/run installs it).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+needs_chromium = pytest.mark.skipif(
+    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
+    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
+    "install it with: apt-get install -y chromium chromium-driver",
+)
+
+
+def chromium_options(webdriver, tmp_path: Path):
+    """Chrome options for a headless, offline, throwaway-profile Chromium."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    return options
+
+
 # The real GPT-2 vocabulary, committed (tests/fixtures/gpt2_tokenizer/LICENSE): no ../shared needed.
 GPT2_TOKENIZER_DIR = REPO / "tests" / "fixtures" / "gpt2_tokenizer"
 COUNSEL_CHAT = SHARED / "counsel_chat" / "counsel_chat_amod_format.jsonl"

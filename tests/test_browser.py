@@ -13,21 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CHROMEDRIVER, chromium_options, needs_chromium
 
 from warmline.safety import AI_NOTICE
 from warmline.serving.generator import SAMPLE_PROMPTS, GenerationSettings
 from warmline.serving.web import build_app, launch
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 REPLY = "That sounds really lonely. I'm glad you said it out loud. What has your week been like?"
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
-    "install it with: apt-get install -y chromium chromium-driver",
-)
+pytestmark = needs_chromium
 
 
 class SlowGenerator:
@@ -68,21 +63,7 @@ def browser(tmp_path: Path):
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
+    options = chromium_options(webdriver, tmp_path)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver

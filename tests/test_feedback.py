@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import CHROMEDRIVER, chromium_options, needs_chromium
 from gradio_client import Client
 from typer.testing import CliRunner
 
@@ -251,15 +251,8 @@ def test_a_thumb_stores_rating_model_time_settings_and_no_text_unless_ticked(wit
 
 # --- a real browser clicks the thumbs ------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-
-@pytest.mark.skipif(
-    not (Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()),
-    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
-    "install it with: apt-get install -y chromium chromium-driver",
-)
+@needs_chromium
 def test_thumbs_in_a_real_browser(with_feedback, tmp_path):
     """The page shows the consent line and the unticked box; a thumb without the tick stores no
     text, and after ticking the box the next thumb stores the conversation."""
@@ -272,21 +265,7 @@ def test_thumbs_in_a_real_browser(with_feedback, tmp_path):
 
     server, folder = with_feedback
     before = len(read_feedback(folder)) if (folder / FEEDBACK_FILE).exists() else 0
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
+    options = chromium_options(webdriver, tmp_path)
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         browser.get(server.url)

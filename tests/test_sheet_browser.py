@@ -11,26 +11,18 @@ from __future__ import annotations
 import functools
 import json
 import re
-import shutil
 import time
 from html import escape as html_escape
 from pathlib import Path
 
 import pytest
+from conftest import CHROMEDRIVER, chromium_options, needs_chromium
 from typer.testing import CliRunner
 
 from warmline.cli import app
 from warmline.evaluation.sheet import RUBRIC, everyday_prompts
 from warmline.safety import SafetyGate
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-HAS_BROWSER = Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()
-needs_browser = pytest.mark.skipif(
-    not HAS_BROWSER,
-    reason=f"headless Chromium not installed ({CHROMIUM}, {CHROMEDRIVER}); "
-    "install it with: apt-get install -y chromium chromium-driver",
-)
 # The gate on its lexicon alone (the classifier is tested in test_safety.py; training it here
 # would only slow this file down).
 LEXICON_ONLY = functools.partial(SafetyGate, use_classifier=False)
@@ -155,21 +147,7 @@ def browser(tmp_path: Path):
 
     downloads = tmp_path / "downloads"
     downloads.mkdir()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
+    options = chromium_options(webdriver, tmp_path)
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
@@ -184,7 +162,7 @@ def browser(tmp_path: Path):
         driver.quit()
 
 
-@needs_browser
+@needs_chromium
 def test_a_rater_fills_in_the_sheet_in_a_browser_and_the_ratings_read_back(sheet, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
