@@ -97,15 +97,19 @@ def env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def api_server(tiny_llama_dir: Path, tmp_path_factory, env):
     """`warmline serve TINY --api`, its key from WARMLINE_API_KEY."""
-    log = tmp_path_factory.mktemp("api") / "serve.log"
-    server = Server(
-        warmline("serve", str(tiny_llama_dir), "--api", "--port", "{port}"),
-        log,
+    server = serve_api(tiny_llama_dir, tmp_path_factory, env)
+    yield server
+    server.stop()
+
+
+def serve_api(model: Path, tmp_path_factory, env) -> Server:
+    """`warmline serve MODEL --api` with the test key."""
+    return Server(
+        warmline("serve", str(model), "--api", "--port", "{port}"),
+        tmp_path_factory.mktemp("api") / "serve.log",
         {**env, "WARMLINE_API_KEY": KEY},
         headers={"Authorization": f"Bearer {KEY}"},
     )
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +232,7 @@ def sharp_llama_dir(tiny_llama_dir: Path, tmp_path_factory) -> Path:
 # model), can make a reply differ.
 @pytest.fixture(scope="module")
 def sharp_server(sharp_llama_dir: Path, tmp_path_factory, env):
-    log = tmp_path_factory.mktemp("api-sharp") / "serve.log"
-    server = Server(
-        warmline("serve", str(sharp_llama_dir), "--api", "--port", "{port}"),
-        log,
-        {**env, "WARMLINE_API_KEY": KEY},
-        headers={"Authorization": f"Bearer {KEY}"},
-    )
+    server = serve_api(sharp_llama_dir, tmp_path_factory, env)
     yield server
     server.stop()
 
