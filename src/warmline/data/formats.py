@@ -147,6 +147,12 @@ def from_messages(row: dict, mapping: dict[str, str], ctx: dict) -> Conversation
     items = row.get(col)
     if not isinstance(items, list):
         return _missing_reason(items)
+    return message_turns(items)
+
+
+def message_turns(items: list) -> Conversation | str:
+    """A list of {role|from, content|value} dicts as conversation turns (role aliases mapped), or
+    the reason it is not one. Shared by the `messages` format and preference message lists."""
     turns: Conversation = []
     for item in items:
         if not isinstance(item, dict):

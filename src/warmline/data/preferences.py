@@ -35,7 +35,7 @@ from warmline.data.cleaning import (
     grouped_split,
     normalise_for_dedup,
 )
-from warmline.data.formats import ROLE_ALIASES, Conversation, FormatError, check_columns, detect_format
+from warmline.data.formats import Conversation, FormatError, check_columns, detect_format, message_turns
 from warmline.data.sources import RawRows, is_local, read_source
 from warmline.data.tokens import IGNORE_INDEX, TokenizedExample, tokenize_conversation
 from warmline.recipe import PREFERENCE_FORMATS, StageConfig
@@ -93,19 +93,7 @@ def _messages(value: Any) -> Conversation | str:
     """A message list as {role, content} turns (role aliases as SFT's `messages` format)."""
     if not isinstance(value, list):
         return "missing_value" if value is None else "not_a_message_list"
-    turns: Conversation = []
-    for item in value:
-        if not isinstance(item, dict):
-            return "non_text_value"
-        role = item.get("role", item.get("from"))
-        content = item.get("content", item.get("value"))
-        role = ROLE_ALIASES.get(str(role).lower()) if role is not None else None
-        if role is None:
-            return "unknown_role"
-        if not isinstance(content, str):
-            return "missing_value" if content is None else "non_text_value"
-        turns.append({"role": role, "content": content})
-    return turns
+    return message_turns(value)
 
 
 def _prompt(value: Any) -> Conversation | str:
