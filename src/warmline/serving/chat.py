@@ -11,10 +11,14 @@ types or pipes in can crash the gate; the repairs are counted on the gate, never
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -87,6 +91,27 @@ def make_private_dirs(folder: Path) -> None:
         os.chmod(new, 0o700)  # mkdir's mode is reduced by the umask
 
 
+@contextlib.contextmanager
+def _ctrl_c_interrupts() -> Iterator[None]:
+    """While the chat runs, Ctrl-C (SIGINT) raises KeyboardInterrupt, even when the process
+    started with SIGINT ignored: a shell without job control starts every background job that
+    way (`warmline chat ... &`, `nohup make test &` in a script) and children inherit it, so
+    Ctrl-C would neither stop a reply nor quit. A handler the caller installed is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set signal handlers, and only it receives them
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous not in (signal.SIG_IGN, signal.SIG_DFL):  # Python's default_int_handler, or the caller's own
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@_ctrl_c_interrupts()  # each call: Ctrl-C stops a reply (keeping the message) or quits at the prompt
 def run_chat(
     generator: Generator,
     *,
