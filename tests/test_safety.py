@@ -530,11 +530,22 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> RiskClassifier:
     return RiskClassifier(weights_dir=tmp_path_factory.mktemp("safety-cache"))
 
 
-def test_classifier_trains_once_and_caches(classifier: RiskClassifier) -> None:
-    cached = list(classifier.weights_dir.glob("classifier-*.npz"))
-    assert len(cached) == 1
-    again = RiskClassifier(encoder=classifier.encoder, weights_dir=classifier.weights_dir)
-    assert np.array_equal(again._coef, classifier._coef)
+def test_classifier_trains_once_and_caches(classifier: RiskClassifier, tmp_path, monkeypatch) -> None:
+    # Training files no shipped weights were made for (every 10th packaged example): trained on
+    # first use, cached, and the second instance loads the cache instead of training.
+    lines = packaged_training_path().read_text(encoding="utf-8").splitlines()[::10]
+    training = tmp_path / "train.jsonl"
+    training.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    first = RiskClassifier(training, encoder=classifier.encoder, weights_dir=tmp_path / "cache")
+    cached = list((tmp_path / "cache").glob("classifier-*.npz"))
+    assert [path.name for path in cached] == [first.weights_name]
+
+    def no_training(self):
+        raise AssertionError("trained again instead of loading the cache")
+
+    monkeypatch.setattr(RiskClassifier, "_train", no_training)
+    again = RiskClassifier(training, encoder=classifier.encoder, weights_dir=tmp_path / "cache")
+    assert np.array_equal(again._coef, first._coef)
 
 
 def test_encoder_matches_sentence_transformers(classifier: RiskClassifier) -> None:

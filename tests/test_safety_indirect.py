@@ -89,6 +89,7 @@ class _HashEncoder:
     """Deterministic bag-of-words features: enough for the regression to learn the files' labels."""
 
     model_dir = Path("hash-encoder")
+    name = "hash-encoder"
 
     def encode(self, texts: list[str]) -> np.ndarray:
         features = np.zeros((len(texts), 64), dtype=np.float32)

@@ -323,9 +323,9 @@ def _load_generator(
     if generator is None:
         generator = Generator.from_pretrained(model, gate=gate, settings=settings, fp16_decode=fp16_decode)
     if gate.use_classifier:  # load (or train, once) now rather than on the first message
-        from warmline.safety.classifier import default_classifier
+        from warmline.safety.classifier import load_default_classifiers
 
-        default_classifier()
+        load_default_classifiers()
     return generator
 
 
@@ -555,9 +555,9 @@ def gateway(
         raise typer.Exit(2) from None
     gate = SafetyGate(locale=locale)
     if gate.use_classifier:  # load (or train, once) now rather than on the first message
-        from warmline.safety.classifier import default_classifier
+        from warmline.safety.classifier import load_default_classifiers
 
-        default_classifier()
+        load_default_classifiers()
     slots = ModelSlots(concurrency_limit)
     streamer = BackendStreamer(client, gate=gate, slots=slots)
     system_prompt = DEFAULT_SYSTEM_PROMPT if system is None else system

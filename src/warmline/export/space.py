@@ -71,9 +71,9 @@ def main() -> None:
     settings = GenerationSettings(**config["generation"])
     generator = Generator.from_pretrained(model, gate=gate, settings=settings)
     if gate.use_classifier:  # load (or train, once) now rather than on the first message
-        from warmline.safety.classifier import default_classifier
+        from warmline.safety.classifier import load_default_classifiers
 
-        default_classifier()
+        load_default_classifiers()
     generator.warm_up(config["system_prompt"])  # the first visitor does not wait for it
     app = build_app(generator, system_prompt=config["system_prompt"], locale=config["locale"])
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")

