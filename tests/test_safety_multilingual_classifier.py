@@ -117,7 +117,10 @@ def test_training_folds_the_standardisation_into_the_weights(tmp_path, encoder):
     ("language", "text"),
     [
         ("de", "Ich habe meiner Schwester schon meine Katze versprochen, falls ich nicht mehr da bin"),
-        ("fr", "Je range mes affaires et j'écris des lettres pour chacun, bientôt ils n'auront plus à s'inquiéter"),
+        (
+            "fr",
+            "Je range mes affaires et j'écris des lettres pour chacun, bientôt ils n'auront plus à s'inquiéter",
+        ),
         ("pt", "já deixei tudo organizado pra minha família, logo eles vão ficar em paz sem mim"),
         ("it", "ho scritto una lettera per ognuno dei miei figli, così quando non ci sarò più sapranno"),
     ],
