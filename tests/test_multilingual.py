@@ -17,6 +17,7 @@ from warmline.safety.classifier import CLASS_LEVELS, ClassifierScore
 from warmline.safety.language import (
     CONFIDENT,
     fold_accents,
+    gloss_message,
     identify_language,
     language_lexicon,
     packaged_lexicon_dir,
@@ -279,14 +280,21 @@ class _AlwaysRisky:
         return ClassifierScore(probabilities)
 
 
-def test_the_english_classifier_only_reads_english() -> None:
-    classifier = _AlwaysRisky()
-    french = assess_text("j'ai fait une tarte aux pommes pour ma grand-mère", classifier=classifier)
-    assert french.language == "fr" and not french.level.is_crisis and french.risk_score is None
-    assert classifier.calls == []
-    english = assess_text("I baked an apple pie for my grandmother", classifier=classifier)
+def test_each_classifier_reads_its_own_language() -> None:
+    # The English classifier reads English, or the English gloss of another language, never the
+    # other language itself; the multilingual classifier reads non-English messages as written.
+    english_classifier, multilingual = _AlwaysRisky(), _AlwaysRisky()
+    text = "j'ai fait une tarte aux pommes pour ma grand-mère"
+    french = assess_text(text, classifier=english_classifier, multilingual=multilingual)
+    assert french.language == "fr" and french.risk_score == pytest.approx(1.0)
+    assert multilingual.calls == [text]
+    assert english_classifier.calls == [gloss_message("fr", text)] != [text]
+    english_classifier, multilingual = _AlwaysRisky(), _AlwaysRisky()
+    english = assess_text(
+        "I baked an apple pie for my grandmother", classifier=english_classifier, multilingual=multilingual
+    )
     assert english.language == "en" and english.risk_score == 1.0
-    assert len(classifier.calls) == 1
+    assert len(english_classifier.calls) == 1 and multilingual.calls == []
 
 
 def test_typos_of_risk_words_are_corrected_without_changing_the_person() -> None:

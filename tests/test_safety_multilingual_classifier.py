@@ -165,3 +165,20 @@ def test_gloss_weight_zero_is_the_multilingual_classifier_alone(monkeypatch):
     expected = default_multilingual_classifier().score(text).risk
     assert alone == pytest.approx(expected)
     assert blended != pytest.approx(alone)
+
+
+@pytest.mark.parametrize(
+    ("earlier", "question"),
+    [
+        ("I've been feeling really low and alone lately", "How many tablets come in a box of paracetamol?"),
+        ("me siento muy sola y deprimida estos días", "¿Cuántas pastillas trae una caja de paracetamol?"),
+    ],
+)
+def test_a_means_question_is_a_crisis_only_after_distress(earlier, question):
+    # Alone, the classifier's topic reading of a dose question is a resources line at most; after
+    # earlier distress the same question is means-seeking.
+    alone = assess(question)
+    assert not alone.level.is_crisis, alone.evidence
+    after = assess([earlier, question])
+    assert after.level.is_crisis, after.evidence
+    assert not assess([earlier]).level.is_crisis  # the crisis comes from the question in context

@@ -116,6 +116,9 @@ class Hit:
     """Why the hit does not count at its nominal level (None: it counts)."""
     start: int = 0
     """Offset of the match in the normalised message."""
+    needs_context: bool = False
+    """A context-only rule (a height or dose question) demoted because nothing earlier in the
+    conversation showed distress."""
 
     def describe(self) -> str:
         """Evidence line, e.g. ``lexicon kill_myself: "kill myself"``."""
@@ -460,7 +463,7 @@ class Lexicon:
     def _resolve_context(self, hit: Hit, context: bool) -> Hit:
         """Demote a context-only rule to distress when the conversation shows no distress."""
         if hit.rule_id in self._context_rules and not context and hit.level.is_crisis:
-            return replace(hit, level=RiskLevel.DISTRESS)
+            return replace(hit, level=RiskLevel.DISTRESS, needs_context=True)
         return hit
 
 

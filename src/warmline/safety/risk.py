@@ -23,7 +23,13 @@ from warmline.safety.classifier import (
     default_classifier,
     default_multilingual_classifier,
 )
-from warmline.safety.language import gloss_message, identify_language, merge_results, scan_languages
+from warmline.safety.language import (
+    gloss_message,
+    identify_language,
+    language_lexicon,
+    merge_results,
+    scan_languages,
+)
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
 from warmline.safety.lexicon import Hit, Lexicon, LexiconResult, default_lexicon
 from warmline.safety.normalise import clean
@@ -273,7 +279,7 @@ def assess_text(
             evidence,
             text=rules_text,
             minor=minor,
-            softener=_softener(english, rules_text),
+            softener=_softener(english, rules_text) or _native_softener(language, text),
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -311,6 +317,21 @@ def _combine(
         # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
         # topic; laughter or a recovery framing makes a borderline score a resources line only.
         note = f"classifier p_risk={score.risk:.2f} (below {SOFTENED_THRESHOLD} with {softener}: distress)"
+        return (
+            RiskLevel.highest(level, RiskLevel.DISTRESS),
+            categories + [c for c in ("distress",) if c not in categories],
+            [*evidence, note],
+        )
+    if (
+        score.risk >= RISK_THRESHOLD
+        and not _confident(score)
+        and any(hit.needs_context for hit in found.hits)
+        and all(hit.needs_context or hit.category == "distress" for hit in found.hits)
+    ):
+        # "How many tablets come in a box?", "how tall is that bridge?" on their own: the
+        # lexicon made them means questions that need earlier distress, and the embeddings read
+        # their topic. Without that context a score short of confident is a resources line.
+        note = f"classifier p_risk={score.risk:.2f} (a means question with no earlier distress: distress)"
         return (
             RiskLevel.highest(level, RiskLevel.DISTRESS),
             categories + [c for c in ("distress",) if c not in categories],
@@ -399,6 +420,25 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
     if lexicon.laughter.search(text):
         return "laughter"
     if _RECOVERY.search(text):
+        return "recovery"
+    return None
+
+
+def _native_softener(language: str, text: str) -> str | None:
+    """ "laughter" or "recovery" read in the message's own language by its lexicon's cues
+    ("jajaja", "mdr", "kkkk"; "hace dos años", "seit zwei Jahren" with nothing saying it is back
+    now): a gloss keeps too few words for the English cues to see them."""
+    if language == "en":
+        return None
+    try:
+        native = language_lexicon(language)
+    except ValueError:
+        return None
+    prepared = native.prepare(text).lower()
+    cues = native.lexicon
+    if cues.laughter.search(prepared):
+        return "laughter"
+    if cues.distant_past.search(prepared) and not cues.present_again.search(prepared):
         return "recovery"
     return None
 
