@@ -264,7 +264,16 @@ def assess_text(
     if classifier is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = classifier.score(text)
-        if language != "en" and GLOSS_WEIGHT and glossed and english_classifier is not None:
+        if (
+            language != "en"
+            and GLOSS_WEIGHT
+            and glossed
+            and english_classifier is not None
+            and score.risk >= DISTRESS_THRESHOLD
+        ):
+            # Below DISTRESS_THRESHOLD the blend stays short of RISK_THRESHOLD whatever the gloss
+            # scores (0.5 x 0.4 + 0.5 x 1.0 = 0.7 at the very most), so the English encoder's
+            # time is spent only where it can change the outcome.
             score = _blend(score, english_classifier.score(glossed), GLOSS_WEIGHT)
         risk_score = score.risk
         if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
