@@ -158,13 +158,25 @@ def test_english_messages_never_load_the_multilingual_classifier(monkeypatch):
 
 
 def test_gloss_weight_zero_is_the_multilingual_classifier_alone(monkeypatch):
-    text = "je range mes affaires et je dis au revoir à tout le monde, je suis prête"
+    text = "já deixei tudo organizado pra minha família, logo eles vão ficar em paz sem mim"
     blended = assess(text).risk_score
     monkeypatch.setattr(risk, "GLOSS_WEIGHT", 0.0)
     alone = assess(text).risk_score
     expected = default_multilingual_classifier().score(text).risk
     assert alone == pytest.approx(expected)
     assert blended != pytest.approx(alone)
+
+
+def test_the_gloss_is_not_scored_when_the_blend_cannot_reach_a_crisis(monkeypatch):
+    # Multilingual risk under the distress threshold: even a gloss scored 1.0 leaves the blend
+    # short of the crisis threshold, so the English encoder's time is not spent on it.
+    text = "hoy fui al mercado con mi hermana y compramos fruta para la semana"
+    assert default_multilingual_classifier().score(text).risk < risk.DISTRESS_THRESHOLD
+    english = default_classifier()
+    calls = []
+    monkeypatch.setattr(english, "score", lambda t: calls.append(t) or english.score_many([t])[0])
+    assert not assess(text).level.is_crisis
+    assert calls == []
 
 
 @pytest.mark.parametrize(
