@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from warmline.data.preferences import PreferencePair, prepare_preference_stage, tokenize_pair
 from warmline.data.tokens import IGNORE_INDEX, encode_prompt, tokenize_conversation
 from warmline.recipe import RecipeError, StageConfig, load_recipe
+from warmline.training.preference import FORGETTING_LIMIT, over_forgetting_limit
 
 FEELINGS = ["lonely", "tired", "anxious", "sad", "stressed", "angry", "lost", "numb"]
 PLACES = ["at work", "at home", "at school", "with friends", "at night", "on weekends"]
@@ -446,6 +447,12 @@ def test_dpo_stage_raises_the_chosen_minus_rejected_margin(tmp_path, tiny_llama_
     assert scores["pairs"] == len(stages[1].validation_pairs) > 0
     assert scores["reference_model"] == str(run / "stage-01-sft")
     assert set(scores) >= {"reference", "policy", "rewards"}
+    changes = scores["validation_loss_change"]
+    assert set(changes) == {"sft"}  # the earlier stage's split, what DPO may have cost it
+    assert scores["forgetting_limit"] == FORGETTING_LIMIT
+    assert scores["over_forgetting_limit"] == [
+        name for name, rise in changes.items() if rise > FORGETTING_LIMIT
+    ]
     assert (final / "config.json").is_file()
     stats = json.loads((run / "stage-02-prefs" / "data_stats.json").read_text())
     assert stats["method"] == "dpo" and stats["train_pairs"] == len(train_pairs)
@@ -620,3 +627,11 @@ def test_resume_accepts_a_folder_trained_before_stages_had_a_method(tmp_path):
     assert recipe_differences(old, current, 1) == []
     old["stages"][0]["method"] = "dpo"
     assert recipe_differences(old, current, 1) == ["stages.0.method: 'dpo' -> 'sft'"]
+
+
+def test_over_forgetting_limit_names_only_the_stages_past_it():
+    assert over_forgetting_limit({"counseling": 0.022, "psychology": 0.051, "empathetic": -0.01}) == [
+        "psychology"
+    ]
+    assert over_forgetting_limit({"a": 0.05}) == []  # at the limit is within it
+    assert over_forgetting_limit({"a": 0.2}, limit=0.3) == []

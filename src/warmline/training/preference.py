@@ -254,6 +254,17 @@ def preference_scores(policy, reference, pairs: list[TokenizedPair], *, beta: fl
     )
 
 
+FORGETTING_LIMIT = 0.05
+"""Largest rise, in nats per reply token, of an earlier stage's validation loss that a preference
+stage may cause before warmline warns: preferences should reshape how the model answers, not undo
+what the SFT stages taught (the offline run's DPO stage: +0.006 to +0.022, benchmarks/RESULTS.md)."""
+
+
+def over_forgetting_limit(changes: dict[str, float], limit: float = FORGETTING_LIMIT) -> list[str]:
+    """The stages whose validation loss rose by more than ``limit`` (in ``changes``' order)."""
+    return [name for name, change in changes.items() if change > limit]
+
+
 def record_preferences(
     run_dir: Path,
     stage,
@@ -285,6 +296,8 @@ def record_preferences(
             for name in before
             if name != stage.config.name and name in after
         }
+        scores["forgetting_limit"] = FORGETTING_LIMIT
+        scores["over_forgetting_limit"] = over_forgetting_limit(scores["validation_loss_change"])
     if write:
         path = run_dir / PREFERENCES_FILE
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -299,9 +312,22 @@ def record_preferences(
         )
     if scores.get("validation_loss_change"):
         changes = ", ".join(f"{k} {v:+.3f}" for k, v in scores["validation_loss_change"].items())
-        print(
-            f"[{stage.config.name}] validation loss change on the other stages' splits: {changes}", flush=True
+        over = scores["over_forgetting_limit"]
+        verdict = (
+            f"over +{FORGETTING_LIMIT}: {', '.join(over)}" if over else f"all within +{FORGETTING_LIMIT}"
         )
+        print(
+            f"[{stage.config.name}] validation loss change on the other stages' splits: {changes} ({verdict})",
+            flush=True,
+        )
+        if over:
+            logger.warning(
+                "stage %r raised earlier stages' validation loss by more than %.2f (%s): lower the "
+                "learning rate or beta, or train on fewer pairs",
+                stage.config.name,
+                FORGETTING_LIMIT,
+                ", ".join(over),
+            )
     return scores
 
 
