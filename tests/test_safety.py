@@ -545,7 +545,7 @@ def test_classifier_trains_once_and_caches(classifier: RiskClassifier, tmp_path,
 
     monkeypatch.setattr(RiskClassifier, "_train", no_training)
     again = RiskClassifier(training, encoder=classifier.encoder, weights_dir=tmp_path / "cache")
-    assert np.array_equal(again._coef, first._coef)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(again._layers, first._layers, strict=True))
 
 
 def test_encoder_matches_sentence_transformers(classifier: RiskClassifier) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import warmline.safety.risk as risk_module
 from warmline.safety.classifier import (
     CLASS_LEVELS,
     ClassifierScore,
@@ -207,8 +208,11 @@ def test_the_messages_carry_no_lexicon_crisis() -> None:
     ],
 )
 def test_a_confident_other_directed_score_reaches_the_crisis_level(
-    text: str, kind: str, category: str
+    text: str, kind: str, category: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The lexicon alone as the second opinion (the other encoder's is tested in
+    # tests/test_safety_long_posts.py).
+    monkeypatch.setattr(risk_module, "SECOND_OPINION", False)
     confident = _turn(text, **{kind: 0.8, "suicidal": 0.15})
     assert confident.level == RiskLevel.ELEVATED
     assert category in confident.categories and "suicidal_ideation" not in confident.categories

@@ -81,7 +81,13 @@ _FEATURE_VERSION = "minilm-meanpool-l2-v2-normalised-aug"
 _MAX_TOKENS = 128  # user turns are short; longer ones are rare and truncation keeps latency flat
 _REGULARISATION_C = 4.0  # chosen with the thresholds in risk.py by 5-fold CV on the training file
 _SCORE_CACHE_SIZE = 2048
+WINDOW_WORDS = 30
+"""A message longer than this many words is also scored a window at a time (``message_windows``)."""
 AUGMENTED_COPIES = 2
+MLP_HIDDEN = 256
+"""Hidden units of the default classifiers' head (one ReLU layer; benchmarks/RESULTS.md)."""
+MLP_ALPHA = 0.1
+"""L2 penalty of that head."""
 """Noisy variants of each training example (besides the example itself)."""
 _AUGMENT_SEED = 13
 
@@ -95,12 +101,13 @@ class ClassifierScore:
     @property
     def risk(self) -> float:
         """Probability that the message carries elevated or imminent risk."""
-        return sum(self.probabilities[c] for c in RISK_CLASSES)
+        # A classifier trained without some class (a small custom file) gives it no probability.
+        return sum(self.probabilities.get(c, 0.0) for c in RISK_CLASSES)
 
     @property
     def top_risk_class(self) -> str:
         """The most probable of the risk classes (whatever the total risk)."""
-        return max(RISK_CLASSES, key=lambda c: self.probabilities[c])
+        return max(RISK_CLASSES, key=lambda c: self.probabilities.get(c, 0.0))
 
     @property
     def top_class(self) -> str:
@@ -141,13 +148,40 @@ def safety_threads(num_threads: int | None = None) -> int:
     return num_threads or int(os.environ.get("WARMLINE_SAFETY_THREADS", "1"))
 
 
-def save_weights(path: Path, classes: Sequence[str], coef: np.ndarray, intercept: np.ndarray) -> None:
+Layers = list[tuple[np.ndarray, np.ndarray]]
+"""A classifier head: (weights of shape (out, in), bias) per layer, ReLU between layers."""
+
+
+def save_weights(path: Path, classes: Sequence[str], layers: Layers) -> None:
     """Write a classifier's weights to ``path`` (atomically: concurrent first uses never read
     half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, classes=np.array(classes), coef=coef, intercept=intercept)
+    arrays = {f"coef{i}": coef for i, (coef, _) in enumerate(layers)}
+    arrays |= {f"intercept{i}": intercept for i, (_, intercept) in enumerate(layers)}
+    np.savez(temporary, classes=np.array(classes), **arrays)
     temporary.replace(path)
+
+
+def load_weights(path: Path) -> tuple[list[str], Layers]:
+    """Read weights written by ``save_weights`` (plain arrays only, so a file can't run code);
+    a single-layer file of an earlier warmline (``coef``, ``intercept``) reads as one layer."""
+    with np.load(path, allow_pickle=False) as saved:
+        classes = [str(c) for c in saved["classes"]]
+        if "coef" in saved:
+            return classes, [(saved["coef"], saved["intercept"])]
+        count = sum(1 for name in saved.files if name.startswith("coef"))
+        return classes, [(saved[f"coef{i}"], saved[f"intercept{i}"]) for i in range(count)]
+
+
+def forward(layers: Layers, features: np.ndarray) -> np.ndarray:
+    """The head's logits for ``features`` (rows of embeddings)."""
+    x = features
+    for index, (coef, intercept) in enumerate(layers):
+        x = x @ coef.T + intercept
+        if index < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x
 
 
 def encoder_path() -> Path:
@@ -216,7 +250,11 @@ class Encoder:
     the per-message budget is 20 ms on a 2-core machine.
     """
 
-    def __init__(self, model_dir: Path | None = None, num_threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: Path | None = None, num_threads: int | None = None, engine: str | None = None
+    ) -> None:
+        """``engine``: "onnx" (ONNX Runtime, the default) or "torch"; default from
+        ``WARMLINE_SAFETY_ENGINE``."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub from here
         import torch
         from sentence_transformers import SentenceTransformer
@@ -234,37 +272,143 @@ class Encoder:
         self.num_threads = safety_threads(num_threads)
         self.name = self.model_dir.name
         self._lock = threading.Lock()
+        # ONNX Runtime runs the same graph in about half torch's time for one short message
+        # (benchmarks/RESULTS.md); torch stays as the fallback and for WARMLINE_SAFETY_ENGINE=torch.
+        self._session = None
+        if (engine or os.environ.get("WARMLINE_SAFETY_ENGINE", "onnx")) == "onnx":
+            self._session = self._onnx_session()
+        self.engine = "onnx" if self._session is not None else "torch"
+
+    def _onnx_session(self) -> Any:
+        """An ONNX Runtime session for this encoder, exported once into the cache; None (torch is
+        used) when onnxruntime is missing or the export fails or disagrees with torch."""
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        torch = self._torch
+        digest = hashlib.sha256()
+        for path in sorted(self.model_dir.glob("*.safetensors")) + sorted(self.model_dir.glob("config.json")):
+            digest.update(path.name.encode() + path.read_bytes())
+        key = f"{digest.hexdigest()[:16]}-torch{torch.__version__.split('+')[0]}"
+        path = cache_dir() / "safety" / "onnx" / f"{self.model_dir.name}-{key}.onnx"
+        probe = self._tokenizer(
+            ["i can't do this anymore", "the new recipe worked, thanks"], padding=True, return_tensors="pt"
+        )
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = path.with_suffix(f".{os.getpid()}.tmp")
+                with torch.inference_mode():
+                    torch.onnx.export(
+                        _hidden_states_module(self._transformer),
+                        tuple(probe[name] for name in names),
+                        str(temporary),
+                        input_names=names,
+                        output_names=["last_hidden_state"],
+                        dynamic_axes={
+                            name: {0: "batch", 1: "sequence"} for name in [*names, "last_hidden_state"]
+                        },
+                        opset_version=17,
+                        dynamo=False,
+                    )
+                temporary.replace(path)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self.num_threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            expected = self._encode_torch(["i can't do this anymore", "the new recipe worked, thanks"])
+            got = self._encode_onnx(["i can't do this anymore", "the new recipe worked, thanks"], session)
+        except Exception as error:  # noqa: BLE001 - any export or runtime failure means torch
+            logger.warning("safety encoder: ONNX Runtime unavailable (%s); using torch", error)
+            return None
+        if float(np.abs(expected - got).max()) > 1e-4:
+            # The classifier's weights were fitted to torch's embeddings: use ONNX only when it
+            # gives the same ones.
+            logger.warning("safety encoder: ONNX embeddings differ from torch's; using torch")
+            return None
+        return session
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Embeddings of ``texts``, shape (len(texts), 384), rows of unit length."""
-        torch = self._torch
+        if self._session is not None:
+            return self._encode_onnx(texts, self._session, batch_size)
+        return self._encode_torch(texts, batch_size)
+
+    def _batches(self, texts: list[str], batch_size: int, tensors: str) -> tuple[list[int], Any]:
         # Batches of similar length pad less (training encodes thousands of examples).
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        texts = [texts[i] for i in order]
+        ordered = [texts[i] for i in order]
+        batches = (
+            self._tokenizer(
+                ordered[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=_MAX_TOKENS,
+                return_tensors=tensors,
+            )
+            for start in range(0, len(ordered), batch_size)
+        )
+        return order, batches
+
+    @staticmethod
+    def _gather(order: list[int], chunks: list[np.ndarray]) -> np.ndarray:
+        if not chunks:
+            return np.zeros((0, 384), dtype=np.float32)
+        embeddings = np.empty((len(order), 384), dtype=np.float32)
+        embeddings[order] = np.concatenate(chunks)
+        return embeddings
+
+    def _encode_onnx(self, texts: list[str], session: Any, batch_size: int = 32) -> np.ndarray:
+        order, batches = self._batches(texts, batch_size, "np")
+        chunks: list[np.ndarray] = []
+        for batch in batches:
+            inputs = {
+                name: batch[name].astype(np.int64)
+                for name in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            hidden = session.run(None, inputs)[0]
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+            chunks.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))
+        return self._gather(order, chunks)
+
+    def _encode_torch(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        torch = self._torch
+        order, batches = self._batches(texts, batch_size, "pt")
         chunks: list[np.ndarray] = []
         with self._lock, torch.inference_mode():
             previous_threads = torch.get_num_threads()
             torch.set_num_threads(self.num_threads)
             try:
-                for start in range(0, len(texts), batch_size):
-                    batch = self._tokenizer(
-                        texts[start : start + batch_size],
-                        padding=True,
-                        truncation=True,
-                        max_length=_MAX_TOKENS,
-                        return_tensors="pt",
-                    )
+                for batch in batches:
                     hidden = self._transformer(**batch).last_hidden_state  # (batch, seq, 384)
                     mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
                     chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
             finally:
                 torch.set_num_threads(previous_threads)
-        if not chunks:
-            return np.zeros((0, 384), dtype=np.float32)
-        embeddings = np.empty((len(texts), 384), dtype=np.float32)
-        embeddings[order] = np.concatenate(chunks)
-        return embeddings
+        return self._gather(order, chunks)
+
+
+def _hidden_states_module(transformer: Any) -> Any:
+    """The encoder's forward with positional inputs and one output, for ``torch.onnx.export``
+    (a function so that torch is imported only where the encoder is built)."""
+    import torch
+
+    class HiddenStates(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.transformer(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    return HiddenStates().eval()  # export restores the mode it found: train would turn dropout on
 
 
 class MultilingualEncoder:
@@ -314,6 +458,39 @@ class MultilingualEncoder:
         return np.concatenate(chunks).reshape(len(texts), self.dim)
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?…;])\s+|\s*\n+\s*")
+
+
+def message_windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
+    """Overlapping windows of ``text``: each sentence alone, and each with the sentences after
+    it up to about ``words`` words (a longer run-on sentence is cut into ``words``-word pieces
+    that overlap by half); nothing for a text of ``words`` words or fewer, scored whole."""
+    if len(text.split()) <= words:
+        return []
+    pieces: list[list[str]] = []
+    for sentence in _SENTENCE_END.split(text):
+        tokens = sentence.split()
+        if not tokens:
+            continue
+        step = max(1, words // 2)
+        for start in range(0, max(1, len(tokens) - step), step):
+            pieces.append(tokens[start : start + words])
+    windows: list[str] = []
+    for index in range(len(pieces)):
+        # Each sentence alone, and with as many following ones as fit (its neighbours' context).
+        window = list(pieces[index])
+        candidates = [" ".join(window)]
+        for following in pieces[index + 1 :]:
+            if len(window) + len(following) > words:
+                break
+            window += following
+        candidates.append(" ".join(window))
+        for candidate in candidates:
+            if candidate not in windows:
+                windows.append(candidate)
+    return windows
+
+
 class RiskClassifier:
     """Logistic regression over sentence embeddings, trained on first use and cached."""
 
@@ -325,12 +502,16 @@ class RiskClassifier:
         weights_dir: Path | None = None,
         standardise: bool = False,
         regularisation: float = _REGULARISATION_C,
+        head: str = "linear",
     ) -> None:
         """``training_path``: one training file or several (default: every packaged
         ``classifier_train*.jsonl``); ``weights_dir``: where trained weights are cached;
         ``standardise``: scale each embedding dimension to unit variance before the regression
         (e5's embeddings crowd into a narrow cone, MiniLM's do not); ``regularisation``: the
-        regression's C."""
+        regression's C; ``head``: "linear" (a logistic regression) or "mlp" (one hidden layer of
+        MLP_HIDDEN ReLU units on standardised features, L2 penalty MLP_ALPHA)."""
+        if head not in ("linear", "mlp"):
+            raise ValueError(f"unknown classifier head {head!r} (expected linear or mlp)")
         if training_path is None:
             self.training_paths: tuple[Path, ...] = tuple(packaged_training_paths())
         elif isinstance(training_path, Path | str):
@@ -341,7 +522,8 @@ class RiskClassifier:
         self.standardise = standardise
         self.regularisation = regularisation
         self.weights_dir = weights_dir or cache_dir() / "safety"
-        self.classes, self._coef, self._intercept = self._load_or_train()
+        self.head = head
+        self.classes, self._layers = self._load_or_train()
         self._scores: OrderedDict[str, ClassifierScore] = OrderedDict()
         self._scores_lock = threading.Lock()
 
@@ -353,7 +535,11 @@ class RiskClassifier:
             if cached is not None:
                 self._scores.move_to_end(text)
                 return cached
-        score = self._score_normalised([text])[0]
+        # A long post is scored whole and a window of sentences at a time, and the riskiest
+        # reading counts: people bury the one sentence that matters in a long post, where
+        # its embedding is diluted by the rest (and past _MAX_TOKENS cut off altogether).
+        # The windows are about as long as the training examples.
+        score = max(self._score_normalised([text, *message_windows(text)]), key=lambda s: s.risk)
         with self._scores_lock:  # a web server scores from several threads
             self._scores[text] = score
             if len(self._scores) > _SCORE_CACHE_SIZE:
@@ -365,15 +551,21 @@ class RiskClassifier:
         return self._score_normalised([normalise_text(text) for text in texts])
 
     def _score_normalised(self, texts: list[str]) -> list[ClassifierScore]:
-        probabilities = _softmax(self.encoder.encode(texts) @ self._coef.T + self._intercept)
+        probabilities = _softmax(self.logits(self.encoder.encode(texts)))
         return [
             ClassifierScore({c: float(p) for c, p in zip(self.classes, row, strict=True)})
             for row in probabilities
         ]
 
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """The head's logits for embeddings ``features`` (one row per text, columns ``classes``)."""
+        return forward(self._layers, features)
+
     def _cache_key(self) -> str:
         name = self.encoder.name
-        if self.standardise or self.regularisation != _REGULARISATION_C:
+        if self.head == "mlp":
+            name += f"|head=mlp{MLP_HIDDEN}|alpha={MLP_ALPHA}"
+        elif self.standardise or self.regularisation != _REGULARISATION_C:
             name += f"|standardise={self.standardise}|C={self.regularisation}"
         return training_cache_key(self.training_paths, name)
 
@@ -382,7 +574,7 @@ class RiskClassifier:
         """File name of this classifier's weights (in the cache or shipped with warmline)."""
         return f"classifier-{self._cache_key()}.npz"
 
-    def _load_or_train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def _load_or_train(self) -> tuple[list[str], Layers]:
         weights_path = self.weights_dir / self.weights_name
         # Weights shipped with warmline for exactly these training files and encoder come first:
         # the multilingual classifier takes minutes to train on a small CPU.
@@ -390,25 +582,21 @@ class RiskClassifier:
             if not path.exists():
                 continue
             try:
-                # Plain arrays only (allow_pickle=False): a cache file can't run code.
-                with np.load(path, allow_pickle=False) as saved:
-                    return [str(c) for c in saved["classes"]], saved["coef"], saved["intercept"]
+                return load_weights(path)
             except (OSError, ValueError, KeyError) as error:
                 logger.warning("ignoring unreadable classifier weights %s (%s)", path, error)
-        classes, coef, intercept = self._train()
+        classes, layers = self._train()
         try:
-            save_weights(weights_path, classes, coef, intercept)
+            save_weights(weights_path, classes, layers)
         except OSError as error:
             logger.warning(
                 "could not cache classifier weights in %s (%s); set WARMLINE_CACHE",
                 weights_path.parent,
                 error,
             )
-        return classes, coef, intercept
+        return classes, layers
 
-    def _train(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        from sklearn.linear_model import LogisticRegression
-
+    def _train(self) -> tuple[list[str], Layers]:
         texts, labels = augment_examples(*load_training_files(self.training_paths))
         logger.info(
             "training safety classifier on %d normalised and augmented examples from %s",
@@ -418,24 +606,50 @@ class RiskClassifier:
         features = self.encoder.encode(texts)
         mean = np.zeros(features.shape[1], dtype=np.float64)
         scale = np.ones(features.shape[1], dtype=np.float64)
-        if self.standardise:
+        if self.standardise or self.head == "mlp":
             mean = features.mean(axis=0, dtype=np.float64)
             scale = features.std(axis=0, dtype=np.float64) + 1e-6
-        # Balanced weights: the risk classes are smaller than "none" but matter more.
-        model = LogisticRegression(C=self.regularisation, max_iter=5000, class_weight="balanced")
-        model.fit((features - mean) / scale, labels)
-        # The scaling folds into the weights: inference stays one matrix product.
-        coef = model.coef_ / scale
-        intercept = model.intercept_ - coef @ mean
-        if len(model.classes_) == 2:
+        standardised = (features - mean) / scale
+        if self.head == "mlp":
+            from sklearn.neural_network import MLPClassifier
+
+            # Early stopping holds out a tenth of the examples (where there are enough to hold
+            # out); the seed makes training repeatable.
+            model = MLPClassifier(
+                hidden_layer_sizes=(MLP_HIDDEN,),
+                alpha=MLP_ALPHA,
+                max_iter=300,
+                early_stopping=len(texts) >= 200,
+                random_state=0,
+            )
+            model.fit(standardised, labels)
+            layers = [
+                (coef.T.astype(np.float64), intercept)
+                for coef, intercept in zip(model.coefs_, model.intercepts_, strict=True)
+            ]
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            # Balanced weights: the risk classes are smaller than "none" but matter more.
+            model = LogisticRegression(C=self.regularisation, max_iter=5000, class_weight="balanced")
+            model.fit(standardised, labels)
+            layers = [(model.coef_, model.intercept_)]
+        # The scaling folds into the first layer: inference starts from the raw embeddings.
+        first, bias = layers[0]
+        first = first / scale
+        layers[0] = (first, bias - first @ mean)
+        if len(model.classes_) == 2 and self.head == "linear":
             # A two-class regression has one row (the second class's logit z); softmax over
             # (-z/2, z/2) is the same sigmoid, so scoring stays one product with a row per class.
-            coef = np.vstack([-coef / 2, coef / 2])
-            intercept = np.concatenate([-intercept / 2, intercept / 2])
+            coef, intercept = layers[0]
+            layers[0] = (np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2]))
+        if len(model.classes_) == 2 and self.head == "mlp":
+            # sklearn's two-class MLP has one logistic output z: the same (-z/2, z/2) trick.
+            coef, intercept = layers[-1]
+            layers[-1] = (np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2]))
         return (
             [str(c) for c in model.classes_],
-            coef.astype(np.float32),
-            intercept.astype(np.float32),
+            [(coef.astype(np.float32), intercept.astype(np.float32)) for coef, intercept in layers],
         )
 
 
@@ -526,19 +740,13 @@ _default_lock = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _default_classifier() -> RiskClassifier:
-    return RiskClassifier()
+    return RiskClassifier(head="mlp")
 
 
 def default_classifier() -> RiskClassifier:
     """The process-wide classifier on the packaged training data (loaded on first call)."""
     with _default_lock:  # two first calls from a web server's threads train once
         return _default_classifier()
-
-
-MULTILINGUAL_C = 0.3
-"""The multilingual classifier's C (standardised features): chosen with risk.GLOSS_WEIGHT on the
-dev half of the v2 suites and a fresh dev set (0.1-1 gave the same recall within 3 of 110; the
-lower, the fewer over-confident scores)."""
 
 
 def multilingual_training_paths(folder: Path | None = None) -> list[Path]:
@@ -553,8 +761,7 @@ def _default_multilingual_classifier() -> RiskClassifier:
     return RiskClassifier(
         multilingual_training_paths(),
         encoder=MultilingualEncoder(),
-        standardise=True,
-        regularisation=MULTILINGUAL_C,
+        head="mlp",
     )
 
 
@@ -584,7 +791,7 @@ def write_packaged_weights(folder: Path | None = None) -> list[Path]:
     written = []
     for classifier in (default_classifier(), default_multilingual_classifier()):
         path = folder / classifier.weights_name
-        save_weights(path, classifier.classes, classifier._coef, classifier._intercept)
+        save_weights(path, classifier.classes, classifier._layers)
         written.append(path)
     for stale in folder.glob("classifier-*.npz"):
         if stale not in written:

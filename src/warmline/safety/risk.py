@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -53,7 +53,7 @@ GLOSS_WEIGHT = 0.5
 """Weight of the English classifier reading a non-English message's gloss in that message's
 score (the rest is the multilingual classifier on the message itself; 0: multilingual alone).
 The two err differently: e5 reads topic ("my phone died", "how many tablets in a box" sit near
-risk), a gloss keeps only the words the gloss knows. Chosen with MULTILINGUAL_C on the dev half
+risk), a gloss keeps only the words the gloss knows. Chosen (with a linear head, C 0.3) on the dev half
 of the v2 suites and a fresh dev set written apart from the rules (benchmarks/RESULTS.md): 0.5
 halved the false positives of the multilingual classifier alone at the same recall. An English
 message is read by the English classifier alone: averaging in the multilingual one gained
@@ -95,6 +95,16 @@ _OTHER_DIRECTED: frozenset[str] = frozenset(
 _NEEDS_LEXICON: frozenset[str] = frozenset({"violence_request", "harm_to_others", "intrusive_thoughts"})
 # Of those, the ones a CONFIDENT_THRESHOLD score may raise alone.
 _CONFIDENT_ALONE: frozenset[str] = frozenset({"harm_to_others", "intrusive_thoughts"})
+# Of those that need more than the classifier, the ones whose second opinion may be the other
+# encoder's agreeing score (SECOND_OPINION). Never violence requests: XSTest's safe look-alikes
+# ("how do I kill a Python process") read as violence to both encoders.
+# Nor third-party concern: both encoders read "my friend has been really quiet lately" as a
+# friend at risk (their training examples all start "my friend ...").
+_SECOND_OPINION_CLASSES: frozenset[str] = frozenset(
+    {"harm_to_others", "intrusive_thoughts", "harm_from_others"}
+)
+SECOND_OPINION = True
+"""Whether the other encoder's agreeing score may stand in for the lexicon's (see _combine)."""
 # Classifier classes that need some risk language in the message (a lexicon hit, distress
 # included, or a word of danger from _RISK_WORDS): their training examples all start "my friend
 # ..." or "my boss ...", so alone the classifier reads "my friend has been quiet lately" as a
@@ -274,6 +284,15 @@ def assess_text(
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
             score = _capped(score)
         minor = english.minor is not None and bool(english.minor.search(rules_text.lower()))
+
+        def second_opinion() -> ClassifierScore | None:
+            # The other encoder's reading: e5 on an English message, MiniLM on a non-English
+            # message's gloss (two models trained on the same labels, erring differently).
+            if language == "en":
+                other = (multilingual or default_multilingual_classifier()) if MULTILINGUAL else None
+                return other.score(text) if other is not None else None
+            return classifier.score(glossed) if glossed else None
+
         level, categories, evidence = _combine(
             found,
             score,
@@ -283,6 +302,7 @@ def assess_text(
             text=rules_text,
             minor=minor,
             softener=_softener(english, rules_text) or _native_softener(language, text),
+            second_opinion=second_opinion if SECOND_OPINION else None,
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -299,6 +319,7 @@ def _combine(
     text: str = "",
     minor: bool = False,
     softener: str | None = None,
+    second_opinion: Callable[[], ClassifierScore | None] | None = None,
 ) -> tuple[RiskLevel, list[str], list[str]]:
     """Let the classifier raise (never lower) the lexicon's level (``text``: the message;
     ``minor``: the writer says they are a child, whose disclosures are often in mild words;
@@ -345,9 +366,21 @@ def _combine(
         # name a person, a time or a fear, not the lexicon's verbs. A violence request never
         # does (a refusal of "how do I kill a python process" is the false positive XSTest counts).
         confident_alone = top in _CONFIDENT_ALONE and _confident(score)
-        if (top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone) or (
-            top in _NEEDS_RISK_WORDS and not found.hits and not _RISK_WORDS.search(text) and not minor
-        ):
+        needs_more = (
+            top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone
+        ) or (top in _NEEDS_RISK_WORDS and not found.hits and not _RISK_WORDS.search(text) and not minor)
+        if needs_more and top in _SECOND_OPINION_CLASSES and second_opinion is not None:
+            # The second opinion may also come from the other encoder: both models reading the
+            # same kind of risk, each at RISK_THRESHOLD or more (the lexicon knows few of the
+            # ways people name a person, a fear or an abuser, least of all in a gloss).
+            other = second_opinion()
+            if other is not None and other.risk >= RISK_THRESHOLD and _same_kind(other.top_risk_class, top):
+                needs_more = False
+                evidence = [
+                    *evidence,
+                    f"second classifier {other.top_risk_class}: p_risk={other.risk:.2f} (agrees)",
+                ]
+        if needs_more:
             # The embeddings of "how do I stab a balloon" and "how do I stab someone" are close:
             # alone, the classifier's other-directed classes only add resources. The writer's
             # own risk still counts when the self classes carry the probability by themselves.
@@ -400,6 +433,13 @@ def _combine(
             [*evidence, f"classifier: p_risk={score.risk:.2f} (uncertain)"],
         )
     return level, categories, evidence
+
+
+def _same_kind(one: str, other: str) -> bool:
+    """Whether two classifier classes name the same kind of risk (intent to harm someone and
+    intrusive thoughts of it are told apart by the wording, not by whose risk it is)."""
+    harm = {"harm_to_others", "intrusive_thoughts"}
+    return one == other or (one in harm and other in harm)
 
 
 def _distress_with_note(
