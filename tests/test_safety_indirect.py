@@ -180,8 +180,10 @@ class _FixedScore:
             {c: probabilities.get(c, 0.0) for c in CLASS_LEVELS}
             | {"none": probabilities.get("none", 0.0) + rest}
         )
+        self.calls = 0
 
     def score(self, text: str) -> ClassifierScore:
+        self.calls += 1
         return self._score
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_safety_indirect import _FixedScore
 
 import warmline.safety.classifier as classifier_module
 import warmline.safety.risk as risk
 from warmline.safety import assess
 from warmline.safety.classifier import (
     WINDOW_WORDS,
-    ClassifierScore,
     Encoder,
     default_classifier,
     message_windows,
@@ -103,28 +103,15 @@ def test_safety_engine_variable_chooses_torch(monkeypatch):
     assert Encoder().engine == "torch"
 
 
-class _Fixed:
-    """A classifier that gives every text the same score."""
-
-    def __init__(self, probabilities: dict[str, float]) -> None:
-        classes = default_classifier().classes
-        self.score_value = ClassifierScore({c: probabilities.get(c, 0.0) for c in classes})
-        self.calls = 0
-
-    def score(self, text: str) -> ClassifierScore:
-        self.calls += 1
-        return self.score_value
-
-
-HARM = {"harm_to_others": 0.8, "none": 0.2}
-NOTHING = {"none": 0.9, "distress": 0.1}
+HARM = {"harm_to_others": 0.8}
+NOTHING = {"distress": 0.1}
 # No lexicon hit: an unusual way to say it, so only the classifiers can read it.
 THREAT = "that man at number 12 will regret the day he met me, saturday he finds out"
 
 
 @pytest.mark.parametrize(("other", "crisis"), [(HARM, True), (NOTHING, False)])
 def test_the_other_encoder_agreeing_is_the_second_opinion(monkeypatch, other, crisis):
-    first, second = _Fixed(HARM), _Fixed(other)
+    first, second = _FixedScore(**HARM), _FixedScore(**other)
     monkeypatch.setattr(risk, "default_multilingual_classifier", lambda: second)
     assessment = assess(THREAT, classifier=first)
     assert assessment.level.is_crisis is crisis
@@ -135,10 +122,12 @@ def test_the_other_encoder_agreeing_is_the_second_opinion(monkeypatch, other, cr
 
 
 def test_no_second_opinion_for_violence_requests(monkeypatch):
-    request = {"violence_request": 0.8, "none": 0.2}
-    second = _Fixed(request)
+    request = {"violence_request": 0.8}
+    second = _FixedScore(**request)
     monkeypatch.setattr(risk, "default_multilingual_classifier", lambda: second)
-    assessment = assess("what is the quietest way to get rid of a pest like him", classifier=_Fixed(request))
+    assessment = assess(
+        "what is the quietest way to get rid of a pest like him", classifier=_FixedScore(**request)
+    )
     assert not assessment.level.is_crisis
     assert second.calls == 0
 

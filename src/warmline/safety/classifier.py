@@ -85,11 +85,11 @@ _SCORE_CACHE_SIZE = 2048
 WINDOW_WORDS = 30
 """A message longer than this many words is also scored a window at a time (``message_windows``)."""
 AUGMENTED_COPIES = 2
+"""Noisy variants of each training example (besides the example itself)."""
 MLP_HIDDEN = 256
 """Hidden units of the default classifiers' head (one ReLU layer; benchmarks/RESULTS.md)."""
 MLP_ALPHA = 0.1
 """L2 penalty of that head."""
-"""Noisy variants of each training example (besides the example itself)."""
 _AUGMENT_SEED = 13
 
 
@@ -293,9 +293,9 @@ class Encoder:
             digest.update(path.name.encode() + path.read_bytes())
         key = f"{digest.hexdigest()[:16]}-torch{torch.__version__.split('+')[0]}"
         path = cache_dir() / "safety" / "onnx" / f"{self.model_dir.name}-{key}.onnx"
-        probe = self._tokenizer(
-            ["i can't do this anymore", "the new recipe worked, thanks"], padding=True, return_tensors="pt"
-        )
+        # Two texts of different lengths: the export traces padding, and the check covers it.
+        probe_texts = ["i can't do this anymore", "the new recipe worked, thanks"]
+        probe = self._tokenizer(probe_texts, padding=True, return_tensors="pt")
         names = ["input_ids", "attention_mask", "token_type_ids"]
         try:
             if not path.exists():
@@ -320,8 +320,8 @@ class Encoder:
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            expected = self._encode_torch(["i can't do this anymore", "the new recipe worked, thanks"])
-            got = self._encode_onnx(["i can't do this anymore", "the new recipe worked, thanks"], session)
+            expected = self._encode_torch(probe_texts)
+            got = self._encode_onnx(probe_texts, session)
         except Exception as error:  # noqa: BLE001 - any export or runtime failure means torch
             logger.warning("safety encoder: ONNX Runtime unavailable (%s); using torch", error)
             return None
@@ -469,11 +469,11 @@ def message_windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
     if len(text.split()) <= words:
         return []
     pieces: list[list[str]] = []
+    step = max(1, words // 2)
     for sentence in _SENTENCE_END.split(text):
         tokens = sentence.split()
         if not tokens:
             continue
-        step = max(1, words // 2)
         for start in range(0, max(1, len(tokens) - step), step):
             pieces.append(tokens[start : start + words])
     windows: list[str] = []
@@ -536,11 +536,7 @@ class RiskClassifier:
             if cached is not None:
                 self._scores.move_to_end(text)
                 return cached
-        # A long post is scored whole and a window of sentences at a time, and the riskiest
-        # reading counts: people bury the one sentence that matters in a long post, where
-        # its embedding is diluted by the rest (and past _MAX_TOKENS cut off altogether).
-        # The windows are about as long as the training examples.
-        score = max(self._score_normalised([text, *message_windows(text)]), key=lambda s: s.risk)
+        score = self._read([text])[0]
         with self._scores_lock:  # a web server scores from several threads
             self._scores[text] = score
             if len(self._scores) > _SCORE_CACHE_SIZE:
@@ -548,8 +544,17 @@ class RiskClassifier:
         return score
 
     def score_many(self, texts: list[str]) -> list[ClassifierScore]:
-        """Class probabilities for several messages, encoded in batches."""
-        return self._score_normalised([normalise_text(text) for text in texts])
+        """Class probabilities for several messages, encoded in batches (read as ``score`` reads them)."""
+        return self._read([normalise_text(text) for text in texts])
+
+    def _read(self, texts: list[str]) -> list[ClassifierScore]:
+        """Scores of normalised ``texts``: a long post is scored whole and a window of sentences
+        at a time, and the riskiest reading counts. People bury the one sentence that matters in
+        a long post, where its embedding is diluted by the rest (and past _MAX_TOKENS cut off
+        altogether); the windows are about as long as the training examples."""
+        readings = [[text, *message_windows(text)] for text in texts]
+        scores = iter(self._score_normalised([piece for reading in readings for piece in reading]))
+        return [max((next(scores) for _ in reading), key=lambda s: s.risk) for reading in readings]
 
     def _score_normalised(self, texts: list[str]) -> list[ClassifierScore]:
         probabilities = _softmax(self.logits(self.encoder.encode(texts)))
@@ -625,8 +630,7 @@ class RiskClassifier:
             )
             model.fit(standardised, labels)
             layers = [
-                (coef.T.astype(np.float64), intercept)
-                for coef, intercept in zip(model.coefs_, model.intercepts_, strict=True)
+                (coef.T, intercept) for coef, intercept in zip(model.coefs_, model.intercepts_, strict=True)
             ]
         else:
             from sklearn.linear_model import LogisticRegression
@@ -639,13 +643,9 @@ class RiskClassifier:
         first, bias = layers[0]
         first = first / scale
         layers[0] = (first, bias - first @ mean)
-        if len(model.classes_) == 2 and self.head == "linear":
-            # A two-class regression has one row (the second class's logit z); softmax over
-            # (-z/2, z/2) is the same sigmoid, so scoring stays one product with a row per class.
-            coef, intercept = layers[0]
-            layers[0] = (np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2]))
-        if len(model.classes_) == 2 and self.head == "mlp":
-            # sklearn's two-class MLP has one logistic output z: the same (-z/2, z/2) trick.
+        if len(model.classes_) == 2:
+            # With two classes sklearn's last layer has one output (the second class's logit z);
+            # softmax over (-z/2, z/2) is the same sigmoid, so scoring keeps a column per class.
             coef, intercept = layers[-1]
             layers[-1] = (np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2]))
         return (

@@ -266,11 +266,15 @@ def assess_text(
     # The English rules around the score (risk words, a minor writing, laughter, recovery) read
     # a non-English message's gloss; the classifiers read the message itself.
     rules_text = text if language == "en" else (glossed or text)
+
     # The classifier that reads the message: the English one for English, else the multilingual
     # one (only when classifiers are in use at all, i.e. ``classifier`` is given).
+    def multilingual_reader() -> RiskClassifier | None:
+        return (multilingual or default_multilingual_classifier()) if MULTILINGUAL else None
+
     reader = classifier
     if classifier is not None and language != "en":
-        reader = (multilingual or default_multilingual_classifier()) if MULTILINGUAL else None
+        reader = multilingual_reader()
     if reader is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = reader.score(text)
@@ -289,7 +293,7 @@ def assess_text(
             # The other encoder's reading: e5 on an English message, MiniLM on a non-English
             # message's gloss (two models trained on the same labels, erring differently).
             if language == "en":
-                other = (multilingual or default_multilingual_classifier()) if MULTILINGUAL else None
+                other = multilingual_reader()
                 return other.score(text) if other is not None else None
             return classifier.score(glossed) if glossed else None
 
