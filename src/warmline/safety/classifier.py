@@ -463,9 +463,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…;])\s+|\s*\n+\s*")
 
 
 def message_windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
-    """Overlapping windows of ``text``: each sentence alone, and each with the sentences after
-    it up to about ``words`` words (a longer run-on sentence is cut into ``words``-word pieces
-    that overlap by half); nothing for a text of ``words`` words or fewer, scored whole."""
+    """Overlapping windows of ``text``: each sentence with the sentences after it up to about
+    ``words`` words (a longer run-on sentence is cut into ``words``-word pieces that overlap by
+    half); nothing for a text of ``words`` words or fewer, scored whole."""
     if len(text.split()) <= words:
         return []
     pieces: list[list[str]] = []
@@ -478,17 +478,17 @@ def message_windows(text: str, words: int = WINDOW_WORDS) -> list[str]:
             pieces.append(tokens[start : start + words])
     windows: list[str] = []
     for index in range(len(pieces)):
-        # Each sentence alone, and with as many following ones as fit (its neighbours' context).
+        # Each sentence with as many following ones as fit: a sentence keeps its neighbours'
+        # context (read alone, "it's eating at me every time I see him" is an eating disorder),
+        # and the last one is also read on its own.
         window = list(pieces[index])
-        candidates = [" ".join(window)]
         for following in pieces[index + 1 :]:
             if len(window) + len(following) > words:
                 break
             window += following
-        candidates.append(" ".join(window))
-        for candidate in candidates:
-            if candidate not in windows:
-                windows.append(candidate)
+        joined = " ".join(window)
+        if joined not in windows:
+            windows.append(joined)
     return windows
 
 
