@@ -527,7 +527,8 @@ def test_cli_check_prints_json() -> None:
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> RiskClassifier:
-    return RiskClassifier(weights_dir=tmp_path_factory.mktemp("safety-cache"))
+    # The shipped classifier (head and weights as default_classifier has them).
+    return RiskClassifier(weights_dir=tmp_path_factory.mktemp("safety-cache"), head="mlp")
 
 
 def test_classifier_trains_once_and_caches(classifier: RiskClassifier, tmp_path, monkeypatch) -> None:

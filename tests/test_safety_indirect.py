@@ -22,6 +22,7 @@ from warmline.safety.classifier import (
     ClassifierScore,
     RiskClassifier,
     load_training_files,
+    multilingual_training_paths,
     packaged_training_path,
     packaged_training_paths,
     training_cache_key,
@@ -39,7 +40,7 @@ INDIRECT = SAFETY / "classifier_train_indirect.jsonl"
 
 
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z']+", text.lower()))
+    return set(re.findall(r"[\w']+", text.lower()))
 
 
 def _rows(path: Path) -> list[dict]:
@@ -148,8 +149,8 @@ def test_indirect_file_is_labelled_sized_and_mostly_indirect() -> None:
     assert sum(bool(explicit.search(row["text"])) for row in risk) < 0.1 * len(risk)
 
 
-def test_indirect_file_is_distinct_from_every_measuring_set() -> None:
-    # The suites measure the classifier; a near copy in its training data would inflate them.
+def _measuring_word_sets() -> list[set[str]]:
+    """Word sets of every message and script turn in the measuring sets (the suites)."""
     measuring = [SAFETY / "suite.jsonl", SAFETY / "heldout.jsonl", SAFETY / "benign_relationships.jsonl"]
     measuring += sorted((SAFETY / "eval").glob("*.jsonl"))
     others: list[set[str]] = []
@@ -160,10 +161,23 @@ def test_indirect_file_is_distinct_from_every_measuring_set() -> None:
                 text = turn if isinstance(turn, str) else turn.get("text") or turn.get("content") or ""
                 if _words(text):
                     others.append(_words(text))
+    return others
+
+
+@pytest.mark.parametrize("path", multilingual_training_paths(), ids=lambda path: path.name)
+def test_training_file_is_distinct_from_every_measuring_set(path: Path) -> None:
+    # The suites measure the classifiers; a near copy in their training data would inflate them.
+    # Every training file, English and other languages (both classifiers train on the English ones).
+    others = _measuring_word_sets()
     assert others
-    for row in _rows(INDIRECT):
+    index: dict[str, list[int]] = {}
+    for number, other in enumerate(others):
+        for word in other:
+            index.setdefault(word, []).append(number)
+    for row in _rows(path):
         mine = _words(row["text"])
-        overlap = max(len(mine & other) / len(mine | other) for other in others)
+        candidates = {number for word in mine for number in index.get(word, ())}
+        overlap = max((len(mine & others[n]) / len(mine | others[n]) for n in candidates), default=0.0)
         assert overlap < 0.6, f"near copy of a measuring-set message: {row['text']!r}"
 
 
@@ -188,7 +202,9 @@ class _FixedScore:
 
 
 def _turn(text: str, **probabilities: float):
-    return assess_text(text, classifier=_FixedScore(**probabilities))  # type: ignore[arg-type]
+    # The same stand-in for both encoders: the English blend and the second opinion read e5.
+    fixed = _FixedScore(**probabilities)
+    return assess_text(text, classifier=fixed, multilingual=fixed)  # type: ignore[arg-type]
 
 
 # Messages the lexicon has no risk phrase for: the classifier's score alone decides.

@@ -11,12 +11,13 @@ import warmline.safety.classifier as classifier_module
 import warmline.safety.risk as risk
 from warmline.safety import assess
 from warmline.safety.classifier import (
+    WINDOW_WEIGHT,
     WINDOW_WORDS,
     Encoder,
     default_classifier,
     message_windows,
 )
-from warmline.safety.risk import RISK_THRESHOLD
+from warmline.safety.risk import DISTRESS_THRESHOLD
 
 # A long post about an ordinary week (written for this test), and one sentence of risk at its end,
 # well past the encoder's 128-token limit.
@@ -61,13 +62,18 @@ def test_a_run_on_post_without_full_stops_is_cut_into_overlapping_pieces():
 def test_a_risk_sentence_at_the_end_of_a_long_post_is_read(monkeypatch):
     classifier = default_classifier()
     post = ORDINARY_WEEK + " " + BURIED_RISK
-    assert classifier.score(post).risk >= RISK_THRESHOLD
-    assert assess(post).level.is_crisis
+    with_windows = classifier.score(post).risk
+    alone = classifier.score(BURIED_RISK).risk  # the last sentence is one of the windows
     # Without the windows the whole post's embedding is all ordinary week (and truncated).
     monkeypatch.setattr(classifier_module, "message_windows", lambda text: [])
     classifier._scores.clear()
-    assert classifier.score(post).risk < RISK_THRESHOLD
+    whole = classifier.score(post).risk
     classifier._scores.clear()
+    assert whole < DISTRESS_THRESHOLD <= with_windows
+    # The riskiest window moves the post's score WINDOW_WEIGHT of the way to its own.
+    assert with_windows >= whole + WINDOW_WEIGHT * (alone - whole) - 1e-6
+    monkeypatch.undo()
+    assert assess(post).level.is_crisis  # the lexicon reads the sentence wherever it is
 
 
 def test_a_long_ordinary_post_stays_ordinary():
@@ -111,6 +117,8 @@ THREAT = "that man at number 12 will regret the day he met me, saturday he finds
 
 @pytest.mark.parametrize(("other", "crisis"), [(HARM, True), (NOTHING, False)])
 def test_the_other_encoder_agreeing_is_the_second_opinion(monkeypatch, other, crisis):
+    # The second opinion alone (the English blend, which also reads e5, is tested below).
+    monkeypatch.setattr(risk, "ENGLISH_BLEND", 0.0)
     first, second = _FixedScore(**HARM), _FixedScore(**other)
     monkeypatch.setattr(risk, "default_multilingual_classifier", lambda: second)
     assessment = assess(THREAT, classifier=first)
@@ -122,6 +130,7 @@ def test_the_other_encoder_agreeing_is_the_second_opinion(monkeypatch, other, cr
 
 
 def test_no_second_opinion_for_violence_requests(monkeypatch):
+    monkeypatch.setattr(risk, "ENGLISH_BLEND", 0.0)
     request = {"violence_request": 0.8}
     second = _FixedScore(**request)
     monkeypatch.setattr(risk, "default_multilingual_classifier", lambda: second)
@@ -138,7 +147,23 @@ def test_an_ordinary_english_message_asks_no_second_opinion(monkeypatch):
 
     monkeypatch.setattr(risk, "default_multilingual_classifier", refuse)
     assert not assess("we watched a film and ate popcorn last night").level.is_crisis
-    assert assess("I keep thinking everyone would be better off without me").level.is_crisis
+
+
+@pytest.mark.parametrize(
+    ("minilm", "e5", "crisis"),
+    [
+        ({"suicidal": 0.95}, {"none": 1.0}, False),  # MiniLM sure, e5 not: the blend is 0.475
+        ({"suicidal": 0.6}, {"suicidal": 0.95}, True),  # MiniLM unsure, e5 sure: 0.775
+        ({"suicidal": 0.3}, {"suicidal": 1.0}, False),  # under DISTRESS_THRESHOLD e5 is not asked
+    ],
+)
+def test_an_english_score_is_blended_with_e5_where_minilm_sees_distress(monkeypatch, minilm, e5, crisis):
+    first, second = _FixedScore(**minilm), _FixedScore(**e5)
+    monkeypatch.setattr(risk, "ENGLISH_BLEND", 0.5)
+    monkeypatch.setattr(risk, "default_multilingual_classifier", lambda: second)
+    assessment = assess(THREAT, classifier=first)
+    assert assessment.level.is_crisis is crisis
+    assert second.calls == (0 if minilm["suicidal"] < risk.DISTRESS_THRESHOLD else 1)
 
 
 # The classifier head: a hidden layer (the English default) or a logistic regression.

@@ -112,9 +112,6 @@ def test_training_folds_the_standardisation_into_the_weights(tmp_path, encoder):
     assert np.argmax(logits[0]) == scaled.classes.index("suicidal")
 
 
-LETTERS_NOW_UNCERTAIN = {"fr", "it"}
-
-
 @pytest.mark.parametrize(
     ("language", "text"),
     [
@@ -128,15 +125,10 @@ LETTERS_NOW_UNCERTAIN = {"fr", "it"}
     ],
 )
 def test_indirect_risk_no_lexicon_knows_is_caught_in_its_language(monkeypatch, language, text):
+    # The French and Italian letters were known misses in session 6 (0.54 and 0.61); caught again
+    # since the chat-style training data of session 7.
     result = assess(text)
-    if language in LETTERS_NOW_UNCERTAIN:
-        # Known misses since the MLP head (session 6): these goodbye letters score 0.54 (fr) and
-        # 0.61 (it), so they get the resources line, not the crisis reply. The head was chosen
-        # for its measured trade-off (dev AUC 0.905 -> 0.944, look-alikes above 0.7: 24% -> 13%;
-        # benchmarks/RESULTS.md). Still the classifier's catch, never the lexicons'.
-        assert result.level == RiskLevel.DISTRESS, result.evidence
-    else:
-        assert result.level.is_crisis, result.evidence
+    assert result.level.is_crisis, result.evidence
     assert result.language == language
     assert any("classifier" in line for line in result.evidence)
     # Without the multilingual classifier the lexicons and the gloss miss it: the catch is its.
@@ -157,11 +149,15 @@ def test_ordinary_messages_in_other_languages_stay_ordinary(text):
     assert assess(text).level.rank < RiskLevel.ELEVATED.rank
 
 
-def test_english_messages_never_load_the_multilingual_classifier(monkeypatch):
+def test_english_messages_never_load_the_multilingual_classifier_without_the_blend(monkeypatch):
+    # With ENGLISH_BLEND off; with it on, only a message MiniLM reads as distress or worse asks
+    # e5 (tests/test_safety_long_posts.py).
     def refuse():
         raise AssertionError("the multilingual classifier was asked for an English message")
 
     monkeypatch.setattr(risk, "default_multilingual_classifier", refuse)
+    monkeypatch.setattr(risk, "ENGLISH_BLEND", 0.0)
+    monkeypatch.setattr(risk, "SECOND_OPINION", False)
     assert assess("I keep thinking everyone would be better off without me").level.is_crisis
     assert not assess("we watched a film and ate popcorn last night").level.is_crisis
 

@@ -84,6 +84,12 @@ _REGULARISATION_C = 4.0  # chosen with the thresholds in risk.py by 5-fold CV on
 _SCORE_CACHE_SIZE = 2048
 WINDOW_WORDS = 30
 """A message longer than this many words is also scored a window at a time (``message_windows``)."""
+WINDOW_WEIGHT = 0.5
+"""How far the riskiest window moves a long post's score from the whole post's (1: all the way,
+0: windows unread). Read alone, a sentence of a long, heavy but safe post ("I cry every day and
+can't get out of bed") reads as risk: on a dev set of 160 long posts (benchmarks/RESULTS.md,
+session 7) taking the riskiest window all the way flagged 50 of 96 safe posts for 55 of 64 risk
+posts caught; whole posts alone 9 of 96 for 41 of 64; half way 9 of 96 for 45 of 64."""
 AUGMENTED_COPIES = 2
 """Noisy variants of each training example (besides the example itself)."""
 MLP_HIDDEN = 256
@@ -114,6 +120,15 @@ class ClassifierScore:
     def top_class(self) -> str:
         """The most probable class overall."""
         return max(self.probabilities, key=lambda c: self.probabilities[c])
+
+    def blended(self, other: ClassifierScore, weight: float) -> ClassifierScore:
+        """These probabilities mixed with ``other``'s, ``other`` weighing ``weight``."""
+        return ClassifierScore(
+            {
+                c: (1 - weight) * p + weight * other.probabilities.get(c, 0.0)
+                for c, p in self.probabilities.items()
+            }
+        )
 
 
 TRAINING_GLOB = "classifier_train*.jsonl"
@@ -549,12 +564,20 @@ class RiskClassifier:
 
     def _read(self, texts: list[str]) -> list[ClassifierScore]:
         """Scores of normalised ``texts``: a long post is scored whole and a window of sentences
-        at a time, and the riskiest reading counts. People bury the one sentence that matters in
-        a long post, where its embedding is diluted by the rest (and past _MAX_TOKENS cut off
-        altogether); the windows are about as long as the training examples."""
+        at a time, and the riskiest window moves the whole post's score WINDOW_WEIGHT of the way
+        to its own. People bury the one sentence that matters in a long post, where its embedding
+        is diluted by the rest (and past _MAX_TOKENS cut off altogether); the windows are about as
+        long as the training examples."""
         readings = [[text, *message_windows(text)] for text in texts]
         scores = iter(self._score_normalised([piece for reading in readings for piece in reading]))
-        return [max((next(scores) for _ in reading), key=lambda s: s.risk) for reading in readings]
+        read = []
+        for reading in readings:
+            whole, *windows = (next(scores) for _ in reading)
+            best = max(windows, key=lambda s: s.risk) if windows else whole
+            if best.risk > whole.risk:
+                whole = whole.blended(best, WINDOW_WEIGHT)
+            read.append(whole)
+        return read
 
     def _score_normalised(self, texts: list[str]) -> list[ClassifierScore]:
         probabilities = _softmax(self.logits(self.encoder.encode(texts)))

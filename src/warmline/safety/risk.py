@@ -58,6 +58,14 @@ of the v2 suites and a fresh dev set written apart from the rules (benchmarks/RE
 halved the false positives of the multilingual classifier alone at the same recall. An English
 message is read by the English classifier alone: averaging in the multilingual one gained
 nothing on the English dev sets."""
+ENGLISH_BLEND = 0.5
+"""Weight of the multilingual classifier (e5) in an English message's score, where MiniLM's
+score reaches DISTRESS_THRESHOLD (0: MiniLM alone; below it e5 is not run, so most messages pay
+for one encoder). Two encoders trained on the same labels err differently: MiniLM alone was sure
+of ordinary family messages ("I ended things with someone I really liked": suicidal 1.00).
+Chosen on the dev sets (session 7, benchmarks/RESULTS.md): 0.5 took the benign-relationships set
+from 8.3% to 1.7% flagged and XSTest's safe prompts from 2 to 0 of 250, for one message of 142
+on the older blind set (now a dev set)."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 CONFIDENT_THRESHOLD = 0.9
@@ -93,8 +101,11 @@ _OTHER_DIRECTED: frozenset[str] = frozenset(
 
 # Classifier classes that need a lexicon hit to make a crisis (see _combine).
 _NEEDS_LEXICON: frozenset[str] = frozenset({"violence_request", "harm_to_others", "intrusive_thoughts"})
-# Of those, the ones a CONFIDENT_THRESHOLD score may raise alone.
-_CONFIDENT_ALONE: frozenset[str] = frozenset({"harm_to_others", "intrusive_thoughts"})
+# The other-directed classes a CONFIDENT_THRESHOLD score may raise alone (of _NEEDS_LEXICON and
+# _NEEDS_RISK_WORDS): harm to others, intrusive thoughts, and violence against the writer, whose
+# disclosures name a person and an act in words no lexicon lists ("me estampó contra la pared").
+# Never violence requests or third-party concern.
+_CONFIDENT_ALONE: frozenset[str] = frozenset({"harm_to_others", "intrusive_thoughts", "harm_from_others"})
 # Of those that need more than the classifier, the ones whose second opinion may be the other
 # encoder's agreeing score (SECOND_OPINION). Never violence requests: XSTest's safe look-alikes
 # ("how do I kill a Python process") read as violence to both encoders.
@@ -277,17 +288,24 @@ def assess_text(
         reader = multilingual_reader()
     if reader is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
-        score = reader.score(text)
+        score = own = reader.score(text)
         if language != "en" and GLOSS_WEIGHT and glossed and score.risk >= DISTRESS_THRESHOLD:
             # Below DISTRESS_THRESHOLD the blend stays short of RISK_THRESHOLD whatever the gloss
             # scores (0.5 x 0.4 + 0.5 x 1.0 = 0.7 at the very most), so the English encoder's
             # time is spent only where it can change the outcome.
-            score = _blend(score, classifier.score(glossed), GLOSS_WEIGHT)
+            score = score.blended(classifier.score(glossed), GLOSS_WEIGHT)
+        elif language == "en" and ENGLISH_BLEND and score.risk >= DISTRESS_THRESHOLD:
+            # The same two readings for an English message: MiniLM's, blended with e5's.
+            other = multilingual_reader()
+            if other is not None:
+                score = score.blended(other.score(text), ENGLISH_BLEND)
         risk_score = score.risk
         if not found.hits and len(text.split()) < MIN_CLASSIFIER_WORDS:
             # Too short to judge by embeddings alone: an uncertain score is at most distress.
             score = _capped(score)
-        minor = english.minor is not None and bool(english.minor.search(rules_text.lower()))
+        minor = (
+            english.minor is not None and bool(english.minor.search(rules_text.lower()))
+        ) or _native_minor(language, text)
 
         def second_opinion() -> ClassifierScore | None:
             # The other encoder's reading: e5 on an English message, MiniLM on a non-English
@@ -307,6 +325,9 @@ def assess_text(
             minor=minor,
             softener=_softener(english, rules_text) or _native_softener(language, text),
             second_opinion=second_opinion if SECOND_OPINION else None,
+            # A non-English message's own reading (before the gloss blend); an English message's
+            # blend is two readings of the same words, and neither stands alone.
+            own=own if language != "en" and own is not score else None,
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
@@ -324,6 +345,7 @@ def _combine(
     minor: bool = False,
     softener: str | None = None,
     second_opinion: Callable[[], ClassifierScore | None] | None = None,
+    own: ClassifierScore | None = None,
 ) -> tuple[RiskLevel, list[str], list[str]]:
     """Let the classifier raise (never lower) the lexicon's level (``text``: the message;
     ``minor``: the writer says they are a child, whose disclosures are often in mild words;
@@ -369,10 +391,21 @@ def _combine(
         # A very confident harm-to-others or intrusive-thoughts score stands alone: those misses
         # name a person, a time or a fear, not the lexicon's verbs. A violence request never
         # does (a refusal of "how do I kill a python process" is the false positive XSTest counts).
-        confident_alone = top in _CONFIDENT_ALONE and _confident(score)
+        # ``own``: the reader's score before it was blended with a second reading (a gloss, or
+        # e5 on English): the gloss drops the very words ("my baby", "against the wall") that
+        # make the kind clear, so the reader that read the message itself may be sure alone.
+        confident_alone = top in _CONFIDENT_ALONE and (
+            _confident(score) or (own is not None and _confident(own) and _same_kind(own.top_risk_class, top))
+        )
         needs_more = (
             top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone
-        ) or (top in _NEEDS_RISK_WORDS and not found.hits and not _RISK_WORDS.search(text) and not minor)
+        ) or (
+            top in _NEEDS_RISK_WORDS
+            and not found.hits
+            and not _RISK_WORDS.search(text)
+            and not minor
+            and not confident_alone
+        )
         if needs_more and top in _SECOND_OPINION_CLASSES and second_opinion is not None:
             # The second opinion may also come from the other encoder: both models reading the
             # same kind of risk, each at RISK_THRESHOLD or more (the lexicon knows few of the
@@ -404,6 +437,10 @@ def _combine(
                 key=score.probabilities.__getitem__,
             )
             category = CLASS_CATEGORIES[top]
+        if minor and category == "harm_from_others":
+            # A child disclosing violence gets the child-protection lines, as the lexicon's
+            # own harm-from-others hits do when the writer is a minor.
+            category = "child_abuse"
         new_level = RiskLevel.highest(level, raised)
         named = {hit.category for hit in found.hits} - {"distress", "psychosis"}
         if (
@@ -459,11 +496,14 @@ def _distress_with_note(
 
 
 def _confident(score: ClassifierScore) -> bool:
-    """Whether ``score`` is confident enough to stand without a second opinion (CONFIDENT_THRESHOLD)."""
-    return (
-        score.risk >= CONFIDENT_THRESHOLD
-        and score.probabilities[score.top_risk_class] >= CONFIDENT_CLASS_SHARE
-    )
+    """Whether ``score`` is confident enough to stand without a second opinion (CONFIDENT_THRESHOLD).
+
+    The top class's share counts the classes of the same kind with it (``_same_kind``): a score
+    split between intent to harm a baby and intrusive images of it is sure of the kind, not
+    unsure of the risk."""
+    top = score.top_risk_class
+    share = sum(p for c, p in score.probabilities.items() if _same_kind(c, top))
+    return score.risk >= CONFIDENT_THRESHOLD and share >= CONFIDENT_CLASS_SHARE
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
@@ -494,6 +534,19 @@ def _native_softener(language: str, text: str) -> str | None:
     return None
 
 
+def _native_minor(language: str, text: str) -> bool:
+    """Whether a non-English message says its writer is a child, read by its language's lexicon
+    ("tengo 12 anos", "j'ai 10 ans", "bin 13"): a gloss keeps the number, not the age."""
+    if language == "en":
+        return False
+    try:
+        native = language_lexicon(language)
+    except ValueError:
+        return False
+    minor = native.lexicon.minor
+    return minor is not None and bool(minor.search(native.prepare(text).lower()))
+
+
 def _overrules_benign_reading(found: LexiconResult, score: ClassifierScore, softener: str | None) -> bool:
     """Whether a confident classifier score overrules the lexicon's benign reading of a message.
 
@@ -508,16 +561,6 @@ def _overrules_benign_reading(found: LexiconResult, score: ClassifierScore, soft
         and not found.masks
         and not found.informational
         and not any(hit.level.is_crisis for hit in found.discounted)
-    )
-
-
-def _blend(score: ClassifierScore, other: ClassifierScore, weight: float) -> ClassifierScore:
-    """``score``'s probabilities mixed with ``other``'s, ``other`` weighing ``weight``."""
-    return ClassifierScore(
-        {
-            c: (1 - weight) * p + weight * other.probabilities.get(c, 0.0)
-            for c, p in score.probabilities.items()
-        }
     )
 
 
