@@ -62,7 +62,9 @@ def test_a_run_on_post_without_full_stops_is_cut_into_overlapping_pieces():
 def test_a_risk_sentence_at_the_end_of_a_long_post_is_read(monkeypatch):
     classifier = default_classifier()
     post = ORDINARY_WEEK + " " + BURIED_RISK
-    with_windows = classifier.score(post).risk
+    read = classifier.score(post)
+    with_windows = read.risk
+    assert read.window in message_windows(post) and BURIED_RISK in read.window  # the window that moved it
     alone = classifier.score(BURIED_RISK).risk  # the last sentence is one of the windows
     # Without the windows the whole post's embedding is all ordinary week (and truncated).
     monkeypatch.setattr(classifier_module, "message_windows", lambda text: [])

@@ -132,3 +132,38 @@ def test_an_informational_question_is_asked_not_mentioned(text: str, information
     cleaned, _ = clean(text)
     found, _language = scan_languages(cleaned, identify_language(cleaned), default_lexicon().scan(cleaned))
     assert found.informational is informational
+
+
+# ---------------------------------------------------------------- a long post's windows
+
+IDIOM_POST = (
+    "honestly this commute is killing me, two hours each way on the northern line. "
+    "work is fine i guess, my manager is decent and the team is nice to me. "
+    "i got the rope from the hardware shop on saturday and i know which beam in the garage will hold"
+)
+
+
+def test_a_benign_reading_elsewhere_in_a_long_post_does_not_veto_its_riskiest_window() -> None:
+    from dataclasses import replace
+
+    from warmline.safety.lexicon import default_lexicon
+
+    found = default_lexicon().scan(IDIOM_POST)
+    assert found.benign_signals, "the premise: the idiom gives the post a benign reading"
+    window = "i got the rope from the hardware shop on saturday and i know which beam in the garage will hold"
+    score = replace(_score(suicidal=0.95), window=window)
+
+    def combine(score: ClassifierScore, benign: bool):
+        return risk._combine(
+            found,
+            score,
+            found.level,
+            found.categories,
+            found.evidence(),
+            text=IDIOM_POST,
+            benign_in=lambda piece: benign,
+        )[0]
+
+    assert combine(score, benign=False).is_crisis  # the window that moved the score reads no idiom
+    assert not combine(score, benign=True).is_crisis  # the benign reading is in that window
+    assert not combine(replace(score, window=None), benign=False).is_crisis  # a whole-post score

@@ -31,7 +31,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -104,6 +104,8 @@ class ClassifierScore:
     """Class probabilities for one message."""
 
     probabilities: dict[str, float]
+    window: str | None = None
+    """The window of a long post whose reading moved this score (``RiskClassifier._read``)."""
 
     @property
     def risk(self) -> float:
@@ -127,7 +129,8 @@ class ClassifierScore:
             {
                 c: (1 - weight) * p + weight * other.probabilities.get(c, 0.0)
                 for c, p in self.probabilities.items()
-            }
+            },
+            window=self.window,
         )
 
 
@@ -573,9 +576,10 @@ class RiskClassifier:
         read = []
         for reading in readings:
             whole, *windows = (next(scores) for _ in reading)
-            best = max(windows, key=lambda s: s.risk) if windows else whole
-            if best.risk > whole.risk:
-                whole = whole.blended(best, WINDOW_WEIGHT)
+            if windows:
+                number, best = max(enumerate(windows, start=1), key=lambda pair: pair[1].risk)
+                if best.risk > whole.risk:
+                    whole = replace(whole.blended(best, WINDOW_WEIGHT), window=reading[number])
             read.append(whole)
         return read
 

@@ -258,14 +258,8 @@ def assess_text(
     one) instead of the English ``classifier``.
     """
     text, repairs = clean(text)
-    found = _scan(lexicon or default_lexicon(), text, context)
-    found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
     english = lexicon or default_lexicon()
-    glossed = gloss_message(language, text) if GLOSS and language != "en" else None
-    if glossed:
-        # The English rules read the word-by-word gloss too: they know more indirect phrasing
-        # than any one language's lexicon (warmline.safety.gloss).
-        found = merge_results([found, _glossed(_scan(english, glossed, context), found)])
+    found, language, glossed = _read_rules(english, text, context, language)
     level = found.level
     categories = found.categories
     evidence = found.evidence()
@@ -328,10 +322,27 @@ def assess_text(
             # A non-English message's own reading (before the gloss blend); an English message's
             # blend is two readings of the same words, and neither stands alone.
             own=own if language != "en" and own is not score else None,
+            benign_in=lambda piece: _read_rules(english, piece, context, language)[0].benign_signals,
         )
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
     )
+
+
+def _read_rules(
+    english: Lexicon, text: str, context: bool, language: str
+) -> tuple[LexiconResult, str, str | None]:
+    """The lexicons' reading of ``text``: the English rules, the routed language's (``language``:
+    the conversation's so far, kept when the message is too short to tell), and the English rules
+    on its gloss. Returns the result, the message's language and the gloss (None for English)."""
+    found = _scan(english, text, context)
+    found, language = scan_languages(text, identify_language(text, fallback=language), found, context=context)
+    glossed = gloss_message(language, text) if GLOSS and language != "en" else None
+    if glossed:
+        # The English rules read the word-by-word gloss too: they know more indirect phrasing
+        # than any one language's lexicon (warmline.safety.gloss).
+        found = merge_results([found, _glossed(_scan(english, glossed, context), found)])
+    return found, language, glossed
 
 
 def _combine(
@@ -346,6 +357,7 @@ def _combine(
     softener: str | None = None,
     second_opinion: Callable[[], ClassifierScore | None] | None = None,
     own: ClassifierScore | None = None,
+    benign_in: Callable[[str], bool] | None = None,
 ) -> tuple[RiskLevel, list[str], list[str]]:
     """Let the classifier raise (never lower) the lexicon's level (``text``: the message;
     ``minor``: the writer says they are a child, whose disclosures are often in mild words;
@@ -356,7 +368,13 @@ def _combine(
     overrule it: sentence embeddings are dominated by topic, and "my back is killing me" sits
     close to risk talk in that space.
     """
-    if found.benign_signals and not _overrules_benign_reading(found, score, softener):
+    if (
+        found.benign_signals
+        and not _overrules_benign_reading(found, score, softener)
+        and not (score.window is not None and benign_in is not None and not benign_in(score.window))
+    ):
+        # ``score.window``: a long post's riskiest window, which moved its score; a benign reading
+        # elsewhere in the post ("I'm dead lol" about the exam) does not speak for that window.
         evidence = [
             *evidence,
             f"classifier p_risk={score.risk:.2f} (not used: lexicon found a benign reading)",
