@@ -167,3 +167,22 @@ def test_a_benign_reading_elsewhere_in_a_long_post_does_not_veto_its_riskiest_wi
     assert combine(score, benign=False).is_crisis  # the window that moved the score reads no idiom
     assert not combine(score, benign=True).is_crisis  # the benign reading is in that window
     assert not combine(replace(score, window=None), benign=False).is_crisis  # a whole-post score
+
+
+# ---------------------------------------------------------------- recovery told as an anniversary
+
+
+@pytest.mark.parametrize(
+    ("text", "crisis"),
+    [
+        ("Today marks 10 years since I attempted suicide at 19.", False),
+        ("Getting a tattoo over my old self-harm scars on Saturday!", False),
+        ("I haven't cut in over five years and I'm proud of that", False),
+        ("faz 6 anos hoje que eu saí da internação depois de tentar me matar.", False),
+        ("i attempted suicide last night", True),
+        ("I cut myself again, my old scars opened up", True),
+        ("hoje eu quero me matar", True),
+    ],
+)
+def test_an_anniversary_of_a_past_crisis_is_history(text: str, crisis: bool) -> None:
+    assert assess(text, use_classifier=False).is_crisis is crisis

@@ -36,10 +36,13 @@ from warmline.safety.normalise import clean
 
 logger = logging.getLogger(__name__)
 
-# RISK_THRESHOLD was chosen (with C in classifier.py) by 5-fold cross-validation on
-# classifier_train.jsonl combined with the lexicon, never on the evaluation suite: at 0.7 the
-# out-of-fold recall of the combination was 98.5% with 6% of non-risk examples flagged.
-RISK_THRESHOLD = 0.7
+# RISK_THRESHOLD: 0.7 from 5-fold cross-validation on classifier_train.jsonl with the linear head
+# (sessions 1-6); 0.6 since session 7, chosen on the dev sets with the MLP heads, the English
+# blend and half-way windows (benchmarks/RESULTS.md): the older blind set (now dev) 87.3% -> 91.5%
+# recall for 3.3% -> 3.9% false positives, 160 long posts 50 -> 53 of 64 caught for 10 -> 15 of
+# 96 flagged, the v2 suites' false positives 2.0% -> 2.3%, XSTest's safe prompts 0 -> 1 of 250.
+# 0.5 flagged 28% of the long safe posts.
+RISK_THRESHOLD = 0.6
 """At or above: the classifier alone raises a turn to elevated."""
 DISTRESS_THRESHOLD = 0.4
 """At or above (and below RISK_THRESHOLD): the turn is at least distress. A design choice, not
