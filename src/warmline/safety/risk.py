@@ -58,13 +58,13 @@ score (the rest is the multilingual classifier on the message itself; 0: multili
 The two err differently: e5 reads topic ("my phone died", "how many tablets in a box" sit near
 risk), a gloss keeps only the words the gloss knows. Chosen (with a linear head, C 0.3) on the dev half
 of the v2 suites and a fresh dev set written apart from the rules (benchmarks/RESULTS.md): 0.5
-halved the false positives of the multilingual classifier alone at the same recall. An English
-message is read by the English classifier alone: averaging in the multilingual one gained
-nothing on the English dev sets."""
+halved the false positives of the multilingual classifier alone at the same recall. (An English
+message's second reading is ENGLISH_BLEND's.)"""
 ENGLISH_BLEND = 0.5
 """Weight of the multilingual classifier (e5) in an English message's score, where MiniLM's
-score reaches DISTRESS_THRESHOLD (0: MiniLM alone; below it e5 is not run, so most messages pay
-for one encoder). Two encoders trained on the same labels err differently: MiniLM alone was sure
+score reaches DISTRESS_THRESHOLD and the lexicon has made no crisis of the message (0: MiniLM
+alone; elsewhere e5 is not run, so most messages pay for one encoder). With the linear heads of
+earlier sessions averaging gained nothing on the English dev sets. Two encoders trained on the same labels err differently: MiniLM alone was sure
 of ordinary family messages ("I ended things with someone I really liked": suicidal 1.00).
 Chosen on the dev sets (session 7, benchmarks/RESULTS.md): 0.5 took the benign-relationships set
 from 8.3% to 1.7% flagged and XSTest's safe prompts from 2 to 0 of 250, for one message of 142
@@ -415,9 +415,9 @@ def _combine(
         # A very confident harm-to-others or intrusive-thoughts score stands alone: those misses
         # name a person, a time or a fear, not the lexicon's verbs. A violence request never
         # does (a refusal of "how do I kill a python process" is the false positive XSTest counts).
-        # ``own``: the reader's score before it was blended with a second reading (a gloss, or
-        # e5 on English): the gloss drops the very words ("my baby", "against the wall") that
-        # make the kind clear, so the reader that read the message itself may be sure alone.
+        # ``own``: a non-English message's e5 score before the gloss blend: the gloss drops the
+        # very words ("my baby", "against the wall") that make the kind clear, so the reader
+        # that read the message itself may be sure alone.
         confident_alone = top in _CONFIDENT_ALONE and (
             _confident(score) or (own is not None and _confident(own) and _same_kind(own.top_risk_class, top))
         )
@@ -539,18 +539,28 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
     return None
 
 
-def _native_softener(language: str, text: str) -> str | None:
-    """ "laughter" or "recovery" read in the message's own language by its lexicon's cues
-    ("jajaja", "mdr", "kkkk"; "hace dos años", "seit zwei Jahren" with nothing saying it is back
-    now): a gloss keeps too few words for the English cues to see them."""
+@lru_cache(maxsize=1024)
+def _native_reading(language: str, text: str) -> tuple[Lexicon, str] | None:
+    """The cues of a non-English message's own lexicon and the message as that lexicon prepares
+    it (lowercased); None for English or a language with no lexicon. Shared by the cue readers
+    below, which a turn calls one after the other on the same message."""
     if language == "en":
         return None
     try:
         native = language_lexicon(language)
     except ValueError:
         return None
-    prepared = native.prepare(text).lower()
-    cues = native.lexicon
+    return native.lexicon, native.prepare(text).lower()
+
+
+def _native_softener(language: str, text: str) -> str | None:
+    """ "laughter" or "recovery" read in the message's own language by its lexicon's cues
+    ("jajaja", "mdr", "kkkk"; "hace dos años", "seit zwei Jahren" with nothing saying it is back
+    now): a gloss keeps too few words for the English cues to see them."""
+    reading = _native_reading(language, text)
+    if reading is None:
+        return None
+    cues, prepared = reading
     if cues.laughter.search(prepared):
         return "laughter"
     if cues.distant_past.search(prepared) and not cues.present_again.search(prepared):
@@ -561,14 +571,11 @@ def _native_softener(language: str, text: str) -> str | None:
 def _native_minor(language: str, text: str) -> bool:
     """Whether a non-English message says its writer is a child, read by its language's lexicon
     ("tengo 12 anos", "j'ai 10 ans", "bin 13"): a gloss keeps the number, not the age."""
-    if language == "en":
+    reading = _native_reading(language, text)
+    if reading is None:
         return False
-    try:
-        native = language_lexicon(language)
-    except ValueError:
-        return False
-    minor = native.lexicon.minor
-    return minor is not None and bool(minor.search(native.prepare(text).lower()))
+    cues, prepared = reading
+    return cues.minor is not None and bool(cues.minor.search(prepared))
 
 
 def _overrules_benign_reading(found: LexiconResult, score: ClassifierScore, softener: str | None) -> bool:
