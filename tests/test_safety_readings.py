@@ -125,12 +125,11 @@ def test_violence_against_a_child_read_by_the_classifier_gets_the_child_lines(
     ],
 )
 def test_an_informational_question_is_asked_not_mentioned(text: str, informational: bool) -> None:
-    from warmline.safety.language import identify_language, scan_languages
     from warmline.safety.lexicon import default_lexicon
     from warmline.safety.normalise import clean
 
-    cleaned, _ = clean(text)
-    found, _language = scan_languages(cleaned, identify_language(cleaned), default_lexicon().scan(cleaned))
+    # The rules' reading a turn uses: the English lexicon, the message's own, and its gloss.
+    found, _language, _gloss = risk._read_rules(default_lexicon(), clean(text)[0], False, "en")
     assert found.informational is informational
 
 

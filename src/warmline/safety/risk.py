@@ -618,7 +618,9 @@ def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
     The language's own lexicon reads negation, recovered history and idioms in that language
     better than English rules read a gloss ("Sono due anni che non mi taglio" is a recovery
     milestone): a gloss hit of a kind the native lexicon discounted, and found nowhere else in
-    the message, does not count.
+    the message, does not count. Nor does an informational question only the gloss reads: the
+    glossary turns "was ist los mit mir" into "what is x with myself", a question of fact to the
+    English cues; whether a sentence asks one is the native cues' to say.
     """
     counted = {hit.category for hit in native.hits}
     overruled = {hit.category for hit in native.discounted} - counted
@@ -641,6 +643,7 @@ def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
         hits=hits,
         discounted=discounted,
         masks=[f"gloss:{mask}" for mask in result.masks],
+        informational=result.informational and native.informational,
     )
 
 
