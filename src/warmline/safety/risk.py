@@ -62,8 +62,8 @@ halved the false positives of the multilingual classifier alone at the same reca
 message's second reading is ENGLISH_BLEND's.)"""
 ENGLISH_BLEND = 0.5
 """Weight of the multilingual classifier (e5) in an English message's score, where MiniLM's
-score reaches DISTRESS_THRESHOLD and the lexicon has made no crisis of the message (0: MiniLM
-alone; elsewhere e5 is not run, so most messages pay for one encoder). With the linear heads of
+score reaches DISTRESS_THRESHOLD (0: MiniLM alone; below it e5 is not run, so most messages pay
+for one encoder). With the linear heads of
 earlier sessions averaging gained nothing on the English dev sets. Two encoders trained on the same labels err differently: MiniLM alone was sure
 of ordinary family messages ("I ended things with someone I really liked": suicidal 1.00).
 Chosen on the dev sets (session 7, benchmarks/RESULTS.md): 0.5 took the benign-relationships set
@@ -287,11 +287,12 @@ def assess_text(
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         score = own = reader.score(text)
         # The second reading (the gloss's, or e5's of an English message) is spent where the first
-        # sees distress or worse and the lexicon has not already made a crisis of the message:
-        # from 0.2 it could still reach RISK_THRESHOLD, but on the dev sets reading from 0.2 added
-        # false positives and caught nothing more, and skipping it after a lexicon crisis changed
-        # no outcome and saved a fifth of the encoder calls (benchmarks/RESULTS.md, session 7).
-        second_reading = score.risk >= DISTRESS_THRESHOLD and not level.is_crisis
+        # sees distress or worse: from 0.2 it could still reach RISK_THRESHOLD, but on the dev sets
+        # reading from 0.2 added false positives and caught nothing more. It is read after a
+        # lexicon crisis too: skipping it there flagged the same messages but changed the kind of
+        # reply (XSTest's harm-to-others prompts: 3 more given the abuse, intrusive-thoughts or
+        # third-party reply instead of the refusal; benchmarks/RESULTS.md, session 7).
+        second_reading = score.risk >= DISTRESS_THRESHOLD
         if language != "en" and GLOSS_WEIGHT and glossed and second_reading:
             score = score.blended(classifier.score(glossed), GLOSS_WEIGHT)
         elif language == "en" and ENGLISH_BLEND and second_reading:
