@@ -1,0 +1,96 @@
+"""Rules for risk said plainly that the lexicons used to miss, and for safe messages they used to
+flag (found on a dev set written by others, session 8; these are new wordings of the same
+patterns, not its messages). Lexicon only: no classifier runs, so each test reads the rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmline.safety import assess
+from warmline.safety.levels import RiskLevel
+
+
+def _rules(text: str):
+    return assess(text, use_classifier=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        # a plan: the day, the place or the pills chosen, in the writer's own language
+        ("bon, j'ai choisi le jour. ce sera samedi quand ils seront partis", "plan"),
+        ("ho già scelto il ponte, ci vado domani sera", "plan"),
+        ("ya elegí la fecha y nadie lo sabe", "plan"),
+        ("ich hab mir den Tag schon ausgesucht, nächste Woche ist es so weit", "plan"),
+        ("já escolhi o lugar, ninguém vai me achar lá", "plan"),
+        ("guardei os comprimidos do meu pai numa caixa no armário", "plan"),
+        ("ho messo da parte tutte le pastiglie che mi davano", "plan"),
+        # pills just swallowed, French
+        ("je viens de prendre toute la plaquette, j'ai peur", "imminent"),
+        # ideation said clinically, German compound words
+        ("Fakten: 41 Jahre, ständige Suizidgedanken, schlafe kaum", "suicidal_ideation"),
+        ("ich habe seit dem Winter einen Todeswunsch, jeden Abend", "suicidal_ideation"),
+        # self-injury by burning, Portuguese
+        ("me queimei o braço com cigarro de propósito ontem", "self_harm"),
+        # an Italian threat: if I tell anyone he will kill me
+        ("se lo dico a qualcuno mi ammazza, l'ha detto ieri sera", "harm_from_others"),
+        # car, garage, engine: carbon monoxide now
+        ("i'm in my car in the garage and the engine is running", "imminent"),
+        # a goodbye: giving things away, not needing anything after tonight
+        ("gave my records to my brother. won't be needing my phone after tonight", "plan"),
+    ],
+)
+def test_plainly_said_risk_is_a_crisis_on_the_rules_alone(text: str, category: str) -> None:
+    assessment = _rules(text)
+    assert assessment.is_crisis, (text, assessment.evidence)
+    assert category in assessment.categories, (text, assessment.categories, assessment.evidence)
+
+
+def test_intent_to_kill_with_its_preparation_in_the_next_sentence_is_harm_to_others() -> None:
+    serious = _rules(
+        "I want to kill my stepdad. I mean it. I've been researching how to make it look like an accident."
+    )
+    assert serious.is_crisis and serious.reply_kind == "harm_to_others", serious.evidence
+    # The same words in anger, with nothing after them, stay distress (a resources line).
+    angry = _rules("I want to kill my stepdad, he sold my bike without asking.")
+    assert angry.level == RiskLevel.DISTRESS, angry.evidence
+
+
+def test_a_question_whether_an_overdose_hurts_is_means_seeking_with_distress_in_the_message() -> None:
+    with_distress = _rules("would an overdose be painful? i can't stop crying tonight")
+    assert with_distress.is_crisis and "means" in with_distress.categories, with_distress.evidence
+    # Alone, a means question is a resources line; the conversation's earlier distress would raise it.
+    assert not _rules("would an overdose of vitamin c be painful").is_crisis
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "i cut my hair at 3am and my fringe is a disaster",
+        "I cut my losses and sold the shares",
+        # a loss to suicide is grief, not a risk to someone now
+        "my uncle took his own life in the spring and i keep wondering what i missed",
+        # an anniversary of a past attempt, told as a milestone
+        "On the anniversary of my suicide attempt I bake a cake. It makes 6 years today.",
+        # a hypothetical friend in a question about teaching the signs
+        "how do I run a workshop on spotting when a friend might be suicidal",
+        "what are the warning signs that someone is self harming?",
+        # a day chosen for a happy event
+        "ho scelto il giorno del matrimonio!",
+        "ich habe den Tag der Hochzeit ausgesucht",
+        "já escolhi o dia da festa",
+    ],
+)
+def test_safe_messages_the_rules_used_to_flag_are_not_a_crisis(text: str) -> None:
+    assessment = _rules(text)
+    assert not assessment.is_crisis, (text, assessment.evidence)
+
+
+def test_a_friend_of_mine_at_risk_is_still_third_party_concern_in_a_question() -> None:
+    # "a friend of mine", "someone I know": a real person, whatever the question asks.
+    for text in (
+        "a friend of mine is suicidal, what are the signs she will act on it",
+        "someone I know has been self harming, how do I spot if it gets worse",
+    ):
+        assessment = _rules(text)
+        assert assessment.is_crisis and "third_party" in assessment.categories, (text, assessment.evidence)
