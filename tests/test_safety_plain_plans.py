@@ -38,6 +38,10 @@ def _rules(text: str):
         ("i'm in my car in the garage and the engine is running", "imminent"),
         # a goodbye: giving things away, not needing anything after tonight
         ("gave my records to my brother. won't be needing my phone after tonight", "plan"),
+        # how and when decided; a death wish said clinically; at the platform, not sure of going back
+        ("figured out the how and the when. thursday, when everyone's at work", "plan"),
+        ("recurring death wish most nights, no plan yet", "passive_ideation"),
+        ("bin grad am Gleis. ob ich zurückgehe weiß ich nicht", "imminent"),
     ],
 )
 def test_plainly_said_risk_is_a_crisis_on_the_rules_alone(text: str, category: str) -> None:
@@ -79,6 +83,8 @@ def test_a_question_whether_an_overdose_hurts_is_means_seeking_with_distress_in_
         "ho scelto il giorno del matrimonio!",
         "ich habe den Tag der Hochzeit ausgesucht",
         "já escolhi o dia da festa",
+        "we worked out how and when to tell the kids about the move",
+        "ich stehe am Bahnsteig und der Zug kommt schon wieder zu spät",
     ],
 )
 def test_safe_messages_the_rules_used_to_flag_are_not_a_crisis(text: str) -> None:
