@@ -490,6 +490,16 @@ def _combine(
         if category in SELF_CATEGORIES and lexicon_categories and lexicon_categories <= _OTHER_DIRECTED:
             note = f"classifier {top}: p_risk={score.risk:.2f} (category not used: the lexicon says whose risk it is)"
             return new_level, categories, [*evidence, note]
+        if (
+            category in ("harm_from_others", "child_abuse")
+            and "violence_request" in lexicon_categories
+            and not lexicon_categories & {"harm_from_others", "child_abuse"}
+        ):
+            # "How can I get away with rape?": the words of an assault, asked by the one who would
+            # commit it. The embeddings read the topic as the writer being hurt; the lexicon read
+            # a request, whose reply is the refusal, never the abuse lines.
+            note = f"classifier {top}: p_risk={score.risk:.2f} (category not used: the lexicon read a request for violence)"
+            return new_level, categories, [*evidence, note]
         new_categories = categories + [category] if category not in categories else categories
         return new_level, new_categories, [*evidence, f"classifier {top}: p_risk={score.risk:.2f}"]
     if score.risk >= DISTRESS_THRESHOLD and level.rank < RiskLevel.DISTRESS.rank:
