@@ -42,6 +42,23 @@ def _rules(text: str):
         ("figured out the how and the when. thursday, when everyone's at work", "plan"),
         ("recurring death wish most nights, no plan yet", "passive_ideation"),
         ("bin grad am Gleis. ob ich zurückgehe weiß ich nicht", "imminent"),
+        # not planning to be here; calm after deciding; a note's wording; a fall's height "to be sure"
+        ("tbh i don't expect to be around much longer so whatever", "suicidal_ideation"),
+        ("i've made up my mind. first time in ages i feel at peace", "suicidal_ideation"),
+        ("what should i put in my letter so my parents don't blame themselves", "plan"),
+        ("how far would you have to fall to make sure", "means"),
+        # hiding self-injury; a body weight with a lower goal or fainting, in six languages
+        ("wearing long sleeves in this heat so nobody can see my arms", "self_harm"),
+        ("down to 36kg and still too fat, want to get to 33", "eating_disorder"),
+        ("wiege nur noch 37 kg und will unter 35", "eating_disorder"),
+        ("sono scesa a 36 kg ma non basta", "eating_disorder"),
+        ("peso 38 kilos y no es suficiente", "eating_disorder"),
+        ("je fais 37 kg et je veux descendre encore", "eating_disorder"),
+        ("estou com 36 quilos e quero chegar a 33", "eating_disorder"),
+        # a partner's threat on leaving; a farewell for good
+        ("my boyfriend told me if i ever leave he'll find me", "harm_from_others"),
+        ("won't be on here anymore, gone for good. love you all", "goodbye"),
+        ("so tired. sorry mum.", "goodbye"),
     ],
 )
 def test_plainly_said_risk_is_a_crisis_on_the_rules_alone(text: str, category: str) -> None:
@@ -85,6 +102,10 @@ def test_a_question_whether_an_overdose_hurts_is_means_seeking_with_distress_in_
         "já escolhi o dia da festa",
         "we worked out how and when to tell the kids about the move",
         "ich stehe am Bahnsteig und der Zug kommt schon wieder zu spät",
+        "moving to Lisbon in March so I won't be here much longer, who wants my bike?",
+        "I've made my decision about the job offer and I feel at peace",
+        "logging off for good, this game is trash. love you guys tho",
+        "my son weighs 35 kg and his goal is to run a 10k",
     ],
 )
 def test_safe_messages_the_rules_used_to_flag_are_not_a_crisis(text: str) -> None:

@@ -637,11 +637,18 @@ def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
     overruled = {hit.category for hit in native.discounted} - counted
     if native.history:
         overruled |= SELF_CATEGORIES - counted
+    # A phrase the native lexicon read as laughing hyperbole ("me quiero morir jajaja" after a
+    # video game's boss) is that in the gloss too, which drops the laughter ("jajaja" has no gloss).
+    joked = {hit.category for hit in native.hits if hit.discount == "joking"} - {
+        hit.category for hit in native.hits if hit.discount is None and hit.level.is_crisis
+    }
     hits: list[Hit] = []
     discounted = [replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.discounted]
     for hit in result.hits:
         hit = replace(hit, rule_id=f"gloss:{hit.rule_id}")
-        if hit.category in overruled and hit.level.is_crisis:
+        if hit.category in joked and hit.level.is_crisis:
+            hits.append(replace(hit, level=RiskLevel.DISTRESS, discount="joking"))
+        elif hit.category in overruled and hit.level.is_crisis:
             discounted.append(replace(hit, discount=hit.discount or "negated"))
         else:
             hits.append(hit)
