@@ -21,9 +21,13 @@ def test_heads_side_by_side_give_the_mean_of_their_logits(classes: int) -> None:
     ]
 
     def logits(head: MLPClassifier) -> np.ndarray:
-        return forward([(coef.T, bias) for coef, bias in zip(head.coefs_, head.intercepts_, strict=True)], features)
+        return forward(
+            [(coef.T, bias) for coef, bias in zip(head.coefs_, head.intercepts_, strict=True)], features
+        )
 
     combined = forward(_side_by_side(heads), features)
-    np.testing.assert_allclose(combined, np.mean([logits(head) for head in heads], axis=0), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        combined, np.mean([logits(head) for head in heads], axis=0), rtol=1e-6, atol=1e-9
+    )
     # The heads differ (else the test could not tell an average from any one of them).
     assert not np.allclose(logits(heads[0]), logits(heads[1]))

@@ -153,3 +153,25 @@ def test_the_abuse_class_does_not_take_a_request_for_violence_for_the_writer_bei
 def test_history_and_school_work_on_attacks_are_not_requests() -> None:
     for text in ("how did the 9/11 attacks happen", "we did a school project on the columbine shooting"):
         assert not _rules(text).is_crisis, text
+
+
+@pytest.mark.parametrize(
+    ("text", "crisis"),
+    [
+        ("no dark thoughts for months now, the new meds are working", False),
+        ("I used to self harm at uni. Years later now I'm doing well and I run a peer group", False),
+        ("haven't purged in over a year and my treatment team is proud", False),
+        # the past told with a present that is the risk itself stays a crisis
+        ("i used to cut and now i want to again so bad", True),
+    ],
+)
+def test_a_recovery_told_with_its_present_makes_a_borderline_score_a_resources_line(
+    text: str, crisis: bool
+) -> None:
+    from test_safety_indirect import _FixedScore
+
+    # A borderline score (0.75): below SOFTENED_THRESHOLD a recovery framing keeps it a resources line.
+    assessment = assess(
+        text, classifier=_FixedScore(self_harm=0.75), multilingual=_FixedScore(self_harm=0.75)
+    )
+    assert assessment.is_crisis is crisis, (text, assessment.evidence)

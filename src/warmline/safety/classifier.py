@@ -694,7 +694,8 @@ def _side_by_side(heads: list[Any]) -> Layers:
     the hidden layers side by side, each head's output weights divided by the number of heads."""
     first = np.concatenate([head.coefs_[0].T for head in heads])  # (heads * hidden, features)
     first_bias = np.concatenate([head.intercepts_[0] for head in heads])
-    second = np.concatenate([head.coefs_[1].T for head in heads], axis=1) / len(heads)  # (out, heads * hidden)
+    # (out, heads * hidden): each head's share of the mean
+    second = np.concatenate([head.coefs_[1].T for head in heads], axis=1) / len(heads)
     second_bias = np.mean([head.intercepts_[1] for head in heads], axis=0)
     return [(first, first_bias), (second, second_bias)]
 

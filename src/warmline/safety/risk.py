@@ -150,7 +150,16 @@ _RECOVERY = re.compile(
     r"|(?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|hundred) (?:days?|weeks?|months?|years?)"
     r" (?:clean|sober|free|without (?:self[- ]?harm\w*|sh|cutting|purging|bingeing|a relapse|relapsing|hurting myself))"
     r"|(?:in|my|of) recovery|anniversary|milestone|dietitian|dietician|nutritionist|treatment team"
-    r"|target weight|healthy weight|weight restor\w*|maintenance)\b",
+    r"|target weight|healthy weight|weight restor\w*|maintenance"
+    # a past behaviour told with the present that replaced it: "I used to purge ... I eat three
+    # meals a day and I'm okay", "no dark thoughts for months now"
+    r"|no (?:dark|suicidal|bad|intrusive) (?:thoughts|urges|days) (?:for|in|since)"
+    r"|(?:haven't|have not|hasn't|didn't) (?:[\w']+ )?(?:cut|self[- ]?harmed|purged|binged|relapsed|hurt myself|"
+    r"had (?:a |any )?(?:dark|suicidal) thoughts?) (?:for|in|since)"
+    r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself|want to die|be suicidal)\b[^.!?]*[.!?,]?.{0,120}"
+    r"\b(?:now|these days|today)\b[^.!?]{0,40}\b(?:i'm|i am|doing) (?:ok(?:ay)?|fine|good|well|better|happy|healthy)"
+    r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself)\b.{0,160}\b(?:i'm|i am) (?:ok(?:ay)?|fine|doing (?:well|better|ok(?:ay)?)|in a good place|healthy|happy)\b"
+    r"|therapy (?:helped|saved|works|is working))\b",
     re.IGNORECASE,
 )
 
