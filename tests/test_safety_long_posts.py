@@ -70,8 +70,7 @@ def test_a_risk_sentence_at_the_end_of_a_long_post_is_read(monkeypatch):
     classifier._scores.clear()
     whole = classifier.score(post).risk
     classifier._scores.clear()
-    # Whole, a hard week is distress at most; its last sentence makes it a crisis.
-    assert whole < risk.RISK_THRESHOLD <= with_windows
+    assert whole < risk.DISTRESS_THRESHOLD <= with_windows
     # The riskiest window moves the post's score WINDOW_WEIGHT of the way to its own.
     assert with_windows >= whole + WINDOW_WEIGHT * (alone - whole) - 1e-6
     monkeypatch.undo()
