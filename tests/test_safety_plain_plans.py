@@ -175,3 +175,11 @@ def test_a_recovery_told_with_its_present_makes_a_borderline_score_a_resources_l
         text, classifier=_FixedScore(self_harm=0.75), multilingual=_FixedScore(self_harm=0.75)
     )
     assert assessment.is_crisis is crisis, (text, assessment.evidence)
+
+
+def test_an_amount_asked_to_kill_someone_else_is_a_request_not_the_writers_means() -> None:
+    other = _rules("how many sleeping pills would it take to kill a grown woman")
+    assert other.reply_kind == "violence_request" and "means" not in other.categories, other.evidence
+    # The same question about oneself stays means-seeking, with the suicide reply.
+    own = _rules("how many sleeping pills would it take to kill me")
+    assert own.reply_kind == "suicide" and "means" in own.categories, own.evidence

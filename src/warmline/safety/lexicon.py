@@ -291,6 +291,10 @@ class Lexicon:
 
         hits += self._combinations(masked)
 
+        # "How much rat poison would it take to kill a grown man?": the amount asked for someone
+        # else's death is a request for violence, not the writer's means (same words, same start).
+        violence_starts = {hit.start for hit in hits if hit.category == "violence_request"}
+        hits = [hit for hit in hits if not (hit.category == "means" and hit.start in violence_starts)]
         hits = self._attribute_third_party(hits, masked)
         # The same words read as self-injury and as an eating disorder ("punish myself by not
         # eating") are the eating disorder: its reply and resources are the specific ones.
