@@ -356,6 +356,11 @@ def measure_first_steps(recipe: Recipe, source: str = "recipe", steps: int = MEA
     }
 
 
+def _seconds(value: float) -> str:
+    """Seconds with two decimals, or four under a tenth (a tiny model's step on a fast CPU read 0.00)."""
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.4f}"
+
+
 def format_measurement(measured: dict, result: dict) -> str:
     """The measured lines `--plan --measure` adds: peak memory next to the first stage's estimate,
     and each stage's time estimated from the measured tokens per second."""
@@ -370,7 +375,8 @@ def format_measurement(measured: dict, result: dict) -> str:
     rate = measured["tokens_per_second"]
     lines = [
         f"measured: {measured['steps']} optimizer step(s) of stage '{measured['stage']}' on {measured['device']}: "
-        f"{peak}, {measured['seconds_per_step']:.2f} s/step" + (f", {rate:.0f} tokens/s" if rate else "")
+        f"{peak}, {_seconds(measured['seconds_per_step'])} s/step"
+        + (f", {rate:.0f} tokens/s" if rate else "")
     ]
     if rate:
         for s in result["stages"]:
