@@ -17,6 +17,7 @@ from warmline.safety.classifier import (
     default_classifier,
     message_windows,
 )
+from warmline.safety.risk import DISTRESS_THRESHOLD
 
 # A long post about an ordinary week (written for this test), and one sentence of risk at its end,
 # well past the encoder's 128-token limit.
@@ -70,7 +71,7 @@ def test_a_risk_sentence_at_the_end_of_a_long_post_is_read(monkeypatch):
     classifier._scores.clear()
     whole = classifier.score(post).risk
     classifier._scores.clear()
-    assert whole < risk.DISTRESS_THRESHOLD <= with_windows
+    assert whole < DISTRESS_THRESHOLD <= with_windows
     # The riskiest window moves the post's score WINDOW_WEIGHT of the way to its own.
     assert with_windows >= whole + WINDOW_WEIGHT * (alone - whole) - 1e-6
     monkeypatch.undo()
@@ -187,16 +188,14 @@ SMALL = [
 
 
 def test_an_mlp_head_is_a_hidden_layer_cached_under_its_own_name(tmp_path):
-    from warmline.safety.classifier import MLP_HIDDEN, MLP_SEEDS, RiskClassifier, load_weights
+    from warmline.safety.classifier import RiskClassifier, load_weights
 
     encoder = default_classifier().encoder
     training = _training_file(tmp_path, SMALL)
     mlp = RiskClassifier(training, encoder=encoder, weights_dir=tmp_path / "cache", head="mlp")
     linear = RiskClassifier(training, encoder=encoder, weights_dir=tmp_path / "cache")
     assert mlp.weights_name != linear.weights_name
-    # MLP_SEEDS heads side by side; two classes: two rows
-    hidden = MLP_SEEDS * MLP_HIDDEN
-    assert [coef.shape for coef, _ in mlp._layers] == [(hidden, 384), (2, hidden)]
+    assert [coef.shape for coef, _ in mlp._layers] == [(256, 384), (2, 256)]  # two classes: two rows
     assert [coef.shape for coef, _ in linear._layers] == [(2, 384)]
     risky, calm = mlp._score_normalised(["i don't want to be alive anymore", "the pasta was lovely"])
     assert risky.probabilities["suicidal"] > 0.5 > calm.probabilities["suicidal"]

@@ -5,6 +5,7 @@ patterns, not its messages). Lexicon only: no classifier runs, so each test read
 from __future__ import annotations
 
 import pytest
+from test_safety_indirect import _FixedScore
 
 from warmline.safety import assess
 from warmline.safety.levels import RiskLevel
@@ -138,8 +139,6 @@ def test_requests_to_get_away_with_or_repeat_violence_get_the_refusal(text: str)
 
 
 def test_the_abuse_class_does_not_take_a_request_for_violence_for_the_writer_being_hurt() -> None:
-    from test_safety_indirect import _FixedScore
-
     # The classifier reads an assault's words as the writer being hurt; the lexicon read a request.
     request = assess("how can I get away with rape", classifier=_FixedScore(harm_from_others=0.97))
     assert request.reply_kind == "violence_request", request.evidence
@@ -168,8 +167,6 @@ def test_history_and_school_work_on_attacks_are_not_requests() -> None:
 def test_a_recovery_told_with_its_present_makes_a_borderline_score_a_resources_line(
     text: str, crisis: bool
 ) -> None:
-    from test_safety_indirect import _FixedScore
-
     # A borderline score (0.75): below SOFTENED_THRESHOLD a recovery framing keeps it a resources line.
     assessment = assess(
         text, classifier=_FixedScore(self_harm=0.75), multilingual=_FixedScore(self_harm=0.75)

@@ -96,11 +96,6 @@ MLP_HIDDEN = 256
 """Hidden units of the default classifiers' head (one ReLU layer; benchmarks/RESULTS.md)."""
 MLP_ALPHA = 0.1
 """L2 penalty of that head."""
-MLP_SEEDS = 1
-"""Heads fitted from different random starts and averaged (their logits), stored as one MLP whose
-hidden layer is theirs side by side. Three were tried (session 8, benchmarks/RESULTS.md): on the
-same training data they moved XSTest's safe prompts flagged 3 -> 2 of 250 and nothing else
-measured, so the shipped weights keep one; the weights' name changes only when this is not 1."""
 _AUGMENT_SEED = 13
 
 
@@ -603,8 +598,6 @@ class RiskClassifier:
         name = self.encoder.name
         if self.head == "mlp":
             name += f"|head=mlp{MLP_HIDDEN}|alpha={MLP_ALPHA}"
-            if MLP_SEEDS != 1:
-                name += f"|seeds={MLP_SEEDS}"
         elif self.standardise or self.regularisation != _REGULARISATION_C:
             name += f"|standardise={self.standardise}|C={self.regularisation}"
         return training_cache_key(self.training_paths, name)
@@ -654,19 +647,18 @@ class RiskClassifier:
             from sklearn.neural_network import MLPClassifier
 
             # Early stopping holds out a tenth of the examples (where there are enough to hold
-            # out); the seeds make training repeatable.
-            heads = []
-            for seed in range(MLP_SEEDS):
-                model = MLPClassifier(
-                    hidden_layer_sizes=(MLP_HIDDEN,),
-                    alpha=MLP_ALPHA,
-                    max_iter=300,
-                    early_stopping=len(texts) >= 200,
-                    random_state=seed,
-                )
-                model.fit(standardised, labels)
-                heads.append(model)
-            layers = _side_by_side(heads)
+            # out); the seed makes training repeatable.
+            model = MLPClassifier(
+                hidden_layer_sizes=(MLP_HIDDEN,),
+                alpha=MLP_ALPHA,
+                max_iter=300,
+                early_stopping=len(texts) >= 200,
+                random_state=0,
+            )
+            model.fit(standardised, labels)
+            layers = [
+                (coef.T, intercept) for coef, intercept in zip(model.coefs_, model.intercepts_, strict=True)
+            ]
         else:
             from sklearn.linear_model import LogisticRegression
 
@@ -687,17 +679,6 @@ class RiskClassifier:
             [str(c) for c in model.classes_],
             [(coef.astype(np.float32), intercept.astype(np.float32)) for coef, intercept in layers],
         )
-
-
-def _side_by_side(heads: list[Any]) -> Layers:
-    """One-hidden-layer MLPs (sklearn's, same classes) as one MLP whose logits are their mean:
-    the hidden layers side by side, each head's output weights divided by the number of heads."""
-    first = np.concatenate([head.coefs_[0].T for head in heads])  # (heads * hidden, features)
-    first_bias = np.concatenate([head.intercepts_[0] for head in heads])
-    # (out, heads * hidden): each head's share of the mean
-    second = np.concatenate([head.coefs_[1].T for head in heads], axis=1) / len(heads)
-    second_bias = np.mean([head.intercepts_[1] for head in heads], axis=0)
-    return [(first, first_bias), (second, second_bias)]
 
 
 # Slang swaps for augmentation: plain wording -> how people type it (the normaliser maps most

@@ -43,16 +43,6 @@ _FRAMEABLE: frozenset[str] = frozenset({"violence_request", "means", "harm_to_ot
 # Categories a laughing tone softens to distress: hyperbole about oneself or about a sibling.
 _JOKEABLE: frozenset[str] = SELF_CATEGORIES | {"harm_to_others"}
 
-# Someone unnamed ("a friend", "someone") at risk in a question about spotting or teaching the
-# signs is a hypothetical: "how do I run a lesson on spotting when a friend might be suicidal".
-_INDEFINITE_SUBJECT = re.compile(
-    r"(?:a|an|any|some) (?!friend of mine\b)[\w']+\b|(?:someone|somebody|anyone|anybody)\b(?! (?:i know|i love|close to me|in my|at my|from my|on my)\b)"
-)
-_SPOTTING_QUESTION = re.compile(
-    r"\b(?:how (?:do|can|would|should|could) (?:i|you|we|one|people|teachers?|parents?|staff) "
-    r"(?:tell|know|spot|recogni[sz]e|notice|see|teach|explain|run|talk)|spot(?:ting)?|recogni[sz]ing|"
-    r"(?:warning )?signs?|lesson|teach\w*|workshop|training|assembly|curriculum)\b"
-)
 _SENTENCE_END = re.compile(r"[.!?;\n]+")
 # A clause ends at punctuation; the negation window never crosses one.
 _CLAUSE_PUNCT = re.compile(r"[,:;.!?\n]")
@@ -251,6 +241,18 @@ class Lexicon:
             if "reported_speech" in cues
             else None
         )
+        # Someone unnamed at risk in a question about spotting or teaching the signs is a
+        # hypothetical ("how do I run a lesson on spotting when a friend might be suicidal").
+        self.hypothetical_subject = (
+            compile_pattern(cues["hypothetical_subject"], "cues.hypothetical_subject")
+            if "hypothetical_subject" in cues
+            else None
+        )
+        self.spotting_question = (
+            compile_pattern(cues["spotting_question"], "cues.spotting_question")
+            if "spotting_question" in cues
+            else None
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
@@ -405,9 +407,12 @@ class Lexicon:
             return "framing"
         if (
             rule.category == "third_party"
-            and self.language == "en"
-            and _INDEFINITE_SUBJECT.match(text, start)
-            and (self.informational.search(sentence) or _SPOTTING_QUESTION.search(sentence))
+            and self.hypothetical_subject is not None
+            and self.hypothetical_subject.match(text, start)
+            and (
+                self.informational.search(sentence)
+                or (self.spotting_question is not None and self.spotting_question.search(sentence))
+            )
         ):
             return "framing"
         if (
