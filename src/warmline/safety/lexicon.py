@@ -42,6 +42,10 @@ Discount = Literal["negated", "history", "joking", "framing"]
 _FRAMEABLE: frozenset[str] = frozenset({"violence_request", "means", "harm_to_others"})
 # Categories a laughing tone softens to distress: hyperbole about oneself or about a sibling.
 _JOKEABLE: frozenset[str] = SELF_CATEGORIES | {"harm_to_others"}
+# Categories whose topic words ("domestic violence", "self-harm") a question of fact may name.
+_TOPIC_FRAMEABLE: frozenset[str] = frozenset(
+    {"harm_from_others", "child_abuse", "third_party", "eating_disorder", "self_harm"}
+)
 
 _SENTENCE_END = re.compile(r"[.!?;\n]+")
 # A clause ends at punctuation; the negation window never crosses one.
@@ -253,6 +257,12 @@ class Lexicon:
             if "spotting_question" in cues
             else None
         )
+        self.venting = compile_pattern(cues["venting"], "cues.venting") if "venting" in cues else None
+        self.animal_patient = (
+            compile_pattern(cues["animal_patient"], "cues.animal_patient")
+            if "animal_patient" in cues
+            else None
+        )
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
@@ -414,6 +424,18 @@ class Lexicon:
                 or (self.spotting_question is not None and self.spotting_question.search(sentence))
             )
         ):
+            return "framing"
+        if rule.category == "means" and self.animal_patient is not None and self.animal_patient.search(text):
+            # "My dog ate half a bar of chocolate, is that a toxic amount?": a vet's question.
+            return "framing"
+        if (
+            rule.category in _TOPIC_FRAMEABLE
+            and self.informational.search(sentence)
+            and not _FIRST_PERSON.search(text[start : start + 80].split(".")[0])
+            and not _FIRST_PERSON.search(sentence)
+        ):
+            # "What percentage of domestic violence victims are men?": the topic named in a
+            # question of fact, with no one in the sentence saying it happens to them.
             return "framing"
         if (
             rule.category in _JOKEABLE

@@ -551,11 +551,17 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """ "laughter" or "recovery" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None."""
+    """ "laughter", "recovery" or "venting" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None.
+
+    "venting": the writer calls the post a rant ("sorry, just needed to vent") or goes on to an
+    ordinary plan for tonight ("tonight I'm making curry and watching trash TV"): a long rant's
+    embeddings sit near despair; its own words say what it is."""
     if lexicon.laughter.search(text):
         return "laughter"
     if _RECOVERY.search(text):
         return "recovery"
+    if lexicon.venting is not None and lexicon.venting.search(text.lower()):
+        return "venting"
     return None
 
 
