@@ -56,6 +56,8 @@ def test_lookalikes_are_not_crises(text):
         # domestic violence said of oneself, a self-harm wound that won't stop
         ("I'm living with domestic violence and I'm scared to go home", "harm_from_others"),
         ("i cut too deep on my arm and it won't stop bleeding", "self_harm"),
+        # a question of fact answered by the writer's own words in the next sentence
+        ("any statistics on domestic violence? I live with it every day", "harm_from_others"),
         # losing the will to live, with despair beside it
         ("I'm losing the will to live, everything is hopeless", "suicidal_ideation"),
     ],

@@ -560,7 +560,7 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
         return "laughter"
     if _RECOVERY.search(text):
         return "recovery"
-    if lexicon.venting is not None and lexicon.venting.search(text.lower()):
+    if lexicon.venting is not None and lexicon.venting.search(text):
         return "venting"
     return None
 
