@@ -216,3 +216,26 @@ def test_hundred_thousand_characters_never_raise(text: str) -> None:
     assert len(text) >= 99_995
     assert len(normalise_text(text)) <= MAX_CHARS + 10
     assert assess([{"role": "user", "content": text}], use_classifier=False).level in set(RiskLevel)
+
+
+def test_a_misspelling_equally_close_to_two_risk_terms_is_corrected_the_same_in_every_process():
+    """"suicida" is one edit from "suicidal" and from "suicide": the correction must not depend on
+    the process's string hashing (PYTHONHASHSEED), or the classifier reads a different text and
+    the same message scores differently from one run to the next."""
+    import os
+    import subprocess
+    import sys
+
+    script = "from warmline.safety.normalise import normalise_text; print(normalise_text('idea suicida'))"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in range(1, 7)
+    }
+    assert len(outputs) == 1, outputs
+    assert outputs.pop().split()[-1] in {"suicidal", "suicide"}

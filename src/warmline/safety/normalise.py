@@ -384,9 +384,11 @@ def _correct(table: SlangTable, word: str) -> str:
     # One edit for short words, two from eight letters; the first letter must agree (typos
     # rarely hit it, and it keeps names and rare words from turning into risk terms).
     limit = 1 if len(word) < 8 else 2
-    candidates = [
+    # Sorted: extractOne keeps the first of equally close terms, and a set's order changes with
+    # each process's string hashing ("suicida" is one edit from both "suicidal" and "suicide").
+    candidates = sorted(
         term for term in table.risk_terms if term[0] == word[0] and abs(len(term) - len(word)) <= limit
-    ]
+    )
     if not candidates:
         return word
     best = process.extractOne(word, candidates, scorer=OSA.distance, score_cutoff=limit)
