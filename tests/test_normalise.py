@@ -219,7 +219,7 @@ def test_hundred_thousand_characters_never_raise(text: str) -> None:
 
 
 def test_a_misspelling_equally_close_to_two_risk_terms_is_corrected_the_same_in_every_process():
-    """"suicida" is one edit from "suicidal" and from "suicide": the correction must not depend on
+    """ "suicida" is one edit from "suicidal" and from "suicide": the correction must not depend on
     the process's string hashing (PYTHONHASHSEED), or the classifier reads a different text and
     the same message scores differently from one run to the next."""
     import os
