@@ -71,6 +71,9 @@ class Rule:
     context: bool = False
     """Only elevated when the conversation also shows distress; otherwise distress."""
     negatable: bool = True
+    past_ok: bool = False
+    """The pattern itself names a past event as the reason for a present intent ("a year since
+    he died ... I'll go join him"): the recovered-history discount does not apply."""
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ class Lexicon:
                 pattern=compile_pattern(entry["pattern"], entry["id"]),
                 context=bool(entry.get("context", False)),
                 negatable=bool(entry.get("negatable", True)),
+                past_ok=bool(entry.get("past_ok", False)),
             )
             for entry in data.get("risk", [])
         ]
@@ -229,6 +233,8 @@ class Lexicon:
         self._context_rules = {rule.rule_id for rule in self.rules if rule.context} | {
             combination.combination_id for combination in self.combinations if combination.context
         }
+        self._third_party_rules = [rule for rule in self.rules if rule.category == "third_party"]
+        self._rules_by_id = {rule.rule_id: rule for rule in self.rules}
         cues: dict[str, str] = data["cues"]
         self.negation = compile_pattern(cues["negation"], "cues.negation")
         self.negation_breakers = compile_pattern(cues["negation_breakers"], "cues.negation_breakers")
@@ -258,6 +264,21 @@ class Lexicon:
             else None
         )
         self.venting = compile_pattern(cues["venting"], "cues.venting") if "venting" in cues else None
+        # "if a friend tells me", "when someone says": what follows is the hypothetical person's words
+        self._hypothetical_telling = compile_pattern(
+            r"\b(?:if|when|whenever|once) (?:"
+            + cues.get("hypothetical_subject", "(?!)")
+            + r")(?: [\w']+){0,2}? "
+            r"(?:tells?|says?|said|told|admits?|confides?|mentions?|texts?|messages?|writes?|comes to)\b"
+            r"(?: (?:to )?(?:me|us)\b)?",
+            "cues.hypothetical_subject (telling)",
+        )
+        self.reassured = compile_pattern(cues["reassured"], "cues.reassured") if "reassured" in cues else None
+        self.frame_retracted = (
+            compile_pattern(cues["frame_retracted"], "cues.frame_retracted")
+            if "frame_retracted" in cues
+            else None
+        )
         self.animal_patient = (
             compile_pattern(cues["animal_patient"], "cues.animal_patient")
             if "animal_patient" in cues
@@ -325,7 +346,8 @@ class Lexicon:
             discounted=discounted,
             masks=mask_ids,
             imminence=imminence,
-            informational=bool(self.informational.search(masked)),
+            informational=bool(self.informational.search(masked))
+            and not (self.frame_retracted is not None and self.frame_retracted.search(masked)),
             history=bool(self.distant_past.search(masked)) and not self.present_again.search(masked),
         )
 
@@ -406,7 +428,15 @@ class Lexicon:
         sentence = _sentence_of(text, start)
         if rule.negatable and self._negated(text, start):
             return "negated"
-        if self.distant_past.search(sentence) and not self.present_again.search(sentence):
+        if self.frame_retracted is not None and self.frame_retracted.search(text):
+            # "For a school project, what's the most painless way to die? (it's not really for a
+            # project)": a frame the writer takes back discounts nothing.
+            return None
+        if (
+            not rule.past_ok
+            and self.distant_past.search(sentence)
+            and not self.present_again.search(sentence)
+        ):
             return "history"
         if (
             self.framing is not None
@@ -418,12 +448,18 @@ class Lexicon:
         if (
             rule.category == "third_party"
             and self.hypothetical_subject is not None
-            and self.hypothetical_subject.match(text, start)
+            and (
+                self.hypothetical_subject.match(text, start) or self._after_hypothetical_telling(text, start)
+            )
             and (
                 self.informational.search(sentence)
                 or (self.spotting_question is not None and self.spotting_question.search(sentence))
             )
         ):
+            return "framing"
+        if rule.category in SELF_CATEGORIES and self._in_hypothetical_help_question(text, start):
+            # "What should I say if a friend tells me they want to die?": the first-person rule's
+            # words are the hypothetical friend's, inside a help question; nobody is at risk.
             return "framing"
         if rule.category == "means" and self.animal_patient is not None and self.animal_patient.search(text):
             # "My dog ate half a bar of chocolate, is that a toxic amount?": a vet's question.
@@ -447,6 +483,32 @@ class Lexicon:
         ):
             return "joking"
         return None
+
+    def _in_hypothetical_help_question(self, text: str, start: int) -> bool:
+        """Whether ``start`` lies inside a third-party phrase about a hypothetical person ("a
+        friend", "someone") in a sentence that asks how to help or spot it."""
+        if self.hypothetical_subject is None or self.spotting_question is None:
+            return False
+        sentence_start, sentence_end = _sentence_span(text, start)
+        sentence = text[sentence_start:sentence_end]
+        if not (self.spotting_question.search(sentence) or self.informational.search(sentence)):
+            return False
+        if self._after_hypothetical_telling(text, start):
+            return True  # "...if someone tells me they're thinking about suicide?"
+        for rule in self._third_party_rules:
+            for match in rule.pattern.finditer(text, sentence_start, sentence_end):
+                if match.start() <= start < match.end() and self.hypothetical_subject.match(
+                    text, match.start()
+                ):
+                    return True
+        return False
+
+    def _after_hypothetical_telling(self, text: str, start: int) -> bool:
+        """Whether ``start`` follows "if someone tells me" / "when a friend says" in its sentence,
+        with no first-person word between (the words are the hypothetical person's)."""
+        sentence_start = _sentence_span(text, start)[0]
+        tellings = list(self._hypothetical_telling.finditer(text, sentence_start, start))
+        return bool(tellings) and not _FIRST_PERSON.search(text[tellings[-1].end() : start])
 
     def _negated(self, text: str, start: int) -> bool:
         """A negation cue within a few words before ``start``, in the same clause."""
@@ -484,9 +546,27 @@ class Lexicon:
                 )
                 or self._reported(text, hit.start)
             ):
+                own = self._own_match(hit, text, third_party_sentences)
+                if own is not None:
+                    out.append(own)  # "...when someone says they want to die? because i want to die"
                 hit = replace(hit, category="third_party")
             out.append(hit)
         return out
+
+    def _own_match(self, hit: Hit, text: str, third_party_sentences: set[tuple[int, int]]) -> Hit | None:
+        """A later match of ``hit``'s rule in a sentence that is not about someone else (the
+        scan keeps one hit per rule, and the first may be the other person's words)."""
+        rule = self._rules_by_id.get(hit.rule_id)
+        if rule is None:
+            return None
+        for match in rule.pattern.finditer(text, hit.start + 1):
+            phrase = match.group(0).strip()
+            span = _sentence_span(text, match.start())
+            if not phrase or span in third_party_sentences or self._reported(text, match.start()):
+                continue
+            if self._discount(rule, text, match.start()) is None:
+                return Hit(rule.rule_id, rule.category, rule.level, phrase, None, match.start())
+        return None
 
     def _reported(self, text: str, start: int) -> bool:
         """Someone else's words quoted just before ``start``: "my bf keeps saying kms" is his
@@ -522,7 +602,7 @@ _NEW_FIRST_PERSON_CLAUSE = re.compile(
     r"(?<!sure )(?<!like )(?<!that )(?<!guess )(?<!suppose )(?<!if )(?<!wish )(?<!hope )"
     r"(?<!pretend )(?<!admit )(?<!claim )(?<!reckon )(?<!expect )(?<!want )(?<!care if )\bi(?:'m|'ve)?\b"
 )
-_FIRST_PERSON = re.compile(r"\b(?:i|me|my|myself|i'm|i've|i'd|i'll)\b")
+_FIRST_PERSON = re.compile(r"\b(?:i|me|my|mine|myself|i'm|i've|i'd|i'll)\b")
 
 
 def _sentence_span(text: str, position: int) -> tuple[int, int]:

@@ -149,7 +149,8 @@ _RECOVERY = re.compile(
     r"|(?:clean|sober|recovered|free) (?:for|since)"
     r"|(?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|hundred) (?:days?|weeks?|months?|years?)"
     r" (?:clean|sober|free|without (?:self[- ]?harm\w*|sh|cutting|purging|bingeing|a relapse|relapsing|hurting myself))"
-    r"|(?:in|my|of) recovery|anniversary|milestone|dietitian|dietician|nutritionist|treatment team"
+    r"|(?:in|my|of) recovery|(?:clean|sober|sobriety|recovery) (?:anniversary|milestone)"
+    r"|anniversary of (?:being|getting|my recovery|my sobriety|quitting)|milestone|dietitian|dietician|nutritionist|treatment team"
     r"|target weight|healthy weight|weight restor\w*|maintenance"
     # a past behaviour told with the present that replaced it: "I used to purge ... I eat three
     # meals a day and I'm okay", "no dark thoughts for months now"
@@ -397,10 +398,17 @@ def _combine(
         ]
         return level, categories, evidence
     lexicon_crisis = any(hit.level.is_crisis for hit in found.hits)
-    if softener and not lexicon_crisis and RISK_THRESHOLD <= score.risk < SOFTENED_THRESHOLD:
+    # An explicit reassurance ("I'd never, I love my life") outweighs an embedding at any score:
+    # "what if I just swerved?" reads as despair to the encoders whatever follows it.
+    # Not for intrusive thoughts of harming someone: they are unwanted by definition ("I'd never
+    # want to, but I can't be alone with her"), and the reassurance is part of the disclosure.
+    if softener == "reassurance" and CLASS_CATEGORIES.get(score.top_risk_class) not in SELF_CATEGORIES:
+        softener = None
+    ceiling = 1.01 if softener == "reassurance" else SOFTENED_THRESHOLD
+    if softener and not lexicon_crisis and RISK_THRESHOLD <= score.risk < ceiling:
         # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
         # topic; laughter or a recovery framing makes a borderline score a resources line only.
-        note = f"classifier p_risk={score.risk:.2f} (below {SOFTENED_THRESHOLD} with {softener}: distress)"
+        note = f"classifier p_risk={score.risk:.2f} (below {ceiling:g} with {softener}: distress)"
         return _distress_with_note(level, categories, evidence, note)
     if (
         score.risk >= RISK_THRESHOLD
@@ -551,11 +559,22 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """ "laughter", "recovery" or "venting" when ``text`` is framed so (see SOFTENED_THRESHOLD), else None.
+    """ "reassurance", "laughter", "recovery" or "venting" when ``text`` is framed so (see
+    SOFTENED_THRESHOLD), else None; None too when the writer takes a frame back ("not really
+    joking", "ok it's for me tbh").
+
+    "reassurance": the writer says plainly they are safe ("I'd never, I love my life", "totally
+    harmless"), as people describing the call of the void or an intrusive thought do.
 
     "venting": the writer calls the post a rant ("sorry, just needed to vent") or goes on to an
     ordinary plan for tonight ("tonight I'm making curry and watching trash TV"): a long rant's
     embeddings sit near despair; its own words say what it is."""
+    if lexicon.frame_retracted is not None or lexicon.reassured is not None:
+        normalised = lexicon.masked(text)  # "im happy", "tbh": the cues read the normalised words
+        if lexicon.frame_retracted is not None and lexicon.frame_retracted.search(normalised):
+            return None  # "haha ... not really joking actually": the writer took the frame back
+        if lexicon.reassured is not None and lexicon.reassured.search(normalised):
+            return "reassurance"
     if lexicon.laughter.search(text):
         return "laughter"
     if _RECOVERY.search(text):
