@@ -35,6 +35,7 @@ logger = logging.getLogger("decoding_sweep")
 
 # Name -> (temperature, top_p, repetition_penalty). One factor at a time around the current
 # default (the prototype's 0.7 / 0.92 / 1.2), plus greedy decoding: a full grid is 10x the time.
+# "default" is the prototype's setting, warmline's default until this sweep picked t0.5.
 SETTINGS: dict[str, tuple[float, float, float]] = {
     "default": (0.7, 0.92, 1.2),
     "t0.3": (0.3, 0.92, 1.2),

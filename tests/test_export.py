@@ -22,6 +22,7 @@ from warmline import cli
 from warmline.export.gguf_file import ExportError, gguf_architecture
 from warmline.export.modelfile import chat_turn_wrappers, render_ollama_template
 from warmline.export.run import export_gguf
+from warmline.serving.settings import GenerationSettings
 
 # Fixed prompt for the logit comparisons (a chat-shaped text, so special tokens are exercised).
 PROMPT_TEXT = "Human: I feel lonely and tired.\nAssistant: That sounds hard. What has your week been like?"
@@ -185,7 +186,7 @@ def test_chat_template_and_sampling_defaults_are_in_the_file(exports, tiny_llama
         == AutoTokenizer.from_pretrained(tiny_llama_dir).chat_template
     )
     assert gguf_field(path, "general.sampling.top_k") == 50
-    assert gguf_field(path, "general.sampling.temp") == pytest.approx(0.7)
+    assert gguf_field(path, "general.sampling.temp") == pytest.approx(GenerationSettings().temperature)
     assert gguf_field(path, "general.sampling.top_p") == pytest.approx(0.92)
     assert gguf_field(path, "general.sampling.penalty_repeat") == pytest.approx(1.2)
     assert gguf_field(path, "general.architecture") == "llama"
@@ -239,7 +240,7 @@ def test_the_modelfile_names_the_file_system_prompt_stops_and_sampling(exports) 
     for line in (
         'PARAMETER stop "<|im_end|>"',
         'PARAMETER stop "<|im_start|>"',
-        "PARAMETER temperature 0.7",
+        f"PARAMETER temperature {GenerationSettings().temperature:g}",
         "PARAMETER top_p 0.92",
         "PARAMETER top_k 50",
         "PARAMETER repeat_penalty 1.2",
@@ -374,7 +375,7 @@ def test_the_space_keeps_the_classifier_on_by_default(tmp_path: Path, tiny_llama
         (export_space(str(tiny_llama_dir), tmp_path / "s") / "warmline_space.json").read_text()
     )
     assert config["use_classifier"] is True and config["locale"] is None and config["model_dir"] == "model"
-    assert config["generation"]["temperature"] == 0.7 and config["system_prompt"]
+    assert config["generation"]["temperature"] == GenerationSettings().temperature and config["system_prompt"]
 
 
 def test_a_space_needs_an_empty_folder(space_dir: Path, tiny_llama_dir: Path) -> None:

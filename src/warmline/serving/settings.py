@@ -13,10 +13,12 @@ def _setting(default, help: str, *, cli: bool = True):
 
 @dataclass
 class GenerationSettings:
-    """Sampling settings; the defaults are the reference recipe's. Each field's help text is in
+    """Sampling settings; the defaults are the reference recipe's, with the temperature a measured sweep picked. Each field's help text is in
     its metadata (`help_for`), shown by `warmline chat --help` and `warmline serve --help`."""
 
-    temperature: float = _setting(0.7, "Sampling temperature (0 = greedy decoding).")
+    # 0.5, not the prototype's 0.7: picked by benchmarks/decoding_sweep.py on the offline run's
+    # held-out prompts (benchmarks/RESULTS.md, "Decoding sweep").
+    temperature: float = _setting(0.5, "Sampling temperature (0 = greedy decoding).")
     top_k: int = _setting(50, "Sample from the k most likely tokens (0 = off).")
     top_p: float = _setting(
         0.92, "Nucleus sampling: the smallest set of tokens whose probabilities add up to top_p (1 = off)."
