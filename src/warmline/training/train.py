@@ -287,6 +287,9 @@ def train_recipe(
                     write=state.is_main_process,
                 )
             del model
+            from warmline.training.callbacks import release_memory
+
+            release_memory()  # the stage's model, trainer and optimizer state, before the next loads
             _write_forgetting(forgetting_path, forgetting, stages)
             if state.is_main_process:
                 _append_metrics(
@@ -429,8 +432,9 @@ def build_stage_trainer(
     """The stage's model (from `init_from`, top blocks trainable), its examples (plus replay) and a
     ready SFTTrainer with our callbacks (metrics, checkpoint markers) and any extra `callbacks`."""
     import datasets
+    import torch
 
-    from warmline.training.callbacks import CheckpointMarker, MetricsLogger
+    from warmline.training.callbacks import CheckpointMarker, MemoryTrim, MetricsLogger
 
     t = recipe.training
     work = run_dir / ".work" / stage.dirname
@@ -480,7 +484,13 @@ def build_stage_trainer(
         precision=precision,
         useful_tokens_per_epoch=sum(sum(lbl != -100 for lbl in e.labels) for e in train_examples),
     )
-    for callback in (metrics, CheckpointMarker(COMPLETE_MARKER), *callbacks):
+    on_cpu = not torch.cuda.is_available()
+    for callback in (
+        metrics,
+        CheckpointMarker(COMPLETE_MARKER),
+        *((MemoryTrim(),) if on_cpu else ()),
+        *callbacks,
+    ):
         trainer.add_callback(callback)
     padding = padding_stats(
         [len(e.input_ids) for e in train_examples],
@@ -910,7 +920,9 @@ def print_sample_replies(model_dir: Path, n: int, *, system_prompt: str | None =
     """Print n replies of the final model to fixed prompts (sampled with a fixed seed), with the
     system prompt it was trained with."""
     from warmline.serving.generator import SAMPLE_PROMPTS, Generator
+    from warmline.training.callbacks import release_memory
 
+    release_memory()  # the last stage's training memory, before a second model loads
     gen = Generator.from_pretrained(str(model_dir))
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for prompt in SAMPLE_PROMPTS[:n]:
