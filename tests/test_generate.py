@@ -566,7 +566,8 @@ def test_replies_are_pinned(model_fixture, fp16_decode, seed, request) -> None:
         {"role": "assistant", "content": "That sounds hard."},
         {"role": "user", "content": "Work is stressful too."},
     ]
-    sampling = {"temperature": 0} if seed is None else {"seed": seed}
+    # Seeded sampling at a fixed temperature (the one these were pinned at), not the default's.
+    sampling = {"temperature": 0} if seed is None else {"seed": seed, "temperature": 0.7}
     result = gen.generate(conversation, max_new_tokens=24, repetition_penalty=1.5, **sampling)
     got = (result.text, result.stop_reason, result.new_tokens)
     assert got == PINNED_REPLIES[(model_fixture, fp16_decode, seed)]
