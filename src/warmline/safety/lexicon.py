@@ -243,27 +243,19 @@ class Lexicon:
         self.laughter = compile_pattern(cues["laughter"], "cues.laughter")
         self.imminence = compile_pattern(cues["imminence"], "cues.imminence")
         self.informational = compile_pattern(cues["informational"], "cues.informational")
+
         # Optional cues (the other languages' lexicons may not have them).
-        self.framing = compile_pattern(cues["framing"], "cues.framing") if "framing" in cues else None
-        self.minor = compile_pattern(cues["minor"], "cues.minor") if "minor" in cues else None
-        self.reported_speech = (
-            compile_pattern(cues["reported_speech"], "cues.reported_speech")
-            if "reported_speech" in cues
-            else None
-        )
+        def optional(name: str) -> re.Pattern[str] | None:
+            return compile_pattern(cues[name], f"cues.{name}") if name in cues else None
+
+        self.framing = optional("framing")
+        self.minor = optional("minor")
+        self.reported_speech = optional("reported_speech")
         # Someone unnamed at risk in a question about spotting or teaching the signs is a
         # hypothetical ("how do I run a lesson on spotting when a friend might be suicidal").
-        self.hypothetical_subject = (
-            compile_pattern(cues["hypothetical_subject"], "cues.hypothetical_subject")
-            if "hypothetical_subject" in cues
-            else None
-        )
-        self.spotting_question = (
-            compile_pattern(cues["spotting_question"], "cues.spotting_question")
-            if "spotting_question" in cues
-            else None
-        )
-        self.venting = compile_pattern(cues["venting"], "cues.venting") if "venting" in cues else None
+        self.hypothetical_subject = optional("hypothetical_subject")
+        self.spotting_question = optional("spotting_question")
+        self.venting = optional("venting")
         # "if a friend tells me", "when someone says": what follows is the hypothetical person's words
         self._hypothetical_telling = compile_pattern(
             r"\b(?:if|when|whenever|once) (?:"
@@ -273,17 +265,11 @@ class Lexicon:
             r"(?: (?:to )?(?:me|us)\b)?",
             "cues.hypothetical_subject (telling)",
         )
-        self.reassured = compile_pattern(cues["reassured"], "cues.reassured") if "reassured" in cues else None
-        self.frame_retracted = (
-            compile_pattern(cues["frame_retracted"], "cues.frame_retracted")
-            if "frame_retracted" in cues
-            else None
-        )
-        self.animal_patient = (
-            compile_pattern(cues["animal_patient"], "cues.animal_patient")
-            if "animal_patient" in cues
-            else None
-        )
+        self.reassured = optional("reassured")
+        self.frame_retracted = optional("frame_retracted")
+        self.animal_patient = optional("animal_patient")
+        # normalise + masks, once per message: scan() and masked() (the softener's cues) share it
+        self._prepared = lru_cache(maxsize=1024)(self._prepare)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Lexicon:
@@ -298,8 +284,7 @@ class Lexicon:
         ``context: true`` (height or dose questions) only count as elevated with it, or with
         distress in this same message.
         """
-        normalised = normalise(text, english=self.language == "en")
-        masked, mask_ids = self._apply_masks(normalised)
+        masked, mask_ids = self._prepared(text)
         hits: list[Hit] = []
         discounted: list[Hit] = []
         for rule in self.rules:
@@ -344,7 +329,7 @@ class Lexicon:
             level=level,
             hits=hits,
             discounted=discounted,
-            masks=mask_ids,
+            masks=list(mask_ids),
             imminence=imminence,
             informational=bool(self.informational.search(masked))
             and not (self.frame_retracted is not None and self.frame_retracted.search(masked)),
@@ -354,7 +339,13 @@ class Lexicon:
     def masked(self, text: str) -> str:
         """``text`` as the risk rules see it: normalised, with the benign uses blanked out
         (what ``warmline.safety.gloss`` translates, so a known idiom never reaches English)."""
-        return self._apply_masks(normalise(text, english=self.language == "en"))[0]
+        return self._prepared(text)[0]
+
+    def _prepare(self, text: str) -> tuple[str, tuple[str, ...]]:
+        """The masked text and the ids of the masks that blanked something (cached per lexicon
+        as ``_prepared``)."""
+        masked, mask_ids = self._apply_masks(normalise(text, english=self.language == "en"))
+        return masked, tuple(mask_ids)
 
     def _apply_masks(self, text: str) -> tuple[str, list[str]]:
         """Blank out benign uses (same length, so offsets and sentence bounds stay put)."""
@@ -451,10 +442,7 @@ class Lexicon:
             and (
                 self.hypothetical_subject.match(text, start) or self._after_hypothetical_telling(text, start)
             )
-            and (
-                self.informational.search(sentence)
-                or (self.spotting_question is not None and self.spotting_question.search(sentence))
-            )
+            and self._asks_for_help_or_facts(sentence)
         ):
             return "framing"
         if rule.category in SELF_CATEGORIES and self._in_hypothetical_help_question(text, start):
@@ -487,11 +475,10 @@ class Lexicon:
     def _in_hypothetical_help_question(self, text: str, start: int) -> bool:
         """Whether ``start`` lies inside a third-party phrase about a hypothetical person ("a
         friend", "someone") in a sentence that asks how to help or spot it."""
-        if self.hypothetical_subject is None or self.spotting_question is None:
+        if self.hypothetical_subject is None:
             return False
         sentence_start, sentence_end = _sentence_span(text, start)
-        sentence = text[sentence_start:sentence_end]
-        if not (self.spotting_question.search(sentence) or self.informational.search(sentence)):
+        if not self._asks_for_help_or_facts(text[sentence_start:sentence_end]):
             return False
         if self._after_hypothetical_telling(text, start):
             return True  # "...if someone tells me they're thinking about suicide?"
@@ -502,6 +489,13 @@ class Lexicon:
                 ):
                     return True
         return False
+
+    def _asks_for_help_or_facts(self, sentence: str) -> bool:
+        """A question of fact, or one about how to help, spot or answer someone."""
+        return bool(
+            self.informational.search(sentence)
+            or (self.spotting_question is not None and self.spotting_question.search(sentence))
+        )
 
     def _after_hypothetical_telling(self, text: str, start: int) -> bool:
         """Whether ``start`` follows "if someone tells me" / "when a friend says" in its sentence,

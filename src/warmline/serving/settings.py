@@ -13,8 +13,9 @@ def _setting(default, help: str, *, cli: bool = True):
 
 @dataclass
 class GenerationSettings:
-    """Sampling settings; the defaults are the reference recipe's, with the temperature a measured sweep picked. Each field's help text is in
-    its metadata (`help_for`), shown by `warmline chat --help` and `warmline serve --help`."""
+    """Sampling settings; the defaults are the reference recipe's, except the temperature, which a
+    measured sweep picked. Each field's help text is in its metadata (`help_for`), shown by
+    `warmline chat --help` and `warmline serve --help`."""
 
     # 0.5, not the prototype's 0.7: picked by benchmarks/decoding_sweep.py on the offline run's
     # held-out prompts (benchmarks/RESULTS.md, "Decoding sweep").
