@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -51,6 +51,11 @@ MIN_STEM = 4
 """Shortest stem that may match a longer word (shorter ones would match unrelated words)."""
 UNKNOWN = "x"
 """What a word the dictionary does not know becomes."""
+COMMON_SUFFIX = "_common.yaml"
+"""A language's everyday vocabulary (``{lang}_common.yaml``), read after its main dictionary."""
+COMMON_VOCABULARY = True
+"""Whether the everyday vocabulary is read: without it most words of an ordinary sentence gloss
+to ``x`` and the English classifier reading the gloss sees a few risk words and nothing else."""
 
 # Words (with a French/Italian elided article or pronoun kept on its word: "j'", "m'", "l'"),
 # numbers, and the punctuation that ends clauses and sentences.
@@ -216,6 +221,14 @@ def load_glossary(path: str | Path, language: str) -> Glossary:
     return Glossary(language, phrases, tuple(stems), infinitive, tuple(rewrites), min(longest, MAX_PHRASE))
 
 
+def with_common_words(glossary: Glossary, common: Glossary) -> Glossary:
+    """``glossary`` with the everyday words of ``common`` it does not list itself (its own
+    entries, written for risk and for what decides a sentence's meaning, win)."""
+    phrases = {**common.phrases, **glossary.phrases}
+    longest = max((len(key.split()) for key in phrases), default=1)
+    return replace(glossary, phrases=phrases, max_phrase=min(longest, MAX_PHRASE))
+
+
 @lru_cache(maxsize=8)
 def glossary(language: str) -> Glossary | None:
     """The packaged dictionary for ``language``, or None when there is none (English)."""
@@ -223,6 +236,9 @@ def glossary(language: str) -> Glossary | None:
     if not path.exists():
         return None
     loaded = load_glossary(path, language)
+    common = packaged_gloss_dir() / f"{language}{COMMON_SUFFIX}"
+    if COMMON_VOCABULARY and common.exists():
+        loaded = with_common_words(loaded, load_glossary(common, language))
     logger.debug(
         "loaded the %s glossary: %d phrases, %d stems", language, len(loaded.phrases), len(loaded.stems)
     )

@@ -514,7 +514,9 @@ class Lexicon:
         if not cues:
             return False
         after_cue = window[cues[-1].end() :]
-        if self.negation_breakers.search(after_cue):
+        if self.negation_breakers.search(after_cue) or self.negation_breakers.match(text, start):
+            # Nor does it reach a phrase that opens a clause of its own: "so my family doesn't
+            # blame themselves after i'm gone".
             return False
         # Text without punctuation (or in capitals, typed fast) runs clauses together: "im not ok
         # i want to die". A new first-person subject after the cue ends its scope, unless a verb
@@ -539,6 +541,11 @@ class Lexicon:
                     and not _FIRST_PERSON.search(hit.phrase)
                 )
                 or self._reported(text, hit.start)
+                or (
+                    self.language == "en"
+                    and _third_person_subject(text, hit.start)
+                    and not _FIRST_PERSON.search(hit.phrase)
+                )
             ):
                 own = self._own_match(hit, text, third_party_sentences)
                 if own is not None:
@@ -597,6 +604,22 @@ _NEW_FIRST_PERSON_CLAUSE = re.compile(
     r"(?<!pretend )(?<!admit )(?<!claim )(?<!reckon )(?<!expect )(?<!want )(?<!care if )\bi(?:'m|'ve)?\b"
 )
 _FIRST_PERSON = re.compile(r"\b(?:i|me|my|mine|myself|i'm|i've|i'd|i'll)\b")
+_THIRD_SUBJECT_BEFORE = re.compile(
+    r"\b(?:he|she|they|he's|she's|they're|hes|shes|theyre)(?: (?:is|are|was|were|has|have|had|keeps?|kept|might|may|could|would|will))?"
+    r"((?: [\w']+){0,2}) ?$"
+)
+
+
+def _third_person_subject(text: str, start: int) -> bool:
+    """Whether the words just before ``start``, in its clause, are a third-person subject ("how do
+    i ask him if he's thinking about suicide"): a first-person rule's words then tell someone
+    else's risk. A first-person word between them ("he makes me want to die") keeps it the writer's."""
+    before = text[:start]
+    clause_start = max((m.end() for m in _CLAUSE_PUNCT.finditer(before)), default=0)
+    match = _THIRD_SUBJECT_BEFORE.search(before[clause_start:].rstrip() + " ")
+    if match is None:
+        match = _THIRD_SUBJECT_BEFORE.search(before[clause_start:].rstrip())
+    return match is not None and not _FIRST_PERSON.search(match.group(1) or "")
 
 
 def _sentence_span(text: str, position: int) -> tuple[int, int]:

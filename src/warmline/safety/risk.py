@@ -23,6 +23,7 @@ from warmline.safety.classifier import (
     default_classifier,
     default_multilingual_classifier,
 )
+from warmline.safety.gloss import UNKNOWN
 from warmline.safety.language import (
     gloss_message,
     identify_language,
@@ -69,6 +70,10 @@ of ordinary family messages ("I ended things with someone I really liked": suici
 Chosen on the dev sets (session 7, benchmarks/RESULTS.md): 0.5 took the benign-relationships set
 from 8.3% to 1.7% flagged and XSTest's safe prompts from 2 to 0 of 250, for one message of 142
 on the older blind set (now a dev set)."""
+GLOSS_COVERAGE_POWER = 2.0
+"""The gloss's weight is GLOSS_WEIGHT times the share of the message's words the gloss knows, to
+this power: a gloss that is mostly unknown words ("how x x a bridge to be, x one x not x?") says
+little, and at full weight it halved e5's sure reading of the message itself."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 CONFIDENT_THRESHOLD = 0.9
@@ -304,7 +309,9 @@ def assess_text(
         # third-party reply instead of the refusal; benchmarks/RESULTS.md, session 7).
         second_reading = score.risk >= DISTRESS_THRESHOLD
         if language != "en" and GLOSS_WEIGHT and glossed and second_reading:
-            score = score.blended(classifier.score(glossed), GLOSS_WEIGHT)
+            score = score.blended(
+                classifier.score(glossed), GLOSS_WEIGHT * gloss_coverage(glossed) ** GLOSS_COVERAGE_POWER
+            )
         elif language == "en" and ENGLISH_BLEND and second_reading:
             # The same two readings for an English message: MiniLM's, blended with e5's.
             other = multilingual_reader()
@@ -344,6 +351,14 @@ def assess_text(
     return TurnAssessment(
         level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
     )
+
+
+def gloss_coverage(glossed: str) -> float:
+    """Share of a gloss's words that the gloss translated (not ``gloss.UNKNOWN``)."""
+    words = re.findall(r"[^\W\d_]+", glossed)
+    if not words:
+        return 0.0
+    return sum(word != UNKNOWN for word in words) / len(words)
 
 
 def _read_rules(
