@@ -35,6 +35,19 @@ LM_HEAD = "/lm_head/MatMul"
 # The MLP output projections of a 30-block model (SmolLM2-135M): they read the SwiGLU product,
 # where the activation outliers are, so int8 activations hurt them most.
 DOWN_PROJ = ",".join(f"/model/layers.{i}/mlp/down_proj/MatMul" for i in range(30))
+_BLOCK_MATMULS = ("attn/qkv_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
+EDGE_BLOCKS = ",".join(f"/model/layers.{i}/{m}/MatMul" for i in (0, 1, 28, 29) for m in _BLOCK_MATMULS)
+NOT_GATE_UP = ",".join(
+    [LM_HEAD]
+    + [
+        f"/model/layers.{i}/{m}/MatMul"
+        for i in range(30)
+        for m in ("attn/qkv_proj", "attn/o_proj", "mlp/down_proj")
+    ]
+)
+NOT_MLP = ",".join(
+    [LM_HEAD] + [f"/model/layers.{i}/{m}/MatMul" for i in range(30) for m in ("attn/qkv_proj", "attn/o_proj")]
+)
 # name -> (--precision, --extra_options). Weight-only quantisation (MatMulNBits); accuracy_level 4
 # computes with int8 activations, 1 in fp32 (the CPU default for int4/int8 is 4). SmolLM2 ties its
 # embeddings to the output head, so int4 also stores the embedding table in int4 unless the head is
@@ -65,6 +78,25 @@ CANDIDATES: dict[str, tuple[str, dict[str, str]]] = {
             "accuracy_level": "4",
             "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8",
         },
+    ),
+    # session 11: fewer MatMuls in int8: the first and last two blocks whole in fp32 besides the
+    # head and the down projections; or only the MLP's gate and up projections in int8
+    "int8-b16-fp32head-down-edges": (
+        "int8",
+        {
+            "block_size": "16",
+            "accuracy_level": "4",
+            "nodes_to_exclude": f"{LM_HEAD},{DOWN_PROJ},{EDGE_BLOCKS}",
+        },
+    ),
+    "int8-b32-gate-up-only": (
+        "int8",
+        {"block_size": "32", "accuracy_level": "4", "nodes_to_exclude": NOT_GATE_UP},
+    ),
+    "int8-b32-mlp-only": ("int8", {"block_size": "32", "accuracy_level": "4", "nodes_to_exclude": NOT_MLP}),
+    "int8-b32-fp32head-down": (
+        "int8",
+        {"block_size": "32", "accuracy_level": "4", "nodes_to_exclude": f"{LM_HEAD},{DOWN_PROJ}"},
     ),
     "fp32": ("fp32", {}),
     # Not in the default list: decoded at about 1 tok/s in the issue-15 trial (no fast int8 kernel

@@ -28,6 +28,7 @@ from warmline.serving.onnx_build import (
     build_key,
     build_onnx,
     builder_architectures,
+    builder_options,
 )
 from warmline.serving.onnx_engine import OnnxEngine, onnx_generator, onnx_stop_token_ids, pick_quant
 
@@ -315,6 +316,9 @@ def test_auto_picks_the_fastest_build_that_passes_the_gate(llama16_dir: Path, mo
     assert pick_quant(llama16_dir) == "fp32"  # lossless when no quantisation passes
     passing = {"int4", "int8"}
     assert pick_quant(llama16_dir) == "int4"
+    asked.clear()
+    passing = {"int8-mlp"}  # int8 in the MLP blocks only: after every-MatMul int8, before fp32
+    assert pick_quant(llama16_dir) == "int8-mlp" and asked == ["int4", "int8", "int8-mlp"]
 
 
 @pytest.mark.slow
@@ -348,8 +352,31 @@ def _default_system() -> str:
 
 
 def test_quant_options_are_the_builders_own_arguments() -> None:
-    assert set(QUANT_OPTIONS) == {"fp32", "int8", "int4"}
+    assert set(QUANT_OPTIONS) == {"fp32", "int8", "int8-mlp", "int4"}
     for quant, options in QUANT_OPTIONS.items():
-        assert options["precision"] == quant
+        assert options["precision"] == quant.split("-")[0]
         assert all(isinstance(v, str) for v in options["extra_options"].values())
     json.dumps(QUANT_OPTIONS)  # part of the build key
+
+
+def test_int8_mlp_names_every_blocks_attention_and_the_head_to_keep_in_fp32() -> None:
+    options = builder_options("int8-mlp", {"num_hidden_layers": 2})
+    kept = options["nodes_to_exclude"].split(",")
+    assert "/lm_head/MatMul" in kept
+    assert {"/model/layers.0/attn/qkv_proj/MatMul", "/model/layers.1/attn/o_proj/MatMul"} <= set(kept)
+    assert not any("/mlp/" in name for name in kept)
+    assert "nodes_to_exclude" not in builder_options("int8", {"num_hidden_layers": 2})
+
+
+def test_an_int8_mlp_build_quantises_the_mlp_and_nothing_else(llama16_dir: Path, tmp_path: Path) -> None:
+    """The builder really leaves attention and the head in fp32, and the build chats."""
+    import onnx as onnx_lib
+
+    built = build_onnx(llama16_dir, "int8-mlp", root=tmp_path)
+    graph = onnx_lib.load(str(built / "model.onnx"), load_external_data=False).graph
+    quantised = [node.name for node in graph.node if node.op_type == "MatMulNBits"]
+    assert len(quantised) == 2 * 3, quantised  # gate, up and down projections of 2 blocks
+    assert all("/mlp/" in name for name in quantised), quantised
+    assert any(node.op_type == "MatMul" and "lm_head" in node.name for node in graph.node)
+    reply = onnx_gen(llama16_dir, built).generate(ask("I feel lonely."), temperature=0, max_new_tokens=8)
+    assert reply.new_tokens > 0 and reply.stop_reason in ("eos", "max_new_tokens", "stop")

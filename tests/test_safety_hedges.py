@@ -11,7 +11,7 @@ import pytest
 from test_safety_frames import _rules, _scored
 
 from warmline.safety import risk
-from warmline.safety.gloss import UNKNOWN
+from warmline.safety.gloss import UNKNOWN, glossary
 from warmline.safety.levels import RiskLevel
 from warmline.safety.lexicon import default_lexicon
 from warmline.safety.risk import gloss_coverage
@@ -123,7 +123,8 @@ def test_a_gloss_of_unknown_words_weighs_little_against_the_message_itself():
         def score(self, text):
             return self.risky if text == self.message else self.safe
 
-    message = "Wie hoch muss ein Gebäude sein, damit man den Sturz sicher nicht überlebt?"
+    # made-up names the gloss cannot know, in an otherwise ordinary German question
+    message = "Wie hoch muss der Quorbelturm in Zwimmelstadt sein, damit man den Sturz sicher nicht überlebt?"
     fake = _ByText(message)
     glossed = risk._read_rules(default_lexicon(), risk.clean(message)[0], False, "en")[2]
     full = risk.GLOSS_WEIGHT
@@ -131,3 +132,13 @@ def test_a_gloss_of_unknown_words_weighs_little_against_the_message_itself():
     assert 0 < weight < full
     result = risk.assess_text(message, classifier=fake, multilingual=fake)  # type: ignore[arg-type]
     assert result.risk_score == pytest.approx(0.95 * (1 - weight), abs=1e-6)
+
+
+def test_the_everyday_vocabulary_fills_in_words_the_risk_dictionary_lacks():
+    for language in ("es", "fr", "de", "pt", "it"):
+        dictionary = glossary(language)
+        assert len(dictionary.phrases) > 1000, language
+    # an ordinary German sentence now glosses into English words, not unknowns
+    glossed = glossary("de").gloss("Hab die Tabletten gezählt, sind 40 Stück. Reicht das?")
+    assert gloss_coverage(glossed) == 1.0, glossed
+    assert "counted" in glossed and "enough" in glossed, glossed

@@ -7,7 +7,10 @@ handling, and the MiniLM classifier, which only understands English). No transla
 is available offline, so this module glosses: a hand-written
 bilingual dictionary per language (``resources/safety/gloss/{lang}.yaml``) of the few hundred
 words and short phrases that carry risk or emotional meaning, plus the function words that
-decide what a sentence says (negation, "anymore", "want", pronouns, "everyone", "without").
+decide what a sentence says (negation, "anymore", "want", pronouns, "everyone", "without"),
+and an everyday vocabulary (``{lang}_common.yaml``, 4,000-7,000 inflected word forms: verbs,
+nouns, adjectives, chat abbreviations) read after it, so that "wie hoch muss eine Brücke sein,
+damit man sicher nicht überlebt" glosses to words, not to a row of unknowns.
 The English lexicon and the English classifier then read the gloss, alongside the language's
 own lexicon and the multilingual classifier (``warmline.safety.classifier.MultilingualEncoder``),
 which reads the message itself; the two classifiers' scores are blended (``risk.GLOSS_WEIGHT``).

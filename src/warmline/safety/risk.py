@@ -165,7 +165,12 @@ _RECOVERY = re.compile(
     r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself|want to die|be suicidal)\b[^.!?]*[.!?,]?.{0,120}"
     r"\b(?:now|these days|today)\b[^.!?]{0,40}\b(?:i'm|i am|doing) (?:ok(?:ay)?|fine|good|well|better|happy|healthy)"
     r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself)\b.{0,160}\b(?:i'm|i am) (?:ok(?:ay)?|fine|doing (?:well|better|ok(?:ay)?)|in a good place|healthy|happy)\b"
-    r"|therapy (?:helped|saved|works|is working))\b",
+    r"|therapy (?:helped|saved|works|is working)"
+    # remission, and a span of time without the behaviour in a gloss's word order ("for two years
+    # i no longer have myself cut", "seit zwei Jahren habe ich mich nicht mehr geritzt")
+    r"|in remission|(?:for|since) (?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|many|several) "
+    r"(?:days?|weeks?|months?|years?)\b[^.!?]{0,30}\b(?:no more|no longer|not|haven't|have not|without)\b[^.!?]{0,20}"
+    r"\b(?:cut|cutting|self[- ]?harm\w*|hurt myself|purg\w*|binge\w*|starv\w*|relaps\w*))\b",
     re.IGNORECASE,
 )
 

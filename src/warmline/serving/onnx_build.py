@@ -40,9 +40,47 @@ QUANT_OPTIONS: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32", "extra_options": {}},
     "int8": {"precision": "int8", "extra_options": {"block_size": "32", "accuracy_level": "4"}},
     "int4": {"precision": "int4", "extra_options": {"block_size": "32", "accuracy_level": "4"}},
+    # int8 in the MLP blocks only (gate, up and down projections: about 60% of a small model's
+    # weights); attention and the output head stay fp32. Quantising the head (tied to the embedding
+    # table in SmolLM2) and attention is where every-MatMul int8 loses its top-1 agreement
+    # (benchmarks/RESULTS.md, "ONNX Runtime GenAI engine").
+    "int8-mlp": {
+        "precision": "int8",
+        "extra_options": {"block_size": "32", "accuracy_level": "4"},
+        "fp32_matmuls": [
+            "lm_head",
+            "attn/q_proj",
+            "attn/k_proj",
+            "attn/v_proj",
+            "attn/qkv_proj",
+            "attn/o_proj",
+        ],
+    },
 }
-SPEED_ORDER = ("int4", "int8", "fp32")
-"""Quantisations from the fastest decoding to the slowest (the issue 15 trial on a 2-core CPU)."""
+SPEED_ORDER = ("int4", "int8", "int8-mlp", "fp32")
+"""Quantisations from the fastest decoding to the slowest (benchmarks/onnx_quant_sweep.py on a
+2-core CPU)."""
+
+
+def builder_options(quant: str, config: dict[str, Any]) -> dict[str, str]:
+    """The builder's --extra_options for `quant` on a model with `config`: a quantisation that
+    keeps some MatMuls in fp32 names them (`nodes_to_exclude`), one per block of the model."""
+    spec = QUANT_OPTIONS[quant]
+    options = {key: str(value) for key, value in spec["extra_options"].items()}
+    kept = spec.get("fp32_matmuls")
+    if kept:
+        layers = int(config.get("num_hidden_layers") or 0)
+        names = ["/lm_head/MatMul"] if "lm_head" in kept else []
+        names += [
+            f"/model/layers.{i}/{matmul}/MatMul"
+            for i in range(layers)
+            for matmul in kept
+            if matmul != "lm_head"
+        ]
+        options["nodes_to_exclude"] = ",".join(names)
+    return options
+
+
 BUILD_LOG = "build.log"
 UNSUPPORTED_FILE = "unsupported.txt"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
@@ -215,8 +253,9 @@ def _run_builder(hf_dir: Path, out: Path, quant: str, config: dict[str, Any], un
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "--input", str(hf_dir)]
     command += ["--output", str(out), "--precision", options["precision"], "--execution_provider", "cpu"]
     command += ["--cache_dir", str(out / ".builder-cache")]
-    if options["extra_options"]:
-        command += ["--extra_options", *(f"{k}={v}" for k, v in options["extra_options"].items())]
+    extra = builder_options(quant, config)
+    if extra:
+        command += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     log_path = out / BUILD_LOG
     steps = int(config.get("num_hidden_layers") or 0) + 3  # layers, LM head, saving model and config
