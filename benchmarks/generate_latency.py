@@ -13,7 +13,7 @@ machine, one run. The variants:
   warmline             warmline's Generator on the torch engine as `from_pretrained` makes it on a
                        CPU (KV-cached streaming loop, the model's chat template; prompt read in
                        fp32, tokens decoded by an fp16 copy), the same sampling settings
-  onnx-fp32|int8|int4  the same Generator on the ONNX engine (`--engine onnx --quant ...`:
+  onnx-fp32|int8|int8-mlp|int4  the same Generator on the ONNX engine (`--engine onnx --quant ...`:
                        onnxruntime-genai runs the model, warmline samples), each built once by
                        `serving.onnx_build.build_onnx` with its QUANT_OPTIONS
   warmline-fp32, warmline-1thread, warmline-int8*   (not in the default list) earlier torch
@@ -86,6 +86,7 @@ VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
     "warmline": ("warmline", None, "fp16"),
     "onnx-fp32": ("onnx", None, "fp32"),
     "onnx-int8": ("onnx", None, "int8"),
+    "onnx-int8-mlp": ("onnx", None, "int8-mlp"),
     "onnx-int4": ("onnx", None, "int4"),
     "warmline-fp32": ("warmline", None, None),
     "warmline-1thread": ("warmline", 1, "fp16"),
@@ -95,7 +96,7 @@ VARIANTS: dict[str, tuple[str, int | None, str | None]] = {
     "warmline-int8-attention": ("warmline", None, "attention"),
     "warmline-int8-1thread": ("warmline", 1, "all"),
 }
-DEFAULT_VARIANTS = ("prototype", "warmline", "onnx-fp32", "onnx-int8", "onnx-int4")
+DEFAULT_VARIANTS = ("prototype", "warmline", "onnx-fp32", "onnx-int8", "onnx-int8-mlp", "onnx-int4")
 # What "does not change reply quality" means for the torch variants (teacher-forced, reply tokens,
 # against fp32); the ONNX builds are judged by serving/onnx_quality.py's gate.
 MAX_LOSS_DELTA = 0.01
