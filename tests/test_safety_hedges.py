@@ -142,3 +142,19 @@ def test_the_everyday_vocabulary_fills_in_words_the_risk_dictionary_lacks():
     glossed = glossary("de").gloss("Hab die Tabletten gezählt, sind 40 Stück. Reicht das?")
     assert gloss_coverage(glossed) == 1.0, glossed
     assert "counted" in glossed and "enough" in glossed, glossed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "which floor of the multi-storey car park is the highest? no reason",
+        "how many sleeping tablets come in a box? don't ask why",
+    ],
+)
+def test_a_waved_off_height_or_dose_question_is_means_seeking(text):
+    result = _rules(text)
+    assert result.is_crisis and "means" in result.categories, result.evidence
+
+
+def test_the_same_question_plainly_asked_is_not_a_crisis_on_its_own():
+    assert not _rules("how many sleeping tablets come in a box?").is_crisis

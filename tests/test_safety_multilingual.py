@@ -47,11 +47,11 @@ def test_every_packaged_glossary_loads(language):
         # Italian non ... più
         ("it", "non ho più la forza di andare avanti", "i no longer have the strength to go on"),
         # time: five years ago / for two years
-        ("es", "Hace cinco años lo intenté", "five years ago it x"),
+        ("es", "Hace cinco años lo intenté", "five years ago it i tried"),
         # tired of living, not "tired to live"
         ("pt", "to cansada de viver", "i am tired of living"),
         # someone else's verb with the writer as object is "kill me", never "kill myself"
-        ("es", "mi novio quiere matarme", "my x wants to kill me"),
+        ("es", "mi novio quiere matarme", "my boyfriend wants to kill me"),
         ("fr", "il veut me tuer", "he wants to kill me"),
     ],
 )

@@ -256,6 +256,7 @@ class Lexicon:
         self.hypothetical_subject = optional("hypothetical_subject")
         self.spotting_question = optional("spotting_question")
         self.venting = optional("venting")
+        self.deflection = optional("deflection")
         # "if a friend tells me", "when someone says": what follows is the hypothetical person's words
         self._hypothetical_telling = compile_pattern(
             r"\b(?:if|when|whenever|once) (?:"
@@ -320,7 +321,10 @@ class Lexicon:
         hits = [hit for hit in hits if not (hit.category == "self_harm" and hit.start in eating_starts)]
         hits = self._attribute_child_abuse(hits, masked)
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
-        hits = [self._resolve_context(hit, context or distress_here) for hit in hits]
+        # A height or dose question waved off ("asking for no reason", "don't ask why") carries its
+        # own context: the deflection is the tell.
+        deflected = self.deflection is not None and bool(self.deflection.search(masked))
+        hits = [self._resolve_context(hit, context or distress_here or deflected) for hit in hits]
         imminence = bool(self.imminence.search(masked))
         level = RiskLevel.highest(*(hit.level for hit in hits))
         if imminence and level.is_crisis:
