@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +165,10 @@ def test_fp32_onnx_build_passes_with_no_loss_change_and_the_verdict_is_cached(ti
 
     monkeypatch.setattr(onnx_quality, "onnx_scores", no_recompute)
     assert onnx_quality.quality_verdict(tiny_llama64_dir, "fp32", max_per_stage=2) == verdict
+    # The same model named by a relative path (a benchmark) and an absolute one (the chat): one verdict.
+    monkeypatch.chdir(tiny_llama64_dir.parent)
+    relative = Path(tiny_llama64_dir.name)
+    assert onnx_quality.quality_verdict(relative, "fp32", onnx_dir=onnx_dir, max_per_stage=2) == verdict
     # Other settings are another question: not answered from the cache.
     with pytest.raises(AssertionError, match="cached verdict"):
         onnx_quality.quality_verdict(tiny_llama64_dir, "fp32", max_per_stage=1)

@@ -324,7 +324,11 @@ def quality_verdict(
         "max_per_stage": max_per_stage,
         # The recipe that names the conversations (a changed split is judged again).
         "recipes": [
-            [str(path), path.stat().st_size, path.stat().st_mtime_ns]
+            [
+                str(path.resolve()),
+                path.stat().st_size,
+                path.stat().st_mtime_ns,
+            ]  # one key however the model is named
             for path in (hf_dir / "recipe.yaml", OFFLINE_RECIPE)
             if path.is_file()
         ],
