@@ -121,7 +121,6 @@ def test_training_folds_the_standardisation_into_the_weights(tmp_path, encoder):
             "Je range mes affaires et j'écris des lettres pour chacun, bientôt ils n'auront plus à s'inquiéter",
         ),
         ("pt", "já deixei tudo organizado pra minha família, logo eles vão ficar em paz sem mim"),
-        ("it", "ho scritto una lettera per ognuno dei miei figli, così quando non ci sarò più sapranno"),
     ],
 )
 def test_indirect_risk_no_lexicon_knows_is_caught_in_its_language(monkeypatch, language, text):
@@ -134,6 +133,17 @@ def test_indirect_risk_no_lexicon_knows_is_caught_in_its_language(monkeypatch, l
     # Without the multilingual classifier the lexicons and the gloss miss it: the catch is its.
     monkeypatch.setattr(risk, "MULTILINGUAL", False)
     assert not assess(text).level.is_crisis
+
+
+def test_a_letter_for_each_child_is_read_by_the_gloss_since_its_everyday_vocabulary(monkeypatch):
+    # A known miss of session 6 that the multilingual classifier caught from session 7; since the
+    # gloss's everyday vocabulary (session 11) the English rules read it too ("i have written a
+    # letter to everyone of my children, like this when i will no longer be ...").
+    text = "ho scritto una lettera per ognuno dei miei figli, così quando non ci sarò più sapranno"
+    monkeypatch.setattr(risk, "MULTILINGUAL", False)
+    result = assess(text)
+    assert result.level.is_crisis and result.language == "it", result.evidence
+    assert any("gloss:" in line for line in result.evidence)
 
 
 @pytest.mark.parametrize(
