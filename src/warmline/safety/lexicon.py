@@ -323,8 +323,14 @@ class Lexicon:
         distress_here = any(hit.level == RiskLevel.DISTRESS for hit in hits)
         # A height or dose question waved off ("asking for no reason", "don't ask why") carries its
         # own context: the deflection is the tell.
-        deflected = self.deflection is not None and bool(self.deflection.search(masked))
-        hits = [self._resolve_context(hit, context or distress_here or deflected) for hit in hits]
+        has_context = context or distress_here
+        if (
+            not has_context
+            and self.deflection is not None
+            and any(h.rule_id in self._context_rules for h in hits)
+        ):
+            has_context = bool(self.deflection.search(masked))
+        hits = [self._resolve_context(hit, has_context) for hit in hits]
         imminence = bool(self.imminence.search(masked))
         level = RiskLevel.highest(*(hit.level for hit in hits))
         if imminence and level.is_crisis:
@@ -510,9 +516,7 @@ class Lexicon:
 
     def _negated(self, text: str, start: int) -> bool:
         """A negation cue within a few words before ``start``, in the same clause."""
-        before = text[:start]
-        clause_start = max((m.end() for m in _CLAUSE_PUNCT.finditer(before)), default=0)
-        words = before[clause_start:].split()[-_NEGATION_WINDOW_WORDS:]
+        words = _clause_before(text, start).split()[-_NEGATION_WINDOW_WORDS:]
         window = " ".join(words)
         cues = list(self.negation.finditer(window))
         if not cues:
@@ -618,12 +622,15 @@ def _third_person_subject(text: str, start: int) -> bool:
     """Whether the words just before ``start``, in its clause, are a third-person subject ("how do
     i ask him if he's thinking about suicide"): a first-person rule's words then tell someone
     else's risk. A first-person word between them ("he makes me want to die") keeps it the writer's."""
+    match = _THIRD_SUBJECT_BEFORE.search(_clause_before(text, start).rstrip())
+    return match is not None and not _FIRST_PERSON.search(match.group(1) or "")
+
+
+def _clause_before(text: str, start: int) -> str:
+    """The text of ``start``'s clause before it (from the last clause punctuation)."""
     before = text[:start]
     clause_start = max((m.end() for m in _CLAUSE_PUNCT.finditer(before)), default=0)
-    match = _THIRD_SUBJECT_BEFORE.search(before[clause_start:].rstrip() + " ")
-    if match is None:
-        match = _THIRD_SUBJECT_BEFORE.search(before[clause_start:].rstrip())
-    return match is not None and not _FIRST_PERSON.search(match.group(1) or "")
+    return before[clause_start:]
 
 
 def _sentence_span(text: str, position: int) -> tuple[int, int]:

@@ -47,14 +47,8 @@ QUANT_OPTIONS: dict[str, dict[str, Any]] = {
     "int8-mlp": {
         "precision": "int8",
         "extra_options": {"block_size": "32", "accuracy_level": "4"},
-        "fp32_matmuls": [
-            "lm_head",
-            "attn/q_proj",
-            "attn/k_proj",
-            "attn/v_proj",
-            "attn/qkv_proj",
-            "attn/o_proj",
-        ],
+        "fp32_head": True,
+        "fp32_block_matmuls": ["attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/qkv_proj", "attn/o_proj"],
     },
 }
 SPEED_ORDER = ("int4", "int8", "int8-mlp", "fp32")
@@ -67,16 +61,12 @@ def builder_options(quant: str, config: dict[str, Any]) -> dict[str, str]:
     keeps some MatMuls in fp32 names them (`nodes_to_exclude`), one per block of the model."""
     spec = QUANT_OPTIONS[quant]
     options = {key: str(value) for key, value in spec["extra_options"].items()}
-    kept = spec.get("fp32_matmuls")
-    if kept:
-        layers = int(config.get("num_hidden_layers") or 0)
-        names = ["/lm_head/MatMul"] if "lm_head" in kept else []
-        names += [
-            f"/model/layers.{i}/{matmul}/MatMul"
-            for i in range(layers)
-            for matmul in kept
-            if matmul != "lm_head"
-        ]
+    names = ["/lm_head/MatMul"] if spec.get("fp32_head") else []
+    layers = range(int(config.get("num_hidden_layers") or 0))
+    names += [
+        f"/model/layers.{i}/{matmul}/MatMul" for i in layers for matmul in spec.get("fp32_block_matmuls", ())
+    ]
+    if names:
         options["nodes_to_exclude"] = ",".join(names)
     return options
 

@@ -276,8 +276,8 @@ def onnx_generator(
     """A Generator on the ONNX engine for `--engine auto|onnx`, or None for the torch engine:
     `torch` asked, `auto` on a GPU, or a model onnxruntime-genai cannot run (logged, one line).
 
-    `quant`: fp32, int8, int8-mlp or int4 (`onnx_build.QUANT_OPTIONS`); None: with `auto`, the fastest that passes the quality gate; with
-    `onnx`, fp32. The build happens once per model and quantisation (`build_onnx`)."""
+    `quant`: fp32, int8, int8-mlp or int4 (`onnx_build.QUANT_OPTIONS`); None: with `auto`, the
+    fastest that passes the quality gate; with `onnx`, fp32. The build happens once per model and quantisation (`build_onnx`)."""
     from warmline.models import load_tokenizer, resolve_model
     from warmline.serving.generator import Generator
     from warmline.serving.onnx_build import OnnxBuildError, OnnxUnsupportedError, build_onnx, check_buildable

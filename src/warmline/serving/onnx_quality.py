@@ -324,11 +324,8 @@ def quality_verdict(
         "max_per_stage": max_per_stage,
         # The recipe that names the conversations (a changed split is judged again).
         "recipes": [
-            [
-                str(path.resolve()),
-                path.stat().st_size,
-                path.stat().st_mtime_ns,
-            ]  # one key however the model is named
+            # resolved: one key however the model folder is named (relative or absolute)
+            [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
             for path in (hf_dir / "recipe.yaml", OFFLINE_RECIPE)
             if path.is_file()
         ],
