@@ -525,7 +525,8 @@ def test_warm_up_leaves_the_shared_prefix_for_the_first_user(gated_llama: Genera
 
 # Replies of the tiny random models, pinned: a refactor of the generator must leave them unchanged
 # (greedy and seeded sampling, fp32 decoding and the fp16 decode copy alike). Recompute only for an
-# intended change. The tiny Llama's greedy choice is a newline every step: its reply strips to "".
+# intended change (the seeded ones were re-pinned when top-p and the draw moved onto the top-k
+# candidates: the same distribution, another draw). The tiny Llama's greedy choice is a newline every step: its reply strips to "".
 PINNED_REPLIES = {
     ("tiny_llama_dir", True, None): ("", "max_new_tokens", 24),
     ("tiny_llama_dir", False, None): ("", "max_new_tokens", 24),
@@ -540,17 +541,17 @@ PINNED_REPLIES = {
         24,
     ),
     ("tiny_llama_dir", True, 0): (
-        "weekLB�� puttJwakeqc�cwake hasG ke hardnight�� tired tired",
+        "ex�� helpfust�B T�k� hasUselling�Ǻ ex� you�� phone",
         "max_new_tokens",
         24,
     ),
     ("tiny_gpt2_dir", True, 0): (
-        "mergradingStats Makossession debating desolate!,Ter Reed tightened ThickCreated advertiseSadlySaidrificationonsequphoto apePsioneursions Ferguson",
+        "bou disease258frame embedded furniture PASS Superman472cture succeeded Orb900 bright terrestrial RonnieAskpre spansottageONS linemen prized Publisher",
         "max_new_tokens",
         24,
     ),
     ("tiny_gpt2_dir", False, 3): (
-        "]} GabriellexAk flooded fab graduatedElement tupleairedriors pastry 1934 stylapsed jointief Header Caucas originalholearis investigators defended",
+        "otomy tasty cancersVirginia Dickinsoncuevichantonbians Isles Isles portraying Brittany deedacent perceptions Lack Orange tilt Extras captains theorists355 blocker",
         "max_new_tokens",
         24,
     ),
@@ -608,3 +609,56 @@ def test_another_engine_plugs_into_the_same_layers(llama: Generator) -> None:
     assert gen.generate(ask("Tell me more"), gate=None, max_new_tokens=3).text == llama.tokenizer.decode(
         engine.ids[:3]
     )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GenerationSettings(),
+        GenerationSettings(temperature=1.3, top_k=7, top_p=0.5, repetition_penalty=1.0),
+        GenerationSettings(top_k=0),
+        GenerationSettings(top_p=1.0),
+    ],
+)
+def test_the_sampler_draws_from_generates_distribution(settings: GenerationSettings) -> None:
+    """Top-p and the draw run on the top-k candidates only: the probability each token gets must
+    be what `generate`'s processors (penalty, temperature, top-k, top-p on the whole vocabulary)
+    give it."""
+    from transformers import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from warmline.serving.engine import Sampler
+
+    s = settings
+    reference = LogitsProcessorList()
+    if s.repetition_penalty != 1.0:
+        reference.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
+    reference.append(TemperatureLogitsWarper(s.temperature))
+    if s.top_k:
+        reference.append(TopKLogitsWarper(s.top_k))
+    reference.append(TopPLogitsWarper(s.top_p))
+    torch.manual_seed(0)
+    for _ in range(20):
+        logits = torch.randn(1, 500) * 4
+        reply = torch.randint(0, 500, (1, 12))
+        expected = torch.softmax(reference(reply, logits.clone()), dim=-1)
+        probs, ids = Sampler(s).candidates(logits.clone(), reply)
+        got = torch.zeros_like(expected)
+        got.scatter_(-1, ids if ids is not None else torch.arange(500).unsqueeze(0), probs)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_the_sampler_only_draws_candidates_and_greedy_is_the_penalised_argmax() -> None:
+    from warmline.serving.engine import Sampler, seeded_rng
+
+    logits = torch.tensor([[5.0, 4.9, 1.0, 0.5, -2.0]])
+    sampler, rng = Sampler(GenerationSettings(top_k=2, top_p=1.0, temperature=1.0)), seeded_rng(0)
+    drawn = {int(sampler(logits, torch.empty((1, 0), dtype=torch.long), rng)) for _ in range(200)}
+    assert drawn == {0, 1}  # both candidates come up, nothing else does
+    greedy = Sampler(GenerationSettings(do_sample=False, repetition_penalty=2.0))
+    assert int(greedy(logits, torch.tensor([[0]]), rng)) == 1  # token 0 penalised: 2.5 < 4.9

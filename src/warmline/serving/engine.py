@@ -142,27 +142,52 @@ class Prefill:
     """Prompt tokens the model read now (0: the whole prompt was cached)."""
 
 
-def logits_processors(s: GenerationSettings):
-    """transformers' processors for the settings: repetition penalty, then the sampling warpers."""
-    from transformers import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+class Sampler:
+    """How the next token is picked from the last position's logits: transformers' processors in
+    `generate`'s order (repetition penalty, temperature, top-k, top-p), then a seeded sample or the
+    argmax. Every engine picks its tokens here.
 
-    procs = LogitsProcessorList()
-    if s.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
-    if s.sampling:
-        if s.temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(s.temperature))
-        if s.top_k:
-            procs.append(TopKLogitsWarper(s.top_k))
-        if s.top_p < 1.0:
-            procs.append(TopPLogitsWarper(s.top_p))
-    return procs
+    With top-k on, top-p and the draw run on the k candidates only: the same distribution as
+    applying them to the whole vocabulary (where everything outside the k is already -inf), but
+    without sorting 49k logits per token, which cost more than a decode step of the ONNX engine
+    (benchmarks/RESULTS.md, "Sampling on the top-k candidates")."""
+
+    def __init__(self, s: GenerationSettings):
+        from transformers import (
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.sampling = s.sampling
+        self.penalty = LogitsProcessorList()
+        if s.repetition_penalty != 1.0:
+            self.penalty.append(RepetitionPenaltyLogitsProcessor(s.repetition_penalty))
+        self.top_k = s.top_k if s.sampling else 0
+        self.warpers = LogitsProcessorList()  # what runs on the candidates (all tokens if no top-k)
+        if s.sampling:
+            if s.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(s.temperature))
+            if s.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(s.top_p))
+
+    def candidates(self, logits: torch.Tensor, reply_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sampling probabilities (1, n) and the token ids they belong to (1, n), or None when
+        they are the whole vocabulary in order; the penalty sees the reply so far."""
+        scores = self.penalty(reply_ids, logits.float())  # (1, vocab)
+        ids = None
+        if 0 < self.top_k < scores.shape[-1]:
+            scores, ids = scores.topk(self.top_k, dim=-1)  # (1, k), most likely first
+        return torch.softmax(self.warpers(reply_ids, scores), dim=-1), ids
+
+    def __call__(self, logits: torch.Tensor, reply_ids: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        """The next token (1, 1) from logits (1, vocab)."""
+        if not self.sampling:
+            return self.penalty(reply_ids, logits.float()).argmax(dim=-1, keepdim=True)
+        probs, ids = self.candidates(logits, reply_ids)
+        choice = torch.multinomial(probs, 1, generator=rng)  # (1, 1)
+        return choice if ids is None else ids.gather(-1, choice)
 
 
 def seeded_rng(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -173,17 +198,6 @@ def seeded_rng(seed: int | None, device: torch.device | str = "cpu") -> torch.Ge
     else:
         rng.manual_seed(seed)
     return rng
-
-
-def next_token(
-    logits: torch.Tensor, reply_ids: torch.Tensor, procs, sampling: bool, rng: torch.Generator
-) -> torch.Tensor:
-    """The next token (1, 1) from the last position's logits (1, vocab): the processors see the
-    reply so far, then a seeded sample or the argmax. Every engine picks its tokens here."""
-    scores = procs(reply_ids, logits.float())  # (1, vocab)
-    if sampling:
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=rng)
-    return scores.argmax(dim=-1, keepdim=True)
 
 
 def reply_token_budget(
@@ -217,13 +231,13 @@ def decode_loop(
     token (1, 1) to the engine and returns the next logits (1, vocab). Stops at a stop token
     (result.stop_reason "eos", the token not yielded) or after `max_new_tokens`. Every engine
     decodes here, so sampling, penalties and stopping are the same code on all of them."""
-    procs = logits_processors(settings)
+    sampler = Sampler(settings)
     # The repetition penalty looks at the reply only. Penalising the prompt (as `generate` does)
     # also penalises the end-of-turn token that closes every earlier turn, and with it the
     # model's ability to stop: replies then run to the token limit.
     reply_ids = torch.empty((1, 0), dtype=torch.long, device=device)  # (1, new tokens)
     for step in range(max_new_tokens):
-        token = next_token(logits, reply_ids, procs, settings.sampling, rng)
+        token = sampler(logits, reply_ids, rng)
         token_id = int(token)
         if token_id in stop_token_ids:
             result.stop_reason = "eos"

@@ -3,7 +3,7 @@
 `OnnxEngine` implements `warmline.serving.engine.TokenEngine` on a folder built by
 `warmline.serving.onnx_build.build_onnx`. onnxruntime-genai runs the model (`og.Model`) and keeps
 each KV cache (`og.Generator`: `append_tokens`, `get_logits`, `rewind_to`); choosing the tokens is
-the torch engine's own code (`engine.logits_processors`, `engine.next_token`, `engine.seeded_rng`),
+the torch engine's own code (`engine.Sampler`, `engine.seeded_rng`),
 so the same settings and seed pick the same tokens from the same logits, and an fp32 build's
 greedy reply equals the torch engine's.
 
