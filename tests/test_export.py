@@ -421,7 +421,8 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
         assert client is not None, (tmp_path / "space.log").read_text()[-3000:]
 
         # temperature, top-k, top-p, repetition penalty, max new tokens, seed: as in tests/test_serve.py
-        settings = (0.9, 40, 0.95, 1.1, 160, 7)
+        # (a seed whose reply from the tiny random model has sentence breaks to release it at)
+        settings = (0.9, 40, 0.95, 1.1, 160, 2)
         chunks = list(client.submit("I feel lonely.", *settings, api_name="/chat"))
         config = json.loads((space_dir / "warmline_space.json").read_text())
         generator = Generator.from_pretrained(
@@ -434,7 +435,7 @@ def test_the_space_app_streams_a_reply_and_answers_a_crisis(space_dir: Path, tmp
                 {"role": "system", "content": config["system_prompt"]},
                 {"role": "user", "content": "I feel lonely."},
             ],
-            seed=7,
+            seed=2,
             temperature=0.9,
             top_k=40,
             top_p=0.95,

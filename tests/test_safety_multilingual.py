@@ -39,7 +39,7 @@ def test_every_packaged_glossary_loads(language):
         (
             "fr",
             "je voudrais m'endormir et ne plus jamais me réveiller",
-            "i would like to fall asleep and never to wake up",
+            "i would like to fall asleep and never wake up",
         ),
         # German negation moved before the verb, verb-second inversion undone
         ("de", "ich will einfach nicht mehr aufwachen", "i no longer want to wake up"),

@@ -56,6 +56,11 @@ UNKNOWN = "x"
 """What a word the dictionary does not know becomes."""
 COMMON_SUFFIX = "_common.yaml"
 """A language's everyday vocabulary (``{lang}_common.yaml``), read after its main dictionary."""
+MEANS_SUFFIX = "_means.yaml"
+"""A language's words for means, lethality, concealment, farewells and the body, read after its
+main dictionary and before its everyday vocabulary."""
+INTERNATIONAL = "international.yaml"
+"""Medicine names shared by every language, read last."""
 COMMON_VOCABULARY = True
 """Whether the everyday vocabulary is read: without it most words of an ordinary sentence gloss
 to ``x`` and the English classifier reading the gloss sees a few risk words and nothing else."""
@@ -115,6 +120,13 @@ def _english_negation(match: re.Match[str], subject_first: bool = False) -> str:
     return f"{subject} {negation} {verb}"
 
 
+_REFLEXIVE_BODY = re.compile(
+    r"\b(cut|burned|burnt|hurt|broke|scratched|injured|twisted|sprained|bruised|hit|bit) myself "
+    r"(?:the|a|an|my) (finger|fingers|thumb|hand|hands|foot|feet|knee|leg|arm|head|lip|tongue|toe|"
+    r"nail|face|back|ankle|wrist|elbow|shoulder|nose|eye|neck)\b"
+)
+
+
 @dataclass(frozen=True)
 class Glossary:
     """One language's bilingual dictionary, compiled."""
@@ -160,6 +172,8 @@ class Glossary:
         glossed = _ADVERB_BEFORE.sub(r"\2 \1 \3", glossed)
         # Double negation of Romance languages: "no veo ninguna salida" -> "i see no way out".
         glossed = _DOUBLE_NEGATIVE.sub(r"\1 \2 no", glossed)
+        # A reflexive with a body part is the writer's own: "me corté el dedo" -> "i cut my finger".
+        glossed = _REFLEXIVE_BODY.sub(r"\1 my \2", glossed)
         while _DOUBLE_TO.search(glossed):
             glossed = _DOUBLE_TO.sub("to", glossed)
         return glossed
@@ -225,11 +239,16 @@ def load_glossary(path: str | Path, language: str) -> Glossary:
 
 
 def with_common_words(glossary: Glossary, common: Glossary) -> Glossary:
-    """``glossary`` with the everyday words of ``common`` it does not list itself (its own
+    """``glossary`` with the words and stems of ``common`` it does not list itself (its own
     entries, written for risk and for what decides a sentence's meaning, win)."""
     phrases = {**common.phrases, **glossary.phrases}
+    own = {stem for stem, _ in glossary.stems}
+    stems = sorted(
+        [*glossary.stems, *(item for item in common.stems if item[0] not in own)],
+        key=lambda item: -len(item[0]),
+    )
     longest = max((len(key.split()) for key in phrases), default=1)
-    return replace(glossary, phrases=phrases, max_phrase=min(longest, MAX_PHRASE))
+    return replace(glossary, phrases=phrases, stems=tuple(stems), max_phrase=min(longest, MAX_PHRASE))
 
 
 @lru_cache(maxsize=8)
@@ -239,9 +258,16 @@ def glossary(language: str) -> Glossary | None:
     if not path.exists():
         return None
     loaded = load_glossary(path, language)
-    common = packaged_gloss_dir() / f"{language}{COMMON_SUFFIX}"
-    if COMMON_VOCABULARY and common.exists():
-        loaded = with_common_words(loaded, load_glossary(common, language))
+    # Then, each filling only what the files before it leave out: the language's vocabulary of
+    # means, farewells and the body (``{lang}_means.yaml``), its everyday words, and the names of
+    # medicines, which are the same or nearly in every language (international.yaml).
+    extra = [packaged_gloss_dir() / f"{language}{MEANS_SUFFIX}"]
+    if COMMON_VOCABULARY:
+        extra.append(packaged_gloss_dir() / f"{language}{COMMON_SUFFIX}")
+    extra.append(packaged_gloss_dir() / INTERNATIONAL)
+    for more in extra:
+        if more.exists():
+            loaded = with_common_words(loaded, load_glossary(more, language))
     logger.debug(
         "loaded the %s glossary: %d phrases, %d stems", language, len(loaded.phrases), len(loaded.stems)
     )

@@ -35,6 +35,8 @@ from warmline.safety.normalise import normalise_text
 logger = logging.getLogger(__name__)
 
 MaskKind = Literal["hyperbole", "idiom", "technical", "accidental", "breakup"]
+_CRYING = "\N{LOUDLY CRYING FACE}"
+
 Discount = Literal["negated", "history", "joking", "framing"]
 
 # Categories whose hits a fiction, game, teaching or research frame discounts (cues.framing):
@@ -234,6 +236,7 @@ class Lexicon:
             combination.combination_id for combination in self.combinations if combination.context
         }
         self._third_party_rules = [rule for rule in self.rules if rule.category == "third_party"]
+        self._distress_rules = [rule for rule in self.rules if rule.category == "distress"]
         self._rules_by_id = {rule.rule_id: rule for rule in self.rules}
         cues: dict[str, str] = data["cues"]
         self.negation = compile_pattern(cues["negation"], "cues.negation")
@@ -411,7 +414,7 @@ class Lexicon:
                 min(part.start for part in parts),
             )
             joking = any(
-                self.laughter.search(_sentence_of(text, part.start))
+                self._laughing(_sentence_of(text, part.start))
                 and not self.imminence.search(_sentence_of(text, part.start))
                 for part in parts
             )
@@ -476,11 +479,22 @@ class Lexicon:
         if (
             rule.category in _JOKEABLE
             and rule.level == RiskLevel.ELEVATED
-            and self.laughter.search(sentence)
+            and self._laughing(sentence)
             and not self.imminence.search(sentence)
         ):
             return "joking"
         return None
+
+    def _laughing(self, sentence: str) -> bool:
+        """Whether the sentence laughs. 😭 is laughter online as often as it is crying: alone, it
+        laughs only where the sentence carries no distress of its own ("i hate myself so much i
+        want to die 😭" is crying; "that plot twist, i want to die 😭" is not)."""
+        marks = {match.group(0) for match in self.laughter.finditer(sentence)}
+        if not marks:
+            return False
+        if marks == {_CRYING}:
+            return not any(rule.pattern.search(sentence) for rule in self._distress_rules)
+        return True
 
     def _in_hypothetical_help_question(self, text: str, start: int) -> bool:
         """Whether ``start`` lies inside a third-party phrase about a hypothetical person ("a

@@ -187,6 +187,9 @@ class TurnAssessment:
     risk_score: float | None
     language: str = "en"
     """The message's language (``warmline.safety.language``): the crisis reply is written in it."""
+    framed: bool = False
+    """The message sets up fiction, teaching or research (a question of fact, or a risk phrase
+    discounted as framed): the conversation's later turns are read in that frame."""
 
 
 def assess(
@@ -224,7 +227,7 @@ def assess(
         return Assessment(level=RiskLevel.NONE)
 
     turns: list[TurnAssessment] = []
-    distress_so_far = False
+    distress_so_far = framed_so_far = False
     language = "en"
     for text in user_turns:
         turn = assess_text(
@@ -234,10 +237,12 @@ def assess(
             classifier=classifier,
             language=language,
             multilingual=multilingual,
+            framed=framed_so_far,
         )
         turns.append(turn)
         language = turn.language
         distress_so_far = distress_so_far or turn.level.rank >= RiskLevel.DISTRESS.rank
+        framed_so_far = (framed_so_far or turn.framed) and not turn.level.is_crisis
 
     latest = turns[-1]
     earlier_crises = [
@@ -272,8 +277,11 @@ def assess_text(
     classifier: RiskClassifier | None = None,
     language: str = "en",
     multilingual: RiskClassifier | None = None,
+    framed: bool = False,
 ) -> TurnAssessment:
-    """Judge one message. ``context``: the conversation has already shown distress.
+    """Judge one message. ``context``: the conversation has already shown distress. ``framed``:
+    an earlier turn set up fiction, teaching or research ("I'm writing a novel about a family
+    after a suicide"), so a borderline classifier score with no risk phrase is a resources note.
 
     ``language``: the conversation's language so far, kept when this message is too short to
     tell ("ok"). A non-English message is read by its language's lexicon as well as the English
@@ -346,15 +354,27 @@ def assess_text(
             evidence,
             text=rules_text,
             minor=minor,
-            softener=_softener(english, rules_text) or _native_softener(language, text),
+            softener=_softener(english, rules_text)
+            or _native_softener(language, text)
+            or ("framing" if framed else None),
             second_opinion=second_opinion if SECOND_OPINION else None,
             # A non-English message's own reading (before the gloss blend); an English message's
             # blend is two readings of the same words, and neither stands alone.
             own=own if language != "en" and own is not score else None,
             benign_in=lambda piece: _read_rules(english, piece, context, language)[0].benign_signals,
         )
+    framed_here = (
+        found.informational
+        or any(hit.discount == "framing" for hit in found.discounted)
+        or (english.framing is not None and bool(english.framing.search(english.masked(rules_text))))
+    )
     return TurnAssessment(
-        level=level, categories=categories, evidence=evidence, risk_score=risk_score, language=language
+        level=level,
+        categories=categories,
+        evidence=evidence,
+        risk_score=risk_score,
+        language=language,
+        framed=framed_here and not level.is_crisis,
     )
 
 

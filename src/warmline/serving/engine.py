@@ -172,7 +172,9 @@ class Sampler:
             if s.top_p < 1.0:
                 self.warpers.append(TopPLogitsWarper(s.top_p))
 
-    def candidates(self, logits: torch.Tensor, reply_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def candidates(
+        self, logits: torch.Tensor, reply_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sampling probabilities (1, n) and the token ids they belong to (1, n), or None when
         they are the whole vocabulary in order; the penalty sees the reply so far."""
         scores = self.penalty(reply_ids, logits.float())  # (1, vocab)
