@@ -110,22 +110,12 @@ def test_gloss_coverage_counts_the_words_the_gloss_knows():
 
 
 def test_a_gloss_of_unknown_words_weighs_little_against_the_message_itself():
-    from test_safety_indirect import _FixedScore
-
-    class _ByText(_FixedScore):
-        """e5 sure of risk on the message, MiniLM sure of none on its gloss."""
-
-        def __init__(self, risky):
-            self.risky = _FixedScore(suicidal=0.95)._score
-            self.safe = _FixedScore(none=1.0)._score
-            self.message = risky
-
-        def score(self, text):
-            return self.risky if text == self.message else self.safe
+    from test_safety_indirect import _ByText, _FixedScore
 
     # made-up names the gloss cannot know, in an otherwise ordinary German question
     message = "Wie hoch muss der Quorbelturm in Zwimmelstadt sein, damit man den Sturz sicher nicht überlebt?"
-    fake = _ByText(message)
+    # e5 sure of risk on the message, MiniLM sure of none on its gloss
+    fake = _ByText(message, on_it=_FixedScore(suicidal=0.95), otherwise=_FixedScore(none=1.0))
     glossed = risk._read_rules(default_lexicon(), risk.clean(message)[0], False, "en")[2]
     full = risk.GLOSS_WEIGHT
     weight = full * gloss_coverage(glossed) ** risk.GLOSS_COVERAGE_POWER

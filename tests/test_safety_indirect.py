@@ -202,6 +202,16 @@ class _FixedScore:
         return self._score
 
 
+class _ByText:
+    """A classifier stand-in that scores one message one way and every other text another."""
+
+    def __init__(self, message: str, on_it: _FixedScore, otherwise: _FixedScore) -> None:
+        self.message, self.on_it, self.otherwise = message, on_it, otherwise
+
+    def score(self, text: str) -> ClassifierScore:
+        return (self.on_it if text == self.message else self.otherwise).score(text)
+
+
 def _turn(text: str, **probabilities: float):
     # The same stand-in for both encoders: the English blend and the second opinion read e5.
     fixed = _FixedScore(**probabilities)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from test_safety_frames import _rules
-from test_safety_indirect import _FixedScore
+from test_safety_indirect import _ByText, _FixedScore
 
 from warmline.safety import assess
 from warmline.safety.gloss import glossary
@@ -90,18 +90,9 @@ def test_someone_elses_deed_to_me_in_italian_is_theirs():
 
 
 def test_a_fiction_frame_carries_to_later_turns_for_a_borderline_score():
-    class _Later(_FixedScore):
-        """Sure of no risk on the framing turn, borderline (0.7) on every other message."""
-
-        def __init__(self, first):
-            self.first, self.safe = first, _FixedScore(none=1.0)._score
-            self.borderline = _FixedScore(suicidal=0.7)._score
-
-        def score(self, text):
-            return self.safe if text == self.first else self.borderline
-
     frame = "I'm writing a short story about a boy whose father died by suicide"
-    reader = _Later(frame)
+    # sure of no risk on the framing turn, borderline (0.7) on every other message
+    reader = _ByText(frame, on_it=_FixedScore(none=1.0), otherwise=_FixedScore(suicidal=0.7))
     story = [frame, "what would his school day be like"]
     result = assess(story, classifier=reader, multilingual=reader)  # type: ignore[arg-type]
     assert result.level == RiskLevel.DISTRESS, result.evidence
