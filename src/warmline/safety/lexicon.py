@@ -43,7 +43,10 @@ Discount = Literal["negated", "history", "joking", "framing"]
 # never the writer's own risk statements.
 _FRAMEABLE: frozenset[str] = frozenset({"violence_request", "means", "harm_to_others"})
 # Categories a laughing tone softens to distress: hyperbole about oneself or about a sibling.
-_JOKEABLE: frozenset[str] = SELF_CATEGORIES | {"harm_to_others"}
+# Not plans and means: "got the whole thing planned lol" and "lmao which bridge has no fence" laugh
+# nervously; nobody jokes in the shape of a plan (and a means question without distress already
+# needs context, ``context: true``).
+_JOKEABLE: frozenset[str] = (SELF_CATEGORIES - {"plan", "means"}) | {"harm_to_others"}
 # Categories whose topic words ("domestic violence", "self-harm") a question of fact may name.
 _TOPIC_FRAMEABLE: frozenset[str] = frozenset(
     {"harm_from_others", "child_abuse", "third_party", "eating_disorder", "self_harm"}
@@ -270,6 +273,7 @@ class Lexicon:
             "cues.hypothetical_subject (telling)",
         )
         self.reassured = optional("reassured")
+        self.recourse = optional("recourse")
         self.frame_retracted = optional("frame_retracted")
         self.animal_patient = optional("animal_patient")
         # normalise + masks, once per message: scan() and masked() (the softener's cues) share it
@@ -279,7 +283,7 @@ class Lexicon:
     def from_file(cls, path: str | Path) -> Lexicon:
         """Load and compile a lexicon YAML file."""
         path = Path(path)
-        return cls(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+        return cls(yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), source=str(path))
 
     def scan(self, text: str, *, context: bool = False) -> LexiconResult:
         """Find risk language in one message.
@@ -418,7 +422,7 @@ class Lexicon:
                 and not self.imminence.search(_sentence_of(text, part.start))
                 for part in parts
             )
-            if joking and combination.category in SELF_CATEGORIES and combination.level.is_crisis:
+            if joking and combination.category in _JOKEABLE and combination.level.is_crisis:
                 hit = replace(hit, level=RiskLevel.DISTRESS, discount="joking")
             hits.append(hit)
         return hits

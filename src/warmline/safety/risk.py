@@ -165,7 +165,7 @@ _RECOVERY = re.compile(
     r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself|want to die|be suicidal)\b[^.!?]*[.!?,]?.{0,120}"
     r"\b(?:now|these days|today)\b[^.!?]{0,40}\b(?:i'm|i am|doing) (?:ok(?:ay)?|fine|good|well|better|happy|healthy)"
     r"|used to (?:cut|self[- ]?harm|purge|starve|binge|hurt myself)\b.{0,160}\b(?:i'm|i am) (?:ok(?:ay)?|fine|doing (?:well|better|ok(?:ay)?)|in a good place|healthy|happy)\b"
-    r"|therapy (?:helped|saved|works|is working)"
+    r"|therap(?:y|ist) (?:has |have |had |really )?(?:helped|saved|works|is working|worked)"
     # remission, and a span of time without the behaviour in a gloss's word order ("for two years
     # i no longer have myself cut", "seit zwei Jahren habe ich mich nicht mehr geritzt")
     r"|in remission|(?:for|since) (?:\d+|a|one|two|three|four|five|six|seven|eight|nine|ten|many|several) "
@@ -173,6 +173,10 @@ _RECOVERY = re.compile(
     r"\b(?:cut|cutting|self[- ]?harm\w*|hurt myself|purg\w*|binge\w*|starv\w*|relaps\w*))\b",
     re.IGNORECASE,
 )
+
+# The classifier classes a "recourse" softener (a rant that ends in calling the police or the
+# council) may soften: anger at someone else, never the writer's own risk or danger to them.
+_RECOURSE_CLASSES: frozenset[str] = frozenset({"harm_to_others", "violence_request"})
 
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
@@ -444,7 +448,11 @@ def _combine(
     # want to, but I can't be alone with her"), and the reassurance is part of the disclosure.
     if softener == "reassurance" and CLASS_CATEGORIES.get(score.top_risk_class) not in SELF_CATEGORIES:
         softener = None
-    ceiling = 1.01 if softener == "reassurance" else SOFTENED_THRESHOLD
+    # A lawful step taken instead ("I could slash his tyres, but I'll call the council") speaks
+    # for anger at someone, at any score; never for the writer's own risk.
+    if softener == "recourse" and score.top_risk_class not in _RECOURSE_CLASSES:
+        softener = None
+    ceiling = 1.01 if softener in ("reassurance", "recourse") else SOFTENED_THRESHOLD
     if softener and not lexicon_crisis and RISK_THRESHOLD <= score.risk < ceiling:
         # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
         # topic; laughter or a recovery framing makes a borderline score a resources line only.
@@ -599,12 +607,15 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """ "reassurance", "laughter", "recovery" or "venting" when ``text`` is framed so (see
+    """ "reassurance", "recourse", "laughter", "recovery" or "venting" when ``text`` is framed so (see
     SOFTENED_THRESHOLD), else None; None too when the writer takes a frame back ("not really
     joking", "ok it's for me tbh").
 
     "reassurance": the writer says plainly they are safe ("I'd never, I love my life", "totally
     harmless"), as people describing the call of the void or an intrusive thought do.
+
+    "recourse": a rant that ends in a lawful step ("so I'm calling the police", "I'll leave a
+    note on his door"); it softens only an anger-at-someone reading (_RECOURSE_CLASSES).
 
     "venting": the writer calls the post a rant ("sorry, just needed to vent") or goes on to an
     ordinary plan for tonight ("tonight I'm making curry and watching trash TV"): a long rant's
@@ -615,6 +626,8 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
             return None  # "haha ... not really joking actually": the writer took the frame back
         if lexicon.reassured is not None and lexicon.reassured.search(normalised):
             return "reassurance"
+    if lexicon.recourse is not None and lexicon.recourse.search(text):
+        return "recourse"
     if lexicon.laughter.search(text):
         return "laughter"
     if _RECOVERY.search(text):
