@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import _save_tiny
@@ -380,3 +381,53 @@ def test_an_int8_mlp_build_quantises_the_mlp_and_nothing_else(llama16_dir: Path,
     assert any(node.op_type == "MatMul" and "lm_head" in node.name for node in graph.node)
     reply = onnx_gen(llama16_dir, built).generate(ask("I feel lonely."), temperature=0, max_new_tokens=8)
     assert reply.new_tokens > 0 and reply.stop_reason in ("eos", "max_new_tokens", "stop")
+
+
+def test_a_serving_build_computes_the_head_at_the_last_position_only(
+    llama16_dir: Path, onnx_dir: Path, tmp_path
+):
+    """PRUNE_LM_HEAD: the serving build returns one position's logits, the gate's twin every
+    position's, and the two agree at the last position (same weights, same graph otherwise)."""
+    import onnxruntime_genai as og
+
+    from warmline.serving.onnx_build import returns_all_logits
+
+    twin = build_onnx(llama16_dir, "fp32", root=tmp_path, all_logits=True)
+    assert not returns_all_logits(onnx_dir) and returns_all_logits(twin)
+    assert twin.name.split("-")[-2] == "all" and onnx_dir.name != twin.name
+    prompt = np.arange(3, 40, dtype=np.int32)
+    last = {}
+    for name, folder in (("pruned", onnx_dir), ("all", twin)):
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=64)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        last[name] = np.asarray(generator.get_logits(), dtype=np.float32).reshape(-1)
+        if name == "all":
+            assert generator.get_output("logits").shape[1] == len(prompt)
+    np.testing.assert_allclose(last["pruned"], last["all"], atol=1e-4)
+
+
+def test_the_gate_reads_a_pruned_build_a_token_at_a_time_with_the_same_scores(
+    llama16_dir: Path, onnx_dir: Path, tmp_path
+):
+    from warmline.serving import onnx_quality
+
+    examples, _ = onnx_quality.validation_examples(llama16_dir, max_per_stage=1)
+    twin = build_onnx(llama16_dir, "fp32", root=tmp_path, all_logits=True)
+    stepwise, whole = onnx_quality.onnx_scores(onnx_dir, examples), onnx_quality.onnx_scores(twin, examples)
+    assert len(stepwise.nll) == len(whole.nll) > 0
+    np.testing.assert_allclose(stepwise.nll, whole.nll, atol=1e-4)
+    assert stepwise.top1.tolist() == whole.top1.tolist()
+
+
+def test_a_build_of_one_quantisation_leaves_the_others_alone(llama16_dir: Path, tmp_path: Path) -> None:
+    """ "-int8-" must not match "-int8-mlp-" when an older build is cleared away."""
+    other = tmp_path / f"{llama16_dir.name}-int8-mlp-0123456789ab"
+    twin = tmp_path / f"{llama16_dir.name}-fp32-all-0123456789ab"
+    stale = tmp_path / f"{llama16_dir.name}-fp32-0123456789ab"
+    for folder in (other, twin, stale):
+        folder.mkdir()
+    build_onnx(llama16_dir, "fp32", root=tmp_path)
+    assert other.is_dir() and twin.is_dir() and not stale.exists()

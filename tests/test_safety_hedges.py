@@ -109,8 +109,12 @@ def test_gloss_coverage_counts_the_words_the_gloss_knows():
     assert gloss_coverage("") == 0.0
 
 
-def test_a_gloss_of_unknown_words_weighs_little_against_the_message_itself():
+def test_a_gloss_of_unknown_words_weighs_little_against_the_message_itself(monkeypatch):
     from test_safety_indirect import _ByText, _FixedScore
+
+    # The blend itself (the stand-in's "none" on the gloss would otherwise let the message skip
+    # e5 altogether: risk.CASCADE, tested in test_safety_quiet_signs)
+    monkeypatch.setattr(risk, "CASCADE", False)
 
     # made-up names the gloss cannot know, in an otherwise ordinary German question
     message = "Wie hoch muss der Quorbelturm in Zwimmelstadt sein, damit man den Sturz sicher nicht überlebt?"

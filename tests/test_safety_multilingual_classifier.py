@@ -192,8 +192,23 @@ def test_the_gloss_is_not_scored_when_the_blend_cannot_reach_a_crisis(monkeypatc
     english = default_classifier()
     calls = []
     monkeypatch.setattr(english, "score", lambda t: calls.append(t) or english.score_many([t])[0])
+    monkeypatch.setattr(risk, "CASCADE", False)
     assert not assess(text).level.is_crisis
     assert calls == []
+
+
+def test_a_plainly_ordinary_message_is_read_by_minilm_on_its_gloss_instead_of_e5(monkeypatch):
+    # The cascade (risk.CASCADE): no lexicon signal, a well-known gloss that MiniLM reads as
+    # ordinary: e5's ~25 ms are not spent; the English encoder reads the gloss once.
+    text = "hoy fui al mercado con mi hermana y compramos fruta para la semana"
+    english, multilingual = default_classifier(), default_multilingual_classifier()
+    english_calls, e5_calls = [], []
+    monkeypatch.setattr(english, "score", lambda t: english_calls.append(t) or english.score_many([t])[0])
+    monkeypatch.setattr(
+        multilingual, "score", lambda t: e5_calls.append(t) or multilingual.score_many([t])[0]
+    )
+    assert not assess(text).level.is_crisis
+    assert e5_calls == [] and len(english_calls) == 1
 
 
 @pytest.mark.parametrize(

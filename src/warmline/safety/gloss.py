@@ -270,7 +270,10 @@ def glossary(language: str) -> Glossary | None:
     # means, farewells and the body (``{lang}_means.yaml``), of the body, home, places and time
     # (``{lang}_life.yaml``), its everyday words, and the names of
     # medicines, which are the same or nearly in every language (international.yaml).
-    extra = [packaged_gloss_dir() / f"{language}{MEANS_SUFFIX}", packaged_gloss_dir() / f"{language}{LIFE_SUFFIX}"]
+    extra = [
+        packaged_gloss_dir() / f"{language}{MEANS_SUFFIX}",
+        packaged_gloss_dir() / f"{language}{LIFE_SUFFIX}",
+    ]
     if COMMON_VOCABULARY:
         extra.append(packaged_gloss_dir() / f"{language}{COMMON_SUFFIX}")
     extra.append(packaged_gloss_dir() / INTERNATIONAL)

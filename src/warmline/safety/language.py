@@ -164,7 +164,9 @@ class LanguageLexicon:
 def load_language_lexicon(path: str | Path, language: str) -> LanguageLexicon:
     """Load a non-English lexicon file, folding the accents of its patterns."""
     path = Path(path)
-    data = _fold_strings(yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+    data = _fold_strings(
+        yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    )
     terms = tuple(dict.fromkeys(term.lower() for term in data.pop("typo_terms", [])))
     return LanguageLexicon(language, Lexicon(data, source=str(path)), terms)
 

@@ -52,6 +52,19 @@ _TOPIC_FRAMEABLE: frozenset[str] = frozenset(
     {"harm_from_others", "child_abuse", "third_party", "eating_disorder", "self_harm"}
 )
 
+# The writer saying a character's risk is theirs too: no story frame discounts it.
+_ECHOED = re.compile(
+    r"\b(?:so do i|so am i|me too|same here|i do too|i am too|i'm the same|just like me|like i do|i feel the same"
+    r"|(?:it's|it is|she's|he's|they're) (?:really |basically |actually )?(?:me|about me|based on me))\b"
+)
+# The writer as the subject just before a phrase ("... because I want to die too").
+_WRITER_BEFORE = re.compile(r"\b(?:i|i'm|i am|i've|i have|i'd|i would|i'll|i will|me|myself)\b[^.!?,]*$")
+# A real person named in the sentence ("my friend told me she wants to die"): not a character.
+_REAL_PERSON = re.compile(
+    r"\bmy (?:best |little |big |older |younger )?(?:friend|friends|sister|brother|mom|mum|mother|dad|father|son"
+    r"|daughter|husband|wife|partner|boyfriend|girlfriend|cousin|roommate|flatmate|classmate|coworker"
+    r"|colleague|student|kid|child|aunt|uncle|grandma|grandpa|niece|nephew|neighbou?r|teammate)\b"
+)
 _SENTENCE_END = re.compile(r"[.!?;\n]+")
 # A clause ends at punctuation; the negation window never crosses one.
 _CLAUSE_PUNCT = re.compile(r"[,:;.!?\n]")
@@ -104,6 +117,8 @@ class Combination:
     """At least one of these must match too (empty: no extra condition)."""
     context: bool = False
     """As for rules: only elevated when the conversation also shows distress."""
+    serious: bool = False
+    """Laughter does not soften it (a plan or a method question laughed around is nervous)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,7 @@ class Lexicon:
                 all_of=tuple(entry["all"]),
                 any_of=tuple(entry.get("any", ())),
                 context=bool(entry.get("context", False)),
+                serious=bool(entry.get("serious", False)),
             )
             for entry in data.get("combinations", [])
         ]
@@ -274,6 +290,7 @@ class Lexicon:
         )
         self.reassured = optional("reassured")
         self.recourse = optional("recourse")
+        self.fiction = optional("fiction")
         self.frame_retracted = optional("frame_retracted")
         self.animal_patient = optional("animal_patient")
         # normalise + masks, once per message: scan() and masked() (the softener's cues) share it
@@ -283,7 +300,10 @@ class Lexicon:
     def from_file(cls, path: str | Path) -> Lexicon:
         """Load and compile a lexicon YAML file."""
         path = Path(path)
-        return cls(yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), source=str(path))
+        return cls(
+            yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)),
+            source=str(path),
+        )
 
     def scan(self, text: str, *, context: bool = False) -> LexiconResult:
         """Find risk language in one message.
@@ -322,6 +342,8 @@ class Lexicon:
         violence_starts = {hit.start for hit in hits if hit.category == "violence_request"}
         hits = [hit for hit in hits if not (hit.category == "means" and hit.start in violence_starts)]
         hits = self._attribute_third_party(hits, masked)
+        hits, characters = self._fictional_others(hits, masked)
+        discounted += characters
         # The same words read as self-injury and as an eating disorder ("punish myself by not
         # eating") are the eating disorder: its reply and resources are the specific ones.
         eating_starts = {hit.start for hit in hits if hit.category == "eating_disorder"}
@@ -422,7 +444,12 @@ class Lexicon:
                 and not self.imminence.search(_sentence_of(text, part.start))
                 for part in parts
             )
-            if joking and combination.category in _JOKEABLE and combination.level.is_crisis:
+            if (
+                joking
+                and not combination.serious
+                and combination.category in SELF_CATEGORIES
+                and combination.level.is_crisis
+            ):
                 hit = replace(hit, level=RiskLevel.DISTRESS, discount="joking")
             hits.append(hit)
         return hits
@@ -548,6 +575,32 @@ class Lexicon:
         # i want to die". A new first-person subject after the cue ends its scope, unless a verb
         # of saying or thinking hands the negation on ("i don't think i want to").
         return not (self.language == "en" and _NEW_FIRST_PERSON_CLAUSE.search(after_cue))
+
+    def _fictional_others(self, hits: list[Hit], text: str) -> tuple[list[Hit], list[Hit]]:
+        """Someone else's risk in a story the writer is writing ("my main character wants to jump
+        from the tower in chapter 3, does that work?") is a character's: its third-party hits are
+        discounted as framed (the writer's own risk phrases, outside the character's sentences,
+        still count; a frame the writer takes back discounts nothing)."""
+        if self.fiction is None or not self.fiction.search(text):
+            return hits, []
+        if self.frame_retracted is not None and self.frame_retracted.search(text):
+            return hits, []
+        if _ECHOED.search(text):
+            return hits, []  # "my character wants to die and honestly so do i"
+
+        def characters(hit: Hit) -> bool:
+            sentence = _sentence_of(text, hit.start)
+            own = _WRITER_BEFORE.search(text[max(0, hit.start - 16) : hit.start])
+            return (
+                hit.category == "third_party"
+                and hit.level.is_crisis
+                and not _REAL_PERSON.search(sentence)
+                and not own
+            )
+
+        kept = [hit for hit in hits if not characters(hit)]
+        framed = [replace(hit, discount="framing") for hit in hits if characters(hit)]
+        return kept, framed
 
     def _attribute_third_party(self, hits: list[Hit], text: str) -> list[Hit]:
         """Self-risk phrases in a sentence about someone else belong to them, not the writer.

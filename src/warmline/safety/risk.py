@@ -74,6 +74,17 @@ GLOSS_COVERAGE_POWER = 2.0
 """The gloss's weight is GLOSS_WEIGHT times the share of the message's words the gloss knows, to
 this power: a gloss that is mostly unknown words ("how x x a bridge to be, x one x not x?") says
 little, and at full weight it halved e5's sure reading of the message itself."""
+CASCADE = True
+"""Whether a non-English message the rules and the gloss's MiniLM reading both find ordinary
+skips the multilingual classifier (e5, about 25 ms of a message's 30 on one core)."""
+CASCADE_GLOSS_RISK = 0.1
+"""MiniLM's risk on the gloss under which e5 is not asked (with CASCADE_COVERAGE and no lexicon
+signal). Measured over the v2 suites' and dev set 10's 673 non-English messages (session 13,
+benchmarks/RESULTS.md): 105 skip e5, none of them a risk message e5 would have flagged (from 0.2
+one would be), and 15 of them non-risk messages e5 alone flagged ("Mi hija de 15 años me ha
+dicho que me odia", "mio padre è morto in primavera")."""
+CASCADE_COVERAGE = 0.7
+"""Share of a message's words the gloss must know for its reading to stand in for e5's."""
 IMMINENT_THRESHOLD = 0.5
 """Probability of the imminent class at which a classifier-flagged turn becomes imminent."""
 CONFIDENT_THRESHOLD = 0.9
@@ -129,6 +140,9 @@ SECOND_OPINION = True
 # ..." or "my boss ...", so alone the classifier reads "my friend has been quiet lately" as a
 # friend at risk and "my boss yelled at me" as abuse.
 _NEEDS_RISK_WORDS: frozenset[str] = frozenset({"third_party", "harm_from_others"})
+# Lexicon hits that name a life event, not risk language: "my girlfriend left me last month" is
+# no friend at risk and no abuse, whatever the embeddings of a breakup sit near.
+_EVENTS_NOT_RISK: frozenset[str] = frozenset({"life_stressor"})
 _RISK_WORDS = re.compile(
     r"\b(?:die|dies|died|dying|dead|death|kill\w*|suicid\w*|end (?:it|her life|his life|their life)|pills?|tablets?|overdos\w*"
     r"|meds|hurts?|hurting|harm\w*|cut\w*|bleed\w*|hit|hits|hitting|beat\w*|punch\w*|chok\w*|slap\w*|kick\w*|strangl\w*"
@@ -284,8 +298,10 @@ def assess_text(
     framed: bool = False,
 ) -> TurnAssessment:
     """Judge one message. ``context``: the conversation has already shown distress. ``framed``:
-    an earlier turn set up fiction, teaching or research ("I'm writing a novel about a family
-    after a suicide"), so a borderline classifier score with no risk phrase is a resources note.
+    an earlier turn set up fiction, teaching, research, a hobby or a job ("I'm writing a novel
+    about a family after a suicide", "I love trainspotting"), so a classifier score with no risk
+    phrase is a resources note: at any score while the conversation has shown no distress, below
+    SOFTENED_THRESHOLD after it (``_frame_softener``).
 
     ``language``: the conversation's language so far, kept when this message is too short to
     tell ("ok"). A non-English message is read by its language's lexicon as well as the English
@@ -317,7 +333,13 @@ def assess_text(
         reader = multilingual_reader()
     if reader is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
-        score = own = reader.score(text)
+        gloss_reading = _cascade_gloss_reading(found, glossed, classifier) if language != "en" else None
+        if gloss_reading is not None and gloss_reading.risk < CASCADE_GLOSS_RISK:
+            # Nothing in the rules and a well-glossed message MiniLM reads as plainly ordinary:
+            # e5's ~25 ms are skipped and the gloss's reading stands.
+            score = own = gloss_reading
+        else:
+            score = own = reader.score(text)
         # The second reading (the gloss's, or e5's of an English message) is spent where the first
         # sees distress or worse: from 0.2 it could still reach RISK_THRESHOLD, but on the dev sets
         # reading from 0.2 added false positives and caught nothing more. It is read after a
@@ -327,7 +349,8 @@ def assess_text(
         second_reading = score.risk >= DISTRESS_THRESHOLD
         if language != "en" and GLOSS_WEIGHT and glossed and second_reading:
             score = score.blended(
-                classifier.score(glossed), GLOSS_WEIGHT * gloss_coverage(glossed) ** GLOSS_COVERAGE_POWER
+                gloss_reading if gloss_reading is not None else classifier.score(glossed),
+                GLOSS_WEIGHT * gloss_coverage(glossed) ** GLOSS_COVERAGE_POWER,
             )
         elif language == "en" and ENGLISH_BLEND and second_reading:
             # The same two readings for an English message: MiniLM's, blended with e5's.
@@ -360,7 +383,7 @@ def assess_text(
             minor=minor,
             softener=_softener(english, rules_text)
             or _native_softener(language, text)
-            or ("framing" if framed else None),
+            or _frame_softener(english, rules_text, framed=framed, calm=not context and not found.hits),
             second_opinion=second_opinion if SECOND_OPINION else None,
             # A non-English message's own reading (before the gloss blend); an English message's
             # blend is two readings of the same words, and neither stands alone.
@@ -380,6 +403,22 @@ def assess_text(
         language=language,
         framed=framed_here and not level.is_crisis,
     )
+
+
+def _cascade_gloss_reading(
+    found: LexiconResult, glossed: str | None, classifier: RiskClassifier | None
+) -> ClassifierScore | None:
+    """MiniLM's reading of a non-English message's gloss, read first where the message may skip
+    the multilingual classifier (CASCADE: no lexicon hit, mask or discounted phrase in any
+    reading, and a gloss that knows at least CASCADE_COVERAGE of the words); None elsewhere. The
+    caller skips e5 when its risk is under CASCADE_GLOSS_RISK, and blends it otherwise."""
+    if not CASCADE or classifier is None or not glossed:
+        return None
+    if found.hits or found.discounted or found.masks:
+        return None
+    if gloss_coverage(glossed) < CASCADE_COVERAGE:
+        return None
+    return classifier.score(glossed)
 
 
 def gloss_coverage(glossed: str) -> float:
@@ -452,7 +491,7 @@ def _combine(
     # for anger at someone, at any score; never for the writer's own risk.
     if softener == "recourse" and score.top_risk_class not in _RECOURSE_CLASSES:
         softener = None
-    ceiling = 1.01 if softener in ("reassurance", "recourse") else SOFTENED_THRESHOLD
+    ceiling = 1.01 if softener in ("reassurance", "recourse", "framed_calm") else SOFTENED_THRESHOLD
     if softener and not lexicon_crisis and RISK_THRESHOLD <= score.risk < ceiling:
         # "if this meeting goes on I'm jumping out the window haha": the embeddings read the
         # topic; laughter or a recovery framing makes a borderline score a resources line only.
@@ -491,7 +530,7 @@ def _combine(
             top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone
         ) or (
             top in _NEEDS_RISK_WORDS
-            and not found.hits
+            and not any(_rule_name(hit) not in _EVENTS_NOT_RISK for hit in found.hits)
             and not _RISK_WORDS.search(text)
             and not minor
             and not confident_alone
@@ -576,6 +615,11 @@ def _combine(
     return level, categories, evidence
 
 
+def _rule_name(hit: Hit) -> str:
+    """A hit's rule id without the ``gloss:`` prefix of a rule read on a gloss."""
+    return hit.rule_id.removeprefix("gloss:")
+
+
 def _same_kind(one: str, other: str) -> bool:
     """Whether two classifier classes name the same kind of risk (intent to harm someone and
     intrusive thoughts of it are told apart by the wording, not by whose risk it is)."""
@@ -635,6 +679,18 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
     if lexicon.venting is not None and lexicon.venting.search(text):
         return "venting"
     return None
+
+
+def _frame_softener(lexicon: Lexicon, text: str, *, framed: bool, calm: bool) -> str | None:
+    """The softener an earlier turn's frame (fiction, teaching, research, a hobby or a job: "I
+    love trainspotting") gives this turn: "framed_calm" (at any score) while the conversation
+    has shown no distress and this turn no lexicon hit at all, else "framing" (below
+    SOFTENED_THRESHOLD); None without a frame, or where the writer takes it back ("it's for me")."""
+    if not framed:
+        return None
+    if lexicon.frame_retracted is not None and lexicon.frame_retracted.search(lexicon.masked(text)):
+        return None
+    return "framed_calm" if calm else "framing"
 
 
 @lru_cache(maxsize=1024)

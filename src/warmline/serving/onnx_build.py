@@ -51,16 +51,26 @@ QUANT_OPTIONS: dict[str, dict[str, Any]] = {
         "fp32_block_matmuls": ["attn/q_proj", "attn/k_proj", "attn/v_proj", "attn/qkv_proj", "attn/o_proj"],
     },
 }
+PRUNE_LM_HEAD = True
+"""Serving builds compute the output head for the last position only (the builder's
+`prune_lm_head`): a 100-token prompt's logits are wanted for its last token alone, and the head
+(49,152 x 576 in SmolLM2, kept fp32) is a fifth of the prompt's multiply-adds. The quality gate,
+which needs every position's logits, reads a twin built without it (`all_logits=True`, the same
+weights and quantisation; `serving.onnx_quality.quality_verdict`)."""
 SPEED_ORDER = ("int4", "int8", "int8-mlp", "fp32")
 """Quantisations from the fastest decoding to the slowest (benchmarks/onnx_quant_sweep.py on a
 2-core CPU)."""
 
 
-def builder_options(quant: str, config: dict[str, Any]) -> dict[str, str]:
+def builder_options(quant: str, config: dict[str, Any], *, all_logits: bool = False) -> dict[str, str]:
     """The builder's --extra_options for `quant` on a model with `config`: a quantisation that
-    keeps some MatMuls in fp32 names them (`nodes_to_exclude`), one per block of the model."""
+    keeps some MatMuls in fp32 names them (`nodes_to_exclude`), one per block of the model; a
+    serving build computes the head at the last position only (PRUNE_LM_HEAD) unless
+    `all_logits`."""
     spec = QUANT_OPTIONS[quant]
     options = {key: str(value) for key, value in spec["extra_options"].items()}
+    if PRUNE_LM_HEAD and not all_logits:
+        options["prune_lm_head"] = "true"
     names = ["/lm_head/MatMul"] if spec.get("fp32_head") else []
     layers = range(int(config.get("num_hidden_layers") or 0))
     names += [
@@ -84,17 +94,21 @@ class OnnxUnsupportedError(OnnxBuildError):
     """The model cannot run on onnxruntime-genai (architecture or head size); use the torch engine."""
 
 
-def build_onnx(hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | None = None) -> Path:
+def build_onnx(
+    hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | None = None, all_logits: bool = False
+) -> Path:
     """The ONNX Runtime GenAI folder for the Hugging Face model in `hf_dir` at `quant` (a key of
     QUANT_OPTIONS), built now if no finished build for these weights and options exists.
 
-    `root`: where build folders go (default: `build_root(hf_dir)`). Raises OnnxUnsupportedError
-    for a model onnxruntime-genai cannot run, OnnxBuildError when the builder fails."""
+    `root`: where build folders go (default: `build_root(hf_dir)`). `all_logits`: a build that
+    returns every position's logits (the quality gate's; serving builds return the last only,
+    PRUNE_LM_HEAD). Raises OnnxUnsupportedError for a model onnxruntime-genai cannot run,
+    OnnxBuildError when the builder fails."""
     if quant not in QUANT_OPTIONS:
         raise ValueError(f"unknown ONNX quantisation {quant!r}; choose one of {', '.join(QUANT_OPTIONS)}")
     hf_dir = Path(hf_dir).resolve()
     config = _read_config(hf_dir)
-    target = build_dir(hf_dir, quant, root=root)
+    target = build_dir(hf_dir, quant, root=root, all_logits=all_logits)
     root = target.parent
     if (target / "genai_config.json").is_file():
         return target
@@ -103,12 +117,16 @@ def build_onnx(hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | No
         raise OnnxUnsupportedError(unsupported.read_text().strip())
     check_supported(config)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f"{hf_dir.name}-{quant}-*"):  # builds of earlier weights or options
-        if stale.is_dir() and stale != target and not stale.name.startswith("."):
+    # Builds of earlier weights or options of this kind ("-int8-" must not match "-int8-mlp-").
+    kind = re.compile(
+        re.escape(f"{hf_dir.name}-{quant}-{_ALL_LOGITS if all_logits else ''}") + r"[0-9a-f]{12}"
+    )
+    for stale in root.glob(f"{hf_dir.name}-{quant}-*"):
+        if stale.is_dir() and stale != target and kind.fullmatch(stale.name):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
     try:
-        _run_builder(hf_dir, tmp, quant, config, unsupported)
+        _run_builder(hf_dir, tmp, quant, config, unsupported, all_logits=all_logits)
         if (target / "genai_config.json").is_file():  # another process finished first: keep its build
             return target
         if target.exists():
@@ -120,11 +138,34 @@ def build_onnx(hf_dir: str | Path, quant: str = "fp32", *, root: str | Path | No
     return target
 
 
-def build_dir(hf_dir: str | Path, quant: str, *, root: str | Path | None = None) -> Path:
-    """The folder `build_onnx(hf_dir, quant)` builds into (it may not exist yet)."""
+_ALL_LOGITS = "all-"
+"""In a build folder's name, after the quantisation: the gate's every-position build."""
+
+
+def build_dir(
+    hf_dir: str | Path, quant: str, *, root: str | Path | None = None, all_logits: bool = False
+) -> Path:
+    """The folder `build_onnx(hf_dir, quant, all_logits=...)` builds into (it may not exist yet)."""
     hf_dir = Path(hf_dir).resolve()
     root = Path(root) if root is not None else build_root(hf_dir)
-    return root / f"{hf_dir.name}-{quant}-{build_key(hf_dir, quant)[:12]}"
+    kind = _ALL_LOGITS if all_logits else ""
+    return root / f"{hf_dir.name}-{quant}-{kind}{build_key(hf_dir, quant, all_logits=all_logits)[:12]}"
+
+
+def returns_all_logits(onnx_dir: str | Path) -> bool:
+    """Whether the build in `onnx_dir` returns logits at every position (its graph's `logits`
+    output has a sequence axis), not only at the last (built with `prune_lm_head`)."""
+    import onnx
+
+    config = json.loads((Path(onnx_dir) / "genai_config.json").read_text())
+    graph = onnx.load(
+        str(Path(onnx_dir) / config["model"]["decoder"]["filename"]), load_external_data=False
+    ).graph
+    for output in graph.output:
+        if output.name == "logits":
+            dims = output.type.tensor_type.shape.dim
+            return len(dims) < 2 or dims[1].dim_value != 1
+    return True
 
 
 def check_buildable(hf_dir: str | Path) -> None:
@@ -181,8 +222,9 @@ def _unsupported_message(architecture: str) -> str:
     )
 
 
-def build_key(hf_dir: Path, quant: str) -> str:
-    """sha256 over the weight files, config.json, the quant's builder options and the builder's version."""
+def build_key(hf_dir: Path, quant: str, *, all_logits: bool = False) -> str:
+    """sha256 over the weight files, config.json, the quant's builder options (the head pruned or
+    not included) and the builder's version."""
     import onnxruntime_genai
 
     digest = hashlib.sha256()
@@ -190,6 +232,8 @@ def build_key(hf_dir: Path, quant: str) -> str:
     for path in files:
         digest.update(path.name.encode() + b"\0" + file_sha256(path).encode() + b"\0")
     options = {"quant": quant, **QUANT_OPTIONS[quant], "onnxruntime_genai": onnxruntime_genai.__version__}
+    if PRUNE_LM_HEAD and not all_logits:
+        options["prune_lm_head"] = True
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -235,7 +279,15 @@ _NOT_SUPPORTED = re.compile(r"The (.+) model is not currently supported")
 _PROGRESS = re.compile(r"^(Reading layer \d+|Reading LM head|Saving ONNX model|Saving GenAI config)")
 
 
-def _run_builder(hf_dir: Path, out: Path, quant: str, config: dict[str, Any], unsupported: Path) -> None:
+def _run_builder(
+    hf_dir: Path,
+    out: Path,
+    quant: str,
+    config: dict[str, Any],
+    unsupported: Path,
+    *,
+    all_logits: bool = False,
+) -> None:
     """Run onnxruntime-genai's builder into `out`, a progress bar on stderr, its output in `out/build.log`."""
     from tqdm import tqdm
 
@@ -243,7 +295,7 @@ def _run_builder(hf_dir: Path, out: Path, quant: str, config: dict[str, Any], un
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "--input", str(hf_dir)]
     command += ["--output", str(out), "--precision", options["precision"], "--execution_provider", "cpu"]
     command += ["--cache_dir", str(out / ".builder-cache")]
-    extra = builder_options(quant, config)
+    extra = builder_options(quant, config, all_logits=all_logits)
     if extra:
         command += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -265,9 +266,15 @@ def torch_scores(hf_dir: str | Path, examples) -> TokenScores:
 
 def onnx_scores(onnx_dir: str | Path, examples) -> TokenScores:
     """An ONNX build's reply-token scores through onnxruntime-genai: each conversation appended in
-    one call, the logits of every position read back."""
+    one call, the logits of every position read back (a build that returns the last position's
+    only, `prune_lm_head`, is read a token at a time from the first reply token: slow, for small
+    models and builds passed in by hand)."""
     import onnxruntime_genai as og
 
+    from warmline.serving.onnx_build import returns_all_logits
+
+    if not returns_all_logits(onnx_dir):
+        return _onnx_scores_stepwise(onnx_dir, examples)
     model = og.Model(str(onnx_dir))
     parts = []
     for ex in examples:
@@ -278,6 +285,36 @@ def onnx_scores(onnx_dir: str | Path, examples) -> TokenScores:
         generator.append_tokens(np.asarray(ex.input_ids, dtype=np.int32))
         logits = generator.get_output("logits")[0]  # (seq, vocab)
         parts.append(score_reply_tokens(logits, ex.labels))
+        del generator
+    return TokenScores.concat(parts)
+
+
+def _onnx_scores_stepwise(onnx_dir: str | Path, examples) -> TokenScores:
+    """`onnx_scores` for a build that returns the last position's logits only: the conversation
+    up to the first scored position in one call, then one token a call."""
+    import onnxruntime_genai as og
+
+    from warmline.data.tokens import IGNORE_INDEX
+
+    model = og.Model(str(onnx_dir))
+    parts = []
+    for ex in examples:
+        ids = np.asarray(ex.input_ids, dtype=np.int32)
+        labels = np.asarray(ex.labels)
+        scored = [t for t in range(len(ids) - 1) if labels[t + 1] != IGNORE_INDEX]
+        if not scored:
+            continue
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + 1)
+        generator = og.Generator(model, params)
+        generator.append_tokens(ids[: scored[0] + 1])
+        rows, read = [], scored[0] + 1
+        for t in scored:
+            if read <= t:
+                generator.append_tokens(ids[read : t + 1])
+                read = t + 1
+            rows.append(np.asarray(generator.get_logits(), dtype=np.float32).reshape(-1))
+        parts.append(score_targets(np.stack(rows), labels[[t + 1 for t in scored]]))
         del generator
     return TokenScores.concat(parts)
 
@@ -309,10 +346,11 @@ def quality_verdict(
     `max_per_stage` caps the validation conversations per recipe stage (default: all). The verdict
     is read from `quality.json` in the build folder when it was computed for these weights, this
     build and these settings, else computed and written there (`refresh` recomputes it)."""
-    hf_dir = Path(hf_dir)
-    if onnx_dir is None:
-        from warmline.serving.onnx_build import build_onnx
+    from warmline.serving.onnx_build import build_onnx, returns_all_logits
 
+    hf_dir = Path(hf_dir)
+    default_build = onnx_dir is None
+    if onnx_dir is None:
         onnx_dir = build_onnx(hf_dir, quant)
     onnx_dir = Path(onnx_dir)
     weights = _weights_fingerprint(hf_dir, ("*.safetensors", "*.bin"))
@@ -344,9 +382,17 @@ def quality_verdict(
         "judging the %s ONNX build in %s against fp32 torch on validation reply tokens", quant, onnx_dir
     )
     examples, source, reference = _reference(str(hf_dir), json.dumps(weights), max_per_stage)
-    verdict = compare_scores(
-        reference, onnx_scores(onnx_dir, examples), quant=quant, conversations=len(examples), data=source
-    )
+    scored_dir, twin = onnx_dir, None
+    if not returns_all_logits(onnx_dir) and default_build:
+        # A serving build computes the head at the last position only (onnx_build.PRUNE_LM_HEAD):
+        # its every-position twin (same weights, same quantisation) is built, scored and removed.
+        scored_dir = twin = build_onnx(hf_dir, quant, all_logits=True)
+    try:
+        scores = onnx_scores(scored_dir, examples)
+    finally:
+        if twin is not None:
+            shutil.rmtree(twin, ignore_errors=True)
+    verdict = compare_scores(reference, scores, quant=quant, conversations=len(examples), data=source)
     if not (math.isfinite(verdict.loss) and math.isfinite(verdict.top1_agreement)):
         logger.warning("the %s build's scores are not finite: it fails the gate", quant)
     record = {"key": key, "verdict": asdict(verdict)}
