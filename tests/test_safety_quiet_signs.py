@@ -139,3 +139,19 @@ def test_a_lexicon_signal_always_gets_the_multilingual_reading():
     multilingual = _FixedScore()
     assess_text("no aguanto más, quiero morirme", classifier=_FixedScore(), multilingual=multilingual)  # type: ignore[arg-type]
     assert multilingual.calls >= 1
+
+
+@pytest.mark.parametrize(
+    ("text", "crisis"),
+    [
+        ("my main character wants to kill herself at the end of chapter 3, is that too dark?", False),
+        ("i'm writing a story about a girl who wants to die, because i want to die too", True),
+        ("the villain in my life, my ex, says he will kill himself if i leave", True),
+        (
+            "i'm writing a novel but honestly my best friend told me she wants to end her life",
+            True,
+        ),
+    ],
+)
+def test_a_characters_risk_is_a_characters_unless_a_real_person_or_the_writer_is_in_it(text, crisis):
+    assert _rules(text).level.is_crisis is crisis, _rules(text).evidence

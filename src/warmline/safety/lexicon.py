@@ -63,7 +63,8 @@ _WRITER_BEFORE = re.compile(r"\b(?:i|i'm|i am|i've|i have|i'd|i would|i'll|i wil
 _REAL_PERSON = re.compile(
     r"\bmy (?:best |little |big |older |younger )?(?:friend|friends|sister|brother|mom|mum|mother|dad|father|son"
     r"|daughter|husband|wife|partner|boyfriend|girlfriend|cousin|roommate|flatmate|classmate|coworker"
-    r"|colleague|student|kid|child|aunt|uncle|grandma|grandpa|niece|nephew|neighbou?r|teammate)\b"
+    r"|colleague|student|kid|child|aunt|uncle|grandma|grandpa|niece|nephew|neighbou?r|teammate|ex|bf|gf"
+    r"|bestie|mate|fiance|fiancee|stepdad|stepmom|stepmum|boss|teacher|coach)\b"
 )
 _SENTENCE_END = re.compile(r"[.!?;\n]+")
 # A clause ends at punctuation; the negation window never crosses one.
