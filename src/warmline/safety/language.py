@@ -38,12 +38,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 
 from warmline.safety.levels import LANGUAGES, RiskLevel
-from warmline.safety.lexicon import Lexicon, LexiconResult
+from warmline.safety.lexicon import Lexicon, LexiconResult, load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +163,7 @@ class LanguageLexicon:
 def load_language_lexicon(path: str | Path, language: str) -> LanguageLexicon:
     """Load a non-English lexicon file, folding the accents of its patterns."""
     path = Path(path)
-    data = _fold_strings(
-        yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    )
+    data = _fold_strings(load_yaml(path))
     terms = tuple(dict.fromkeys(term.lower() for term in data.pop("typo_terms", [])))
     return LanguageLexicon(language, Lexicon(data, source=str(path)), terms)
 

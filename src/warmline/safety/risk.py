@@ -192,6 +192,9 @@ _RECOVERY = re.compile(
 # council) may soften: anger at someone else, never the writer's own risk or danger to them.
 _RECOURSE_CLASSES: frozenset[str] = frozenset({"harm_to_others", "violence_request"})
 
+_GLOSSED = "gloss:"
+"""Prefix of the rule and mask ids the English lexicon matched on a non-English message's gloss."""
+
 _RETRACTIONS = ("just kidding", "jk", "j/k", "kidding", "joking", "didn't mean it", "was a joke")
 
 
@@ -616,8 +619,8 @@ def _combine(
 
 
 def _rule_name(hit: Hit) -> str:
-    """A hit's rule id without the ``gloss:`` prefix of a rule read on a gloss."""
-    return hit.rule_id.removeprefix("gloss:")
+    """A hit's rule id without the prefix of a rule read on a gloss (_GLOSSED)."""
+    return hit.rule_id.removeprefix(_GLOSSED)
 
 
 def _same_kind(one: str, other: str) -> bool:
@@ -664,12 +667,10 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
     "venting": the writer calls the post a rant ("sorry, just needed to vent") or goes on to an
     ordinary plan for tonight ("tonight I'm making curry and watching trash TV"): a long rant's
     embeddings sit near despair; its own words say what it is."""
-    if lexicon.frame_retracted is not None or lexicon.reassured is not None:
-        normalised = lexicon.masked(text)  # "im happy", "tbh": the cues read the normalised words
-        if lexicon.frame_retracted is not None and lexicon.frame_retracted.search(normalised):
-            return None  # "haha ... not really joking actually": the writer took the frame back
-        if lexicon.reassured is not None and lexicon.reassured.search(normalised):
-            return "reassurance"
+    if _frame_taken_back(lexicon, text):
+        return None  # "haha ... not really joking actually": the writer took the frame back
+    if lexicon.reassured is not None and lexicon.reassured.search(lexicon.masked(text)):
+        return "reassurance"
     if lexicon.recourse is not None and lexicon.recourse.search(text):
         return "recourse"
     if lexicon.laughter.search(text):
@@ -686,11 +687,15 @@ def _frame_softener(lexicon: Lexicon, text: str, *, framed: bool, calm: bool) ->
     love trainspotting") gives this turn: "framed_calm" (at any score) while the conversation
     has shown no distress and this turn no lexicon hit at all, else "framing" (below
     SOFTENED_THRESHOLD); None without a frame, or where the writer takes it back ("it's for me")."""
-    if not framed:
-        return None
-    if lexicon.frame_retracted is not None and lexicon.frame_retracted.search(lexicon.masked(text)):
+    if not framed or _frame_taken_back(lexicon, text):
         return None
     return "framed_calm" if calm else "framing"
+
+
+def _frame_taken_back(lexicon: Lexicon, text: str) -> bool:
+    """Whether the writer takes a frame back ("not really joking", "ok it's for me tbh"), read on
+    the normalised, masked words ("im", "tbh") as the cues are written."""
+    return lexicon.frame_retracted is not None and bool(lexicon.frame_retracted.search(lexicon.masked(text)))
 
 
 @lru_cache(maxsize=1024)
@@ -786,9 +791,9 @@ def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
         hit.category for hit in native.hits if hit.discount is None and hit.level.is_crisis
     }
     hits: list[Hit] = []
-    discounted = [replace(hit, rule_id=f"gloss:{hit.rule_id}") for hit in result.discounted]
+    discounted = [replace(hit, rule_id=_GLOSSED + hit.rule_id) for hit in result.discounted]
     for hit in result.hits:
-        hit = replace(hit, rule_id=f"gloss:{hit.rule_id}")
+        hit = replace(hit, rule_id=_GLOSSED + hit.rule_id)
         if hit.category in joked and hit.level.is_crisis:
             hits.append(replace(hit, level=RiskLevel.DISTRESS, discount="joking"))
         elif hit.category in overruled and hit.level.is_crisis:
@@ -803,7 +808,7 @@ def _glossed(result: LexiconResult, native: LexiconResult) -> LexiconResult:
         level=level,
         hits=hits,
         discounted=discounted,
-        masks=[f"gloss:{mask}" for mask in result.masks],
+        masks=[_GLOSSED + mask for mask in result.masks],
         informational=result.informational and native.informational,
     )
 

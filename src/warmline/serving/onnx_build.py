@@ -62,6 +62,11 @@ SPEED_ORDER = ("int4", "int8", "int8-mlp", "fp32")
 2-core CPU)."""
 
 
+def _prunes_head(all_logits: bool) -> bool:
+    """Whether a build computes the head at the last position only (a serving build, PRUNE_LM_HEAD)."""
+    return PRUNE_LM_HEAD and not all_logits
+
+
 def builder_options(quant: str, config: dict[str, Any], *, all_logits: bool = False) -> dict[str, str]:
     """The builder's --extra_options for `quant` on a model with `config`: a quantisation that
     keeps some MatMuls in fp32 names them (`nodes_to_exclude`), one per block of the model; a
@@ -69,7 +74,7 @@ def builder_options(quant: str, config: dict[str, Any], *, all_logits: bool = Fa
     `all_logits`."""
     spec = QUANT_OPTIONS[quant]
     options = {key: str(value) for key, value in spec["extra_options"].items()}
-    if PRUNE_LM_HEAD and not all_logits:
+    if _prunes_head(all_logits):
         options["prune_lm_head"] = "true"
     names = ["/lm_head/MatMul"] if spec.get("fp32_head") else []
     layers = range(int(config.get("num_hidden_layers") or 0))
@@ -232,7 +237,7 @@ def build_key(hf_dir: Path, quant: str, *, all_logits: bool = False) -> str:
     for path in files:
         digest.update(path.name.encode() + b"\0" + file_sha256(path).encode() + b"\0")
     options = {"quant": quant, **QUANT_OPTIONS[quant], "onnxruntime_genai": onnxruntime_genai.__version__}
-    if PRUNE_LM_HEAD and not all_logits:
+    if _prunes_head(all_logits):
         options["prune_lm_head"] = True
     digest.update(json.dumps(options, sort_keys=True).encode())
     return digest.hexdigest()
