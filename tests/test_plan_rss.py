@@ -25,21 +25,7 @@ _PEAK_OF_CHILD = (
 )
 
 
-def _bf16_cpu() -> bool:
-    from warmline.hardware import resolve_precision
-
-    return resolve_precision("auto") == "bf16"
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(
-    condition=_bf16_cpu(),
-    strict=True,
-    raises=AssertionError,
-    reason="open (issue 17): on a CPU with bf16 units the offline run's RSS climbs within each stage "
-    "past the plan (4.13 GiB with MemoryTrim, 4.77 without, plan 2.22; benchmarks/RESULTS.md); "
-    "on an fp32-only CPU it agreed within 5%",
-)
 def test_plan_agrees_with_the_peak_rss_of_make_run(tmp_path):
     from warmline.recipe import load_recipe
     from warmline.training.plan import plan_recipe

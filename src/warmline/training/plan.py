@@ -299,7 +299,7 @@ def measure_first_steps(recipe: Recipe, source: str = "recipe", steps: int = MEA
     import torch
     from transformers import TrainerCallback
 
-    from warmline.hardware import resolve_precision
+    from warmline.hardware import cap_onednn_cache, resolve_precision
     from warmline.training.train import build_stage_trainer, load_training_tokenizer, prepare_stages
 
     class StepTimer(TrainerCallback):
@@ -319,6 +319,8 @@ def measure_first_steps(recipe: Recipe, source: str = "recipe", steps: int = MEA
 
     precision = resolve_precision(recipe.training.precision)
     cuda = torch.cuda.is_available()
+    if not cuda:
+        cap_onednn_cache()  # as train_recipe does, so the measurement is of the same process
     tokenizer = load_training_tokenizer(recipe)
     stages = prepare_stages(recipe, tokenizer, source)
     timer = StepTimer()

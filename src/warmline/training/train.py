@@ -37,7 +37,7 @@ from warmline.data.tokens import (
     tokenize_prototype,
 )
 from warmline.evaluation.loss import evaluate_loss
-from warmline.hardware import configure_threads, physical_cores, resolve_precision
+from warmline.hardware import cap_onednn_cache, configure_threads, physical_cores, resolve_precision
 from warmline.models import load_model, load_tokenizer
 from warmline.recipe import Recipe, RecipeError, StageConfig, recipe_to_dict
 from warmline.training.manifest import file_sha256, write_json_atomic, write_manifest
@@ -225,6 +225,8 @@ def train_recipe(
     check_launch()
     state = _process_state()  # under `accelerate launch`: this process's rank among N
     t = recipe.training
+    if not _cuda_available():
+        cap_onednn_cache()  # before the first matmul: oneDNN reads it once
     # Processes on one machine share its cores: each gets its share (set num_threads to override).
     threads = configure_threads(t.num_threads or max(1, physical_cores() // _local_processes()))
     precision = resolve_precision(t.precision)
