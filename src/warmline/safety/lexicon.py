@@ -124,6 +124,9 @@ class Combination:
     all_of: tuple[str, ...]
     any_of: tuple[str, ...] = ()
     """At least one of these must match too (empty: no extra condition)."""
+    none_of: tuple[str, ...] = ()
+    """None of these may match: an ordinary reason said in the message ("we fly to Peru next
+    month") explains preparations that are risk without one."""
     context: bool = False
     """As for rules: only elevated when the conversation also shows distress."""
     serious: bool = False
@@ -249,13 +252,14 @@ class Lexicon:
                 level=RiskLevel(entry["level"]),
                 all_of=tuple(entry["all"]),
                 any_of=tuple(entry.get("any", ())),
+                none_of=tuple(entry.get("none", ())),
                 context=bool(entry.get("context", False)),
                 serious=bool(entry.get("serious", False)),
             )
             for entry in data.get("combinations", [])
         ]
         for combination in self.combinations:
-            unknown = set(combination.all_of + combination.any_of) - self.signals.keys()
+            unknown = set(combination.all_of + combination.any_of + combination.none_of) - self.signals.keys()
             if unknown:
                 raise ValueError(
                     f"{source}: combination {combination.combination_id} names unknown signals {sorted(unknown)}"
@@ -435,6 +439,8 @@ class Lexicon:
                 continue
             extra = [found[name] for name in combination.any_of if name in found]
             if combination.any_of and not extra:
+                continue
+            if any(name in found for name in combination.none_of):
                 continue
             parts = [found[name] for name in combination.all_of] + extra
             hit = Hit(

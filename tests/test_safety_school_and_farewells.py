@@ -1,0 +1,75 @@
+"""Session 14: shapes dev set 11 (written by others) showed the rules missing, tested here in new
+wordings, not its messages. A pupil's school is the present, not a recovered past ("at school
+they all laugh at me and i want to die" in five languages); a time tomorrow is not history;
+farewells and preparations that are quiet (a pet rehomed to a date, letters finished "then i'll
+be ready", the flatmate away "so that's when", a friend's goodbye text and silence, found days
+later); self-harm urges named first; a plan named by its means; a one-way trip to a height; and
+their look-alikes, including preparations with an ordinary reason given (a combination's
+``none``)."""
+
+from __future__ import annotations
+
+import pytest
+from test_safety_frames import _rules
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        # a pupil's school is now, in every language
+        ("in high school nobody talks to me and honestly i want to die", "suicidal_ideation"),
+        ("au lycée personne ne me parle et j'ai envie de mourir", "suicidal_ideation"),
+        ("na escola ninguém fala comigo e eu quero morrer", "suicidal_ideation"),
+        ("en el instituto nadie me habla y quiero morirme", "suicidal_ideation"),
+        ("al liceo nessuno mi parla e voglio morire", "suicidal_ideation"),
+        # quiet farewells and preparations
+        ("looking for a loving home for my two cats, i won't be able to feed them after friday", "plan"),
+        ("finished my last letters tonight, then i'm ready.", "plan"),
+        ("parents are away for the weekend. that's my window.", "plan"),
+        ("make sure my pension goes to my brother, i need it sorted by friday", "plan"),
+        ("my sister posted 'sorry for everything' on her story and isn't answering her phone", "third_party"),
+        ("what happens to my dog if i die and no one finds me for days", "goodbye"),
+        # self-harm, plans and means in few words
+        ("self harm urges are unbearable tonight", "self_harm"),
+        ("my plan is the pills in the bathroom cabinet", "plan"),
+        ("one way drive to the bridge tonight", "plan"),
+        ("is the exhaust method painless? i can't see any other way out", "means"),
+        # a threat with the person's routine known (Spanish)
+        ("le parto la cara a ese, sé a qué hora sale del gimnasio", "harm_to_others"),
+        # Portuguese self-injury until bruised
+        ("quando fico nervosa me soco até ficar roxa", "self_harm"),
+    ],
+)
+def test_quiet_shapes_are_a_crisis(text, category):
+    result = _rules(text)
+    assert result.level.is_crisis, result.evidence
+    assert category in result.categories, result.categories
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "when i was in high school i wanted to die, now i'm doing really well",
+        "we need a new home for our dog because my daughter is allergic",
+        "booked a one way ticket to the coast, moving to porto for my new job!",
+        "my parents are away this weekend so that's when we're doing the party",
+        "i want to make sure my savings go to my kids, we're flying to peru next week and i want it done by friday",
+        "need to cut my hair so badly, any salon recommendations?",
+        "self-harm urges in teenagers: what does the research say?",
+        "my plan is the train to paris at nine",
+        "j'ai failli me couper le doigt en coupant les oignons",
+        "the exhaust fumes on this road make me cough",
+        "my friend texted 'thanks for everything!' after the party",
+    ],
+)
+def test_their_look_alikes_are_not(text):
+    result = _rules(text)
+    assert not result.level.is_crisis, result.evidence
+
+
+def test_an_ordinary_reason_cancels_preparations_but_not_a_farewell():
+    prepared = "i rehomed my dog and i want it all done by friday"
+    assert _rules(prepared).level.is_crisis
+    assert not _rules(prepared + ", we're moving abroad").level.is_crisis
+    # a farewell is not explained away by a trip
+    assert _rules("got my affairs in order before the trip. i won't be around after this").level.is_crisis
