@@ -137,7 +137,32 @@ def test_the_cascade_still_asks_e5_where_the_gloss_reading_is_not_plainly_ordina
 
 def test_a_lexicon_signal_always_gets_the_multilingual_reading():
     multilingual = _FixedScore()
-    assess_text("no aguanto más, quiero morirme", classifier=_FixedScore(), multilingual=multilingual)  # type: ignore[arg-type]
+    assess_text("no aguanto más, todo me sale mal", classifier=_FixedScore(), multilingual=multilingual)  # type: ignore[arg-type]
+    assert multilingual.calls >= 1
+
+
+@pytest.mark.parametrize(
+    "text", ["i want to kill myself, nothing will ever change", "no aguanto más, quiero morirme"]
+)
+def test_the_writers_own_risk_found_by_the_rules_skips_e5_and_still_reads_minilm(text, monkeypatch):
+    english = _FixedScore(suicidal=0.5, distress=0.2)  # at DISTRESS_THRESHOLD: the blend would ask e5
+    multilingual = _FixedScore(suicidal=0.9)
+    result = assess_text(text, classifier=english, multilingual=multilingual)  # type: ignore[arg-type]
+    assert result.level.is_crisis
+    assert multilingual.calls == 0 and english.calls >= 1
+    # with the skip off, e5 reads it as before
+    monkeypatch.setattr(risk, "DECIDED_SKIPS_E5", False)
+    multilingual = _FixedScore(suicidal=0.9)
+    assess_text(text, classifier=_FixedScore(suicidal=0.5, distress=0.2), multilingual=multilingual)  # type: ignore[arg-type]
+    assert multilingual.calls >= 1
+
+
+@pytest.mark.parametrize(
+    "text", ["my brother says he wants to kill himself", "i want to die and i want to hurt him too"]
+)
+def test_anyone_elses_risk_still_gets_e5(text):
+    multilingual = _FixedScore(suicidal=0.9)
+    assess_text(text, classifier=_FixedScore(suicidal=0.5, distress=0.2), multilingual=multilingual)  # type: ignore[arg-type]
     assert multilingual.calls >= 1
 
 

@@ -77,6 +77,15 @@ little, and at full weight it halved e5's sure reading of the message itself."""
 CASCADE = True
 """Whether a non-English message the rules and the gloss's MiniLM reading both find ordinary
 skips the multilingual classifier (e5, about 25 ms of a message's 30 on one core)."""
+DECIDED_SKIPS_E5 = True
+"""Whether a message whose rules already put the writer's own risk at crisis level (distress
+aside, nothing about anyone else) skips the multilingual classifier (e5, about 12 ms a call
+here): the classifier can raise a lexicon crisis, never lower it, and MiniLM's reading (of the
+message, or of a non-English message's gloss) still runs and can still make it imminent.
+Measured with and without (session 14, benchmarks/RESULTS.md): the same recall, imminent recall,
+false-positive rate, right-reply and exact-level figures on the v2 suites and scripts, the same
+XSTest and AILuminate outcomes and reply kinds, the same dev- and blind-set aggregates; the v2
+suites' median 21.1 -> 11.0-13.4 ms."""
 CASCADE_GLOSS_RISK = 0.1
 """MiniLM's risk on the gloss under which e5 is not asked (with CASCADE_COVERAGE and no lexicon
 signal). Measured over the v2 suites' and dev set 10's 673 non-English messages (session 13,
@@ -337,7 +346,12 @@ def assess_text(
     if reader is not None and level != RiskLevel.IMMINENT:
         # Imminent is the ceiling; the encoder's ~15 ms are only spent where they can matter.
         gloss_reading = _cascade_gloss_reading(found, glossed, classifier) if language != "en" else None
-        if gloss_reading is not None and gloss_reading.risk < CASCADE_GLOSS_RISK:
+        decided = _own_risk_decided(found)
+        if language != "en" and decided and glossed and classifier is not None:
+            # The rules found the writer's own risk: MiniLM's reading of the gloss stands in for
+            # e5's (it can still raise the turn to imminent or name another kind).
+            score = own = gloss_reading = classifier.score(glossed)
+        elif gloss_reading is not None and gloss_reading.risk < CASCADE_GLOSS_RISK:
             # Nothing in the rules and a well-glossed message MiniLM reads as plainly ordinary:
             # e5's ~25 ms are skipped and the gloss's reading stands.
             score = own = gloss_reading
@@ -355,7 +369,7 @@ def assess_text(
                 gloss_reading if gloss_reading is not None else classifier.score(glossed),
                 GLOSS_WEIGHT * gloss_coverage(glossed) ** GLOSS_COVERAGE_POWER,
             )
-        elif language == "en" and ENGLISH_BLEND and second_reading:
+        elif language == "en" and ENGLISH_BLEND and second_reading and not decided:
             # The same two readings for an English message: MiniLM's, blended with e5's.
             other = multilingual_reader()
             if other is not None:
@@ -405,6 +419,16 @@ def assess_text(
         risk_score=risk_score,
         language=language,
         framed=framed_here and not level.is_crisis,
+    )
+
+
+def _own_risk_decided(found: LexiconResult) -> bool:
+    """Whether the rules alone put the writer's own risk at crisis level, with nothing about
+    anyone else (DECIDED_SKIPS_E5)."""
+    return (
+        DECIDED_SKIPS_E5
+        and any(hit.level.is_crisis for hit in found.hits)
+        and all(hit.category in SELF_CATEGORIES or hit.category == "distress" for hit in found.hits)
     )
 
 
