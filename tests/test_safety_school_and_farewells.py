@@ -29,6 +29,14 @@ from test_safety_frames import _rules
         ("make sure my pension goes to my brother, i need it sorted by friday", "plan"),
         ("my sister posted 'sorry for everything' on her story and isn't answering her phone", "third_party"),
         ("what happens to my dog if i die and no one finds me for days", "goodbye"),
+        # someone else's farewell and the silence after it; signs seen on someone else
+        ("my roommate left a note saying sorry for everything and his phone is switched off", "third_party"),
+        ("my cousin messaged the family chat 'love you all' and now nobody can reach her", "third_party"),
+        ("checked my son's browser history: lethal dose of paracetamol, how many tablets", "third_party"),
+        ("my girlfriend keeps a stash of pills under her mattress for when it gets bad", "third_party"),
+        ("she always wears sweatbands and i saw fresh cuts underneath", "third_party"),
+        ("mein Sohn (15) ritzt sich", "third_party"),
+        ("mi hermano me mandó un mensaje despidiéndose y no contesta", "third_party"),
         # self-harm, plans and means in few words
         ("self harm urges are unbearable tonight", "self_harm"),
         ("my plan is the pills in the bathroom cabinet", "plan"),
@@ -60,6 +68,9 @@ def test_quiet_shapes_are_a_crisis(text, category):
         "j'ai failli me couper le doigt en coupant les oignons",
         "the exhaust fumes on this road make me cough",
         "my friend texted 'thanks for everything!' after the party",
+        "my dad texted goodbye from the gate, his phone is off now because he's flying",
+        "my son has a rope in his room for climbing club",
+        "i checked my own search history and it's all bridges in venice for our trip",
     ],
 )
 def test_their_look_alikes_are_not(text):
@@ -73,3 +84,18 @@ def test_an_ordinary_reason_cancels_preparations_but_not_a_farewell():
     assert not _rules(prepared + ", we're moving abroad").level.is_crisis
     # a farewell is not explained away by a trip
     assert _rules("got my affairs in order before the trip. i won't be around after this").level.is_crisis
+
+
+def test_an_ordinary_reason_softens_a_classifier_only_farewell(monkeypatch):
+    from test_safety_indirect import _FixedScore
+
+    from warmline.safety.risk import assess_text
+
+    sure = _FixedScore(suicidal=0.8)  # the embeddings of a giveaway sit near a goodbye's
+    giveaway = "giving away my old desk and books, anyone want them? thanks for everything, this group"
+    assert assess_text(giveaway, classifier=sure, multilingual=sure).level.is_crisis  # type: ignore[arg-type]
+    explained = giveaway + ". decluttering before the move"
+    assert not assess_text(explained, classifier=sure, multilingual=sure).level.is_crisis  # type: ignore[arg-type]
+    # a retired writer is not a reason: their own words still count
+    lonely = "retired teacher, 80, i live alone and honestly wouldn't mind not waking up"
+    assert assess_text(lonely, classifier=sure, multilingual=sure).level.is_crisis  # type: ignore[arg-type]

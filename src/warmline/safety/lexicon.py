@@ -291,6 +291,7 @@ class Lexicon:
         self.hypothetical_subject = optional("hypothetical_subject")
         self.spotting_question = optional("spotting_question")
         self.venting = optional("venting")
+        self.explained = optional("explained")
         self.deflection = optional("deflection")
         # "if a friend tells me", "when someone says": what follows is the hypothetical person's words
         self._hypothetical_telling = compile_pattern(

@@ -678,7 +678,7 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """ "reassurance", "recourse", "laughter", "recovery" or "venting" when ``text`` is framed so (see
+    """ "reassurance", "recourse", "laughter", "recovery", "venting" or "explained" when ``text`` is framed so (see
     SOFTENED_THRESHOLD), else None; None too when the writer takes a frame back ("not really
     joking", "ok it's for me tbh").
 
@@ -690,7 +690,11 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
 
     "venting": the writer calls the post a rant ("sorry, just needed to vent") or goes on to an
     ordinary plan for tonight ("tonight I'm making curry and watching trash TV"): a long rant's
-    embeddings sit near despair; its own words say what it is."""
+    embeddings sit near despair; its own words say what it is.
+
+    "explained": an ordinary reason for a goodbye or for giving things away ("decluttering before
+    the move", "going back to uni full-time", "twins due in November"): the embeddings of a
+    farewell or a giveaway sit near a suicidal goodbye's."""
     if _frame_taken_back(lexicon, text):
         return None  # "haha ... not really joking actually": the writer took the frame back
     if lexicon.reassured is not None and lexicon.reassured.search(lexicon.masked(text)):
@@ -703,6 +707,8 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
         return "recovery"
     if lexicon.venting is not None and lexicon.venting.search(text):
         return "venting"
+    if lexicon.explained is not None and lexicon.explained.search(text):
+        return "explained"
     return None
 
 
