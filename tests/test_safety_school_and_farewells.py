@@ -37,6 +37,9 @@ from test_safety_frames import _rules
         ("she always wears sweatbands and i saw fresh cuts underneath", "third_party"),
         ("mein Sohn (15) ritzt sich", "third_party"),
         ("mi hermano me mandó un mensaje despidiéndose y no contesta", "third_party"),
+        # the writer's own goodbye letters are the writer's, whoever they are for
+        ("i've written a goodbye note for my mum", "goodbye"),
+        ("typing my goodbye messages now", "goodbye"),
         # self-harm, plans and means in few words
         ("self harm urges are unbearable tonight", "self_harm"),
         ("my plan is the pills in the bathroom cabinet", "plan"),
@@ -70,6 +73,7 @@ def test_quiet_shapes_are_a_crisis(text, category):
         "my friend texted 'thanks for everything!' after the party",
         "my dad texted goodbye from the gate, his phone is off now because he's flying",
         "my son has a rope in his room for climbing club",
+        "in our d&d campaign my bard reads a goodbye letter to the party before the final battle",
         "i checked my own search history and it's all bridges in venice for our trip",
     ],
 )
