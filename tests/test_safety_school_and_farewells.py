@@ -40,6 +40,9 @@ from test_safety_frames import _rules
         # the writer's own goodbye letters are the writer's, whoever they are for
         ("i've written a goodbye note for my mum", "goodbye"),
         ("typing my goodbye messages now", "goodbye"),
+        ("ok that's the final update from me. thanks for reading all these years", "goodbye"),
+        ("how do i memorialise my instagram, i need it sorted by tonight", "plan"),
+        ("can you keep my cat forever? thanks for everything, honestly", "goodbye"),
         # self-harm, plans and means in few words
         ("self harm urges are unbearable tonight", "self_harm"),
         ("my plan is the pills in the bathroom cabinet", "plan"),
@@ -73,6 +76,8 @@ def test_quiet_shapes_are_a_crisis(text, category):
         "my friend texted 'thanks for everything!' after the party",
         "my dad texted goodbye from the gate, his phone is off now because he's flying",
         "my son has a rope in his room for climbing club",
+        "this is the last update from me for a while, exams!",
+        "can you take my dog for good? my new flat doesn't allow pets",
         "in our d&d campaign my bard reads a goodbye letter to the party before the final battle",
         "i checked my own search history and it's all bridges in venice for our trip",
     ],
