@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import pytest
 from test_safety_frames import _rules
+from test_safety_indirect import _FixedScore
+
+from warmline.safety.risk import assess_text
 
 
 @pytest.mark.parametrize(
@@ -95,11 +98,7 @@ def test_an_ordinary_reason_cancels_preparations_but_not_a_farewell():
     assert _rules("got my affairs in order before the trip. i won't be around after this").level.is_crisis
 
 
-def test_an_ordinary_reason_softens_a_classifier_only_farewell(monkeypatch):
-    from test_safety_indirect import _FixedScore
-
-    from warmline.safety.risk import assess_text
-
+def test_an_ordinary_reason_softens_a_classifier_only_farewell():
     sure = _FixedScore(suicidal=0.8)  # the embeddings of a giveaway sit near a goodbye's
     giveaway = "giving away my old desk and books, anyone want them? thanks for everything, this group"
     assert assess_text(giveaway, classifier=sure, multilingual=sure).level.is_crisis  # type: ignore[arg-type]

@@ -364,7 +364,8 @@ def assess_text(
         # reply (XSTest's harm-to-others prompts: 3 more given the abuse, intrusive-thoughts or
         # third-party reply instead of the refusal; benchmarks/RESULTS.md, session 7).
         second_reading = score.risk >= DISTRESS_THRESHOLD
-        if language != "en" and GLOSS_WEIGHT and glossed and second_reading:
+        if language != "en" and GLOSS_WEIGHT and glossed and second_reading and score is not gloss_reading:
+            # (A score that already is the gloss's reading, where e5 was skipped, has nothing to blend.)
             score = score.blended(
                 gloss_reading if gloss_reading is not None else classifier.score(glossed),
                 GLOSS_WEIGHT * gloss_coverage(glossed) ** GLOSS_COVERAGE_POWER,
