@@ -305,6 +305,10 @@ class Lexicon:
         self.reassured = optional("reassured")
         self.recourse = optional("recourse")
         self.fiction = optional("fiction")
+        # a farewell letter or note named in a hit, and one the writer calls their own
+        self.story = optional("story")
+        self.letter = optional("letter")
+        self.own_letter = optional("own_letter")
         self.frame_retracted = optional("frame_retracted")
         self.animal_patient = optional("animal_patient")
         # normalise + masks, once per message: scan() and masked() (the softener's cues) share it
@@ -593,8 +597,11 @@ class Lexicon:
         """Someone else's risk in a story the writer is writing ("my main character wants to jump
         from the tower in chapter 3, does that work?") is a character's: its third-party hits are
         discounted as framed (the writer's own risk phrases, outside the character's sentences,
-        still count; a frame the writer takes back discounts nothing)."""
-        if self.fiction is None or not self.fiction.search(text):
+        still count; a frame the writer takes back discounts nothing). So is a farewell letter
+        written for a story (``_story_letters``)."""
+        fiction = self.fiction is not None and bool(self.fiction.search(text))
+        story = self.story is not None and bool(self.story.search(text))
+        if not (fiction or story):
             return hits, []
         if self.frame_retracted is not None and self.frame_retracted.search(text):
             return hits, []
@@ -605,20 +612,39 @@ class Lexicon:
             sentence = _sentence_of(text, hit.start)
             own = _WRITER_BEFORE.search(text[max(0, hit.start - 16) : hit.start])
             return (
-                hit.category == "third_party"
+                fiction
+                and hit.category == "third_party"
                 and hit.level.is_crisis
                 and not _REAL_PERSON.search(sentence)
                 and not own
             )
 
-        kept: list[Hit] = []
-        framed: list[Hit] = []
-        for hit in hits:
-            if characters(hit):
-                framed.append(replace(hit, discount="framing"))
-            else:
-                kept.append(hit)
+        framed = [replace(hit, discount="framing") for hit in hits if characters(hit)]
+        kept = [hit for hit in hits if not characters(hit)]
+        letters = self._story_letters(kept, text) if story else []
+        if letters:
+            framed += [replace(hit, discount="framing") for hit in letters]
+            kept = [hit for hit in kept if hit not in letters]
         return kept, framed
+
+    def _story_letters(self, hits: list[Hit], text: str) -> list[Hit]:
+        """The farewell letters of a story (cues.story: a novel, a screenplay, a character, a
+        writing workshop): goodbye or plan hits naming a letter or note (cues.letter) that the
+        writer does not call their own in its sentence (cues.own_letter: "my goodbye letter"),
+        when they are the only crisis the message names ("I'm writing a goodbye letter for my
+        novel's heroine"; "la lettre d'adieu d'un soldat de 1916, pour mon atelier d'écriture")."""
+        if self.letter is None:
+            return []
+        letters = [
+            hit
+            for hit in hits
+            if hit.category in ("goodbye", "plan")
+            and self.letter.search(hit.phrase)
+            and not (self.own_letter is not None and self.own_letter.search(_sentence_of(text, hit.start)))
+        ]
+        if any(hit.level.is_crisis and hit not in letters for hit in hits):
+            return []
+        return letters
 
     def _attribute_third_party(self, hits: list[Hit], text: str) -> list[Hit]:
         """Self-risk phrases in a sentence about someone else belong to them, not the writer.

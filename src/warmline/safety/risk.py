@@ -406,7 +406,9 @@ def assess_text(
             # A non-English message's own reading (before the gloss blend); an English message's
             # blend is two readings of the same words, and neither stands alone.
             own=own if language != "en" and own is not score else None,
-            benign_in=lambda piece: _read_rules(english, piece, context, language)[0].benign_signals,
+            # A frame (a story, a class, a hobby) is the whole message's: any window of it is framed.
+            benign_in=lambda piece: any(hit.discount == "framing" for hit in found.discounted)
+            or _read_rules(english, piece, context, language)[0].benign_signals,
         )
     framed_here = (
         found.informational
