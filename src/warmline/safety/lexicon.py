@@ -101,6 +101,9 @@ class Rule:
     past_ok: bool = False
     """The pattern itself names a past event as the reason for a present intent ("a year since
     he died ... I'll go join him"): the recovered-history discount does not apply."""
+    none_of: tuple[str, ...] = ()
+    """Signals that, found anywhere in the message, discount the rule's hits as framed: an
+    ordinary reason given ("goodbye emails to everyone, it's my last week at the company")."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,7 @@ class Lexicon:
                 context=bool(entry.get("context", False)),
                 negatable=bool(entry.get("negatable", True)),
                 past_ok=bool(entry.get("past_ok", False)),
+                none_of=tuple(entry.get("none", ())),
             )
             for entry in data.get("risk", [])
         ]
@@ -258,6 +262,9 @@ class Lexicon:
             )
             for entry in data.get("combinations", [])
         ]
+        for rule in self.rules:
+            if set(rule.none_of) - self.signals.keys():
+                raise ValueError(f"{source}: rule {rule.rule_id} names unknown signals {sorted(set(rule.none_of) - self.signals.keys())}")
         for combination in self.combinations:
             unknown = set(combination.all_of + combination.any_of + combination.none_of) - self.signals.keys()
             if unknown:
@@ -311,6 +318,7 @@ class Lexicon:
         self.own_letter = optional("own_letter")
         self.frame_retracted = optional("frame_retracted")
         self.animal_patient = optional("animal_patient")
+        self.in_game = optional("in_game")
         # normalise + masks, once per message: scan() and masked() (the softener's cues) share it
         self._prepared = lru_cache(maxsize=1024)(self._prepare)
 
@@ -332,11 +340,12 @@ class Lexicon:
         discounted: list[Hit] = []
         for rule in self.rules:
             first_discounted: Hit | None = None
+            explained = any(self.signals[name].pattern.search(masked) for name in rule.none_of)
             for match in rule.pattern.finditer(masked):
                 phrase = match.group(0).strip()
                 if not phrase:
                     continue
-                discount = self._discount(rule, masked, match.start(), context=context)
+                discount = "framing" if explained else self._discount(rule, masked, match.start(), context=context)
                 hit = Hit(rule.rule_id, rule.category, rule.level, phrase, discount, match.start())
                 if discount is None:
                     hits.append(hit)
@@ -510,6 +519,9 @@ class Lexicon:
             # "What should I say if a friend tells me they want to die?": the first-person rule's
             # words are the hypothetical friend's, inside a help question; nobody is at risk.
             return "framing"
+        if rule.category in SELF_CATEGORIES and self._in_game(text, start):
+            # "uninstalling and killing myself (in game, respawn in 5)": a game character's death.
+            return "framing"
         if rule.category == "means" and self.animal_patient is not None and self.animal_patient.search(text):
             # "My dog ate half a bar of chocolate, is that a toxic amount?": a vet's question.
             return "framing"
@@ -592,6 +604,14 @@ class Lexicon:
         # i want to die". A new first-person subject after the cue ends its scope, unless a verb
         # of saying or thinking hands the negation on ("i don't think i want to").
         return not (self.language == "en" and _NEW_FIRST_PERSON_CLAUSE.search(after_cue))
+
+    def _in_game(self, text: str, start: int) -> bool:
+        """Whether a game qualifier (cues.in_game: "in game", "no minecraft", "respawn") follows the
+        phrase at ``start`` within its sentence (a bracket included)."""
+        if self.in_game is None:
+            return False
+        _, end = _sentence_span(text, start)
+        return bool(self.in_game.search(text[start : min(end, start + 100)]))
 
     def _fictional_others(self, hits: list[Hit], text: str) -> tuple[list[Hit], list[Hit]]:
         """Someone else's risk in a story the writer is writing ("my main character wants to jump
