@@ -70,6 +70,7 @@ to ``x`` and the English classifier reading the gloss sees a few risk words and 
 
 # Words (with a French/Italian elided article or pronoun kept on its word: "j'", "m'", "l'"),
 # numbers, and the punctuation that ends clauses and sentences.
+_MEASURE = re.compile(r"\d+(?:[.,]\d+)?(?:kgs?|kilos?|lbs?|kcals?|cals?|cm|km|mg|ml|m)")
 _TOKEN = re.compile(r"[^\W\d_]+'|[^\W_]+|[.,;:!?]")
 _SPACES = re.compile(r"\s+")
 # "cansada de vivir" -> "tired of to live": English says "tired of living".
@@ -182,8 +183,8 @@ class Glossary:
         return glossed
 
     def _word(self, word: str) -> str:
-        if word.isdigit():
-            return word
+        if word.isdigit() or _MEASURE.fullmatch(word):
+            return word  # "45kg", "800kcal": the same in every language
         for stem, english in self.stems:
             if word.startswith(stem):
                 if (

@@ -588,6 +588,16 @@ class Lexicon:
         tellings = list(self._hypothetical_telling.finditer(text, sentence_start, start))
         return bool(tellings) and not _FIRST_PERSON.search(text[tellings[-1].end() : start])
 
+    def explains(self, text: str) -> bool:
+        """Whether ``text`` gives an ordinary reason (cues.explained) that it does not deny ("não é
+        mudança", "it's not a move")."""
+        if self.explained is None:
+            return False
+        return any(
+            not self.negation.search(" ".join(text[: match.start()].split()[-3:]))
+            for match in self.explained.finditer(text)
+        )
+
     def _negated(self, text: str, start: int) -> bool:
         """A negation cue within a few words before ``start``, in the same clause."""
         words = _clause_before(text, start).split()[-_NEGATION_WINDOW_WORDS:]
@@ -779,6 +789,9 @@ def _sentence_of(text: str, position: int) -> str:
     """The sentence of ``text`` that contains ``position``."""
     start, end = _sentence_span(text, position)
     return text[start:end]
+
+
+sentence_of = _sentence_of
 
 
 def packaged_lexicon_path() -> Path:

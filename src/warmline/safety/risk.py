@@ -32,7 +32,7 @@ from warmline.safety.language import (
     scan_languages,
 )
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
-from warmline.safety.lexicon import Hit, Lexicon, LexiconResult, default_lexicon
+from warmline.safety.lexicon import Hit, Lexicon, LexiconResult, default_lexicon, sentence_of
 from warmline.safety.normalise import clean
 
 logger = logging.getLogger(__name__)
@@ -160,6 +160,17 @@ _RISK_WORDS = re.compile(
     r"|gone|disappear\w*|alive|weapon|bruis\w*|blood|sleep\w*|drunk|drink\w*|drugs?|isn't answering|not answering"
     r"|secret\w*|don't tell|not to tell|naked|photos?|pictures?|private|grab\w*|push\w*|shov\w*|belt|marks?"
     r"|stalk\w*|bedroom|hate me|shut me|won't let me)\b",
+    re.IGNORECASE,
+)
+
+# An eating-disorder score with no lexicon hit needs a word of eating, food, weight or the body in
+# the message (or its gloss): "dizzy when I stand up, my heart races, doctor on Thursday" reads as
+# starvation to the embeddings, and nothing in it is about food.
+_EATING_WORDS = re.compile(
+    r"\d\s?(?:kgs?|kilos?|lbs?|cals?|kcals?)\b|\b(?:eat\w*|ate|food|water|meals?|calorie\w*|cals?|kcals?|weigh\w*|kgs?|kilos?|lbs?|pounds?|fat|thin\w*|skinny"
+    r"|body|bodies|mirror|purg\w*|throw\w* up|threw up|vomit\w*|puk\w*|binge\w*|fast|fasts|fasted|fasting|starv\w*"
+    r"|diet\w*|laxatives?|hungry|hunger|stomach|belly|bones?|ribs|thighs?|waist|size|scale|bmi|restrict\w*"
+    r"|breakfast|lunch|dinner|snacks?|gain\w*|lose|losing|lost|sick|chew\w*|swallow\w*|bulimi\w*|anorexi\w*|ana|mia)\b",
     re.IGNORECASE,
 )
 
@@ -558,7 +569,7 @@ def _combine(
         )
         needs_more = (
             top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone
-        ) or (
+        ) or (top == "eating_disorder" and not lexicon_categories and not _EATING_WORDS.search(text)) or (
             top in _NEEDS_RISK_WORDS
             and not any(_rule_name(hit) not in _EVENTS_NOT_RISK for hit in found.hits)
             and not _RISK_WORDS.search(text)
@@ -710,7 +721,7 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
         return "recovery"
     if lexicon.venting is not None and lexicon.venting.search(text):
         return "venting"
-    if lexicon.explained is not None and lexicon.explained.search(text):
+    if lexicon.explains(text):
         return "explained"
     return None
 
@@ -755,9 +766,33 @@ def _native_softener(language: str, text: str) -> str | None:
     cues, prepared = reading
     if cues.laughter.search(prepared):
         return "laughter"
-    if cues.distant_past.search(prepared) and not cues.present_again.search(prepared):
+    past = cues.distant_past.search(prepared)
+    if past and _past_stands(cues, prepared, past):
         return "recovery"
+    if cues.explains(prepared):
+        return "explained"
     return None
+
+
+# Words of the present that only say when ("hoy", "heute", "aujourd'hui"): in a sentence of their
+# own they tell the day of the good news ("hoy he terminado mi primer mes en el curro nuevo"), not
+# that the past is back; "otra vez", "wieder", "ainda" say that wherever they are.
+_ONLY_WHEN = re.compile(
+    r"(?:hoy|ahora|esta noche|esta semana|manana|aujourd'hui|maintenant|ce soir|cette semaine|demain"
+    r"|en ce moment|heute|jetzt|gerade|morgen|diese woche|zurzeit|hoje|agora|amanha|esta noite|essa semana"
+    r"|oggi|adesso|ora|domani|stasera|stanotte|questa settimana)"
+)
+
+
+def _past_stands(cues: Lexicon, prepared: str, past: re.Match[str]) -> bool:
+    """Whether a recovered past (``past``, cues.distant_past) is not undone by a word of the
+    present (cues.present_again): none in the message, or only words that say when, outside the
+    past's sentence."""
+    sentence = sentence_of(prepared, past.start())
+    for again in cues.present_again.finditer(prepared):
+        if not _ONLY_WHEN.fullmatch(again.group(0)) or cues.present_again.search(sentence):
+            return False
+    return True
 
 
 def _native_minor(language: str, text: str) -> bool:
