@@ -299,6 +299,7 @@ class Lexicon:
         self.spotting_question = optional("spotting_question")
         self.venting = optional("venting")
         self.explained = optional("explained")
+        self.accidental = optional("accidental")
         self.deflection = optional("deflection")
         # "if a friend tells me", "when someone says": what follows is the hypothetical person's words
         self._hypothetical_telling = compile_pattern(

@@ -723,6 +723,12 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
         return "venting"
     if lexicon.explains(text):
         return "explained"
+    if lexicon.accidental is not None and lexicon.accidental.search(text):
+        return "accident"
+    if lexicon.framing is not None and lexicon.framing.search(text) and not _frame_taken_back(lexicon, text):
+        # "For my creative writing class I wrote a poem from the perspective of someone on a
+        # bridge": this turn sets up the frame (the earlier turns' frames: _frame_softener).
+        return "framing"
     return None
 
 
@@ -771,6 +777,8 @@ def _native_softener(language: str, text: str) -> str | None:
         return "recovery"
     if cues.explains(prepared):
         return "explained"
+    if cues.accidental is not None and cues.accidental.search(prepared):
+        return "accident"
     return None
 
 
