@@ -264,7 +264,9 @@ class Lexicon:
         ]
         for rule in self.rules:
             if set(rule.none_of) - self.signals.keys():
-                raise ValueError(f"{source}: rule {rule.rule_id} names unknown signals {sorted(set(rule.none_of) - self.signals.keys())}")
+                raise ValueError(
+                    f"{source}: rule {rule.rule_id} names unknown signals {sorted(set(rule.none_of) - self.signals.keys())}"
+                )
         for combination in self.combinations:
             unknown = set(combination.all_of + combination.any_of + combination.none_of) - self.signals.keys()
             if unknown:
@@ -346,7 +348,9 @@ class Lexicon:
                 phrase = match.group(0).strip()
                 if not phrase:
                     continue
-                discount = "framing" if explained else self._discount(rule, masked, match.start(), context=context)
+                discount = (
+                    "framing" if explained else self._discount(rule, masked, match.start(), context=context)
+                )
                 hit = Hit(rule.rule_id, rule.category, rule.level, phrase, discount, match.start())
                 if discount is None:
                     hits.append(hit)

@@ -167,7 +167,7 @@ _RISK_WORDS = re.compile(
 # the message (or its gloss): "dizzy when I stand up, my heart races, doctor on Thursday" reads as
 # starvation to the embeddings, and nothing in it is about food.
 _EATING_WORDS = re.compile(
-    r"\d\s?(?:kgs?|kilos?|lbs?|cals?|kcals?)\b|\b(?:eat\w*|ate|food|water|meals?|calorie\w*|cals?|kcals?|weigh\w*|kgs?|kilos?|lbs?|pounds?|fat|thin\w*|skinny"
+    r"\d\s?(?:kgs?|kilos?|lbs?|pounds?|stone|cals?|kcals?)\b|\b(?:eat\w*|ate|food|water|meals?|calorie\w*|cals?|kcals?|weigh\w*|kgs?|kilos?|lbs?|fat|thin\w*|skinny"
     r"|body|bodies|mirror|purg\w*|throw\w* up|threw up|vomit\w*|puk\w*|binge\w*|fast|fasts|fasted|fasting|starv\w*"
     r"|diet\w*|laxatives?|hungry|hunger|stomach|belly|bones?|ribs|thighs?|waist|size|scale|bmi|restrict\w*"
     r"|breakfast|lunch|dinner|snacks?|gain\w*|lose|losing|lost|sick|chew\w*|swallow\w*|bulimi\w*|anorexi\w*|ana|mia)\b",
@@ -418,8 +418,10 @@ def assess_text(
             # blend is two readings of the same words, and neither stands alone.
             own=own if language != "en" and own is not score else None,
             # A frame (a story, a class, a hobby) is the whole message's: any window of it is framed.
-            benign_in=lambda piece: any(hit.discount == "framing" for hit in found.discounted)
-            or _read_rules(english, piece, context, language)[0].benign_signals,
+            benign_in=lambda piece: (
+                any(hit.discount == "framing" for hit in found.discounted)
+                or _read_rules(english, piece, context, language)[0].benign_signals
+            ),
         )
     framed_here = (
         found.informational
@@ -568,13 +570,15 @@ def _combine(
             _confident(score) or (own is not None and _confident(own) and _same_kind(own.top_risk_class, top))
         )
         needs_more = (
-            top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone
-        ) or (top == "eating_disorder" and not lexicon_categories and not _EATING_WORDS.search(text)) or (
-            top in _NEEDS_RISK_WORDS
-            and not any(_rule_name(hit) not in _EVENTS_NOT_RISK for hit in found.hits)
-            and not _RISK_WORDS.search(text)
-            and not minor
-            and not confident_alone
+            (top in _NEEDS_LEXICON and not lexicon_categories and not agreeing and not confident_alone)
+            or (top == "eating_disorder" and not lexicon_categories and not _EATING_WORDS.search(text))
+            or (
+                top in _NEEDS_RISK_WORDS
+                and not any(_rule_name(hit) not in _EVENTS_NOT_RISK for hit in found.hits)
+                and not _RISK_WORDS.search(text)
+                and not minor
+                and not confident_alone
+            )
         )
         if needs_more and top in _SECOND_OPINION_CLASSES and second_opinion is not None:
             # The second opinion may also come from the other encoder: both models reading the
