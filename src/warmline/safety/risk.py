@@ -485,6 +485,10 @@ def _read_rules(
         # The English rules read the word-by-word gloss too: they know more indirect phrasing
         # than any one language's lexicon (warmline.safety.gloss).
         found = merge_results([found, _glossed(_scan(english, glossed, context), found)])
+        if found.informational and _frame_taken_back(english, glossed):
+            # "frag für mich, nich für ne hausarbeit": the native cue read a homework, the gloss
+            # says it is not one.
+            found = replace(found, informational=False)
     return found, language, glossed
 
 
