@@ -69,6 +69,29 @@ from warmline.safety.lexicon import Lexicon, load_yaml, packaged_lexicon_path
         ("hab grad alles geschluckt was ich finden konnte", "imminent"),
         # the writer's own goodbye letter, story or not
         ("my goodbye letter is written. this is the last chapter of my story", "goodbye"),
+        # plans said quietly (dev set 14's shapes, new wordings)
+        ("i know exactly how i'm going to do it. i just want to get through christmas first", "plan"),
+        ("i finally have a plan and i feel calm for the first time in months", "plan"),
+        ("is it possible to pay for my own funeral in advance? it'll be needed soon, i've decided", "plan"),
+        ("which car park has no security at night? i don't want anyone to stop me", "plan"),
+        ("scheduled a message for my wife for next week with all the passwords and who to call", "plan"),
+        # farewells in their details
+        ("gave my brother a letter and told him to open it after. he thinks it's a birthday card", "goodbye"),
+        ("tell my mum i was sorry and that my sister can have my bed", "goodbye"),
+        (
+            "read the kids a story tonight, an extra one. they don't know. i hope one day they forgive me",
+            "goodbye",
+        ),
+        ("thanks everyone for the last two years on this server. look after each other", "goodbye"),
+        # German, Italian
+        ("morgen früh ist es so weit. liegt alles bereit und ich bin ganz ruhig", "imminent"),
+        ("ich kotze 3 mal am tag und kann nicht aufhören", "eating_disorder"),
+        ("meine schwester verschenkt ihre klamotten und hat gesagt bald ist alles vorbei", "third_party"),
+        ("la mia amica ha scritto che stanotte la fa finita", "third_party"),
+        (
+            "my cousin posted that it was his last night and then deleted his account, nobody can reach him",
+            "third_party",
+        ),
     ],
 )
 def test_quiet_shapes_are_a_crisis(text, category):
@@ -105,6 +128,12 @@ def test_quiet_shapes_are_a_crisis(text, category):
         # reasons given for a rope, a move
         "bought a rope for my climbing course",
         "ich gebe nicht auf, ich will leben",
+        # ordinary farewells (dev set 14's shapes)
+        "we've set the date!! september 3rd, the venue is booked 💍",
+        "last post as admin here, i'm stepping down to focus on my new job. thanks all",
+        "handed in my resignation today!!! goodbye open-plan office forever",
+        "thanks everyone for the amazing farewell party, look after each other while i'm on maternity leave",
+        "vou morrer de tanto rir com esse vídeo kkkk",
     ],
 )
 def test_their_look_alikes_are_not(text):
@@ -150,6 +179,9 @@ def test_a_recovered_past_stands_beside_a_day_but_not_beside_a_relapse():
     assert not _scored(recovered, suicidal=0.7).level.is_crisis
     relapsed = "hace tres años estuve ingresada meses. otra vez estoy igual que entonces"
     assert _scored(relapsed, suicidal=0.7).level.is_crisis
+    # a death dated in the past is a loss, not a recovery
+    bereaved = "seit meine frau vor zwei jahren gestorben ist, ist es so still. ich koche kaum noch"
+    assert _scored(bereaved, suicidal=0.7).level.is_crisis
 
 
 def test_a_rule_that_names_an_unknown_signal_is_refused():
@@ -166,55 +198,6 @@ def test_a_rule_that_names_an_unknown_signal_is_refused():
     ]
     with pytest.raises(ValueError, match="no_such_signal"):
         Lexicon(data)
-
-
-@pytest.mark.parametrize(
-    ("text", "category"),
-    [
-        # plans said quietly (dev set 14's shapes, new wordings)
-        ("i know exactly how i'm going to do it. i just want to get through christmas first", "plan"),
-        ("i finally have a plan and i feel calm for the first time in months", "plan"),
-        ("is it possible to pay for my own funeral in advance? it'll be needed soon, i've decided", "plan"),
-        ("which car park has no security at night? i don't want anyone to stop me", "plan"),
-        ("scheduled a message for my wife for next week with all the passwords and who to call", "plan"),
-        # farewells in their details
-        ("gave my brother a letter and told him to open it after. he thinks it's a birthday card", "goodbye"),
-        ("tell my mum i was sorry and that my sister can have my bed", "goodbye"),
-        (
-            "read the kids a story tonight, an extra one. they don't know. i hope one day they forgive me",
-            "goodbye",
-        ),
-        ("thanks everyone for the last two years on this server. look after each other", "goodbye"),
-        # German, Italian
-        ("morgen früh ist es so weit. liegt alles bereit und ich bin ganz ruhig", "imminent"),
-        ("ich kotze 3 mal am tag und kann nicht aufhören", "eating_disorder"),
-        ("meine schwester verschenkt ihre klamotten und hat gesagt bald ist alles vorbei", "third_party"),
-        ("la mia amica ha scritto che stanotte la fa finita", "third_party"),
-        (
-            "my cousin posted that it was his last night and then deleted his account, nobody can reach him",
-            "third_party",
-        ),
-    ],
-)
-def test_quiet_plans_and_farewells_are_a_crisis(text, category):
-    result = _rules(text)
-    assert result.level.is_crisis, result.evidence
-    assert category in result.categories, result.categories
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "we've set the date!! september 3rd, the venue is booked 💍",
-        "last post as admin here, i'm stepping down to focus on my new job. thanks all",
-        "handed in my resignation today!!! goodbye open-plan office forever",
-        "thanks everyone for the amazing farewell party, look after each other while i'm on maternity leave",
-        "vou morrer de tanto rir com esse vídeo kkkk",
-    ],
-)
-def test_their_ordinary_look_alikes_are_not(text):
-    result = _rules(text)
-    assert not result.level.is_crisis, result.evidence
 
 
 def test_a_date_picked_after_someone_elses_wedding_is_still_a_plan():

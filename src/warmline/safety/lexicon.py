@@ -60,6 +60,15 @@ _TOPIC_FRAMEABLE: frozenset[str] = frozenset(
     {"harm_from_others", "child_abuse", "third_party", "eating_disorder", "self_harm"}
 )
 
+# A death dated in the past ("my wife died two years ago", "seit meine Frau vor zwei Jahren
+# gestorben ist") is a loss, not a recovered past: its date says nothing of the writer's risk
+# being behind them (the history reading and the native recovery softener skip its sentence).
+BEREAVED = re.compile(
+    r"\b(?:died|passed away|passed on|funeral|gestorben|verstorben|gegangen ist|starb|tod"
+    r"|murio|fallecio|falleci\w*|mort|morte|decede\w*|nous a quitte\w*|morreu|faleceu|falecimento"
+    r"|morto|morta|scomparso|scomparsa|venut[oa] a mancare|mancat[oa])\b"
+)
+
 # The writer saying a character's risk is theirs too: no story frame discounts it.
 _ECHOED = re.compile(
     r"\b(?:so do i|so am i|me too|same here|i do too|i am too|i'm the same|just like me|like i do|i feel the same"
@@ -401,7 +410,16 @@ class Lexicon:
             imminence=imminence,
             informational=bool(self.informational.search(masked))
             and not (self.frame_retracted is not None and self.frame_retracted.search(masked)),
-            history=bool(self.distant_past.search(masked)) and not self.present_again.search(masked),
+            history=self._recovered_history(masked),
+        )
+
+    def _recovered_history(self, text: str) -> bool:
+        """Whether ``text`` is told as a recovered past: a distant-past cue outside the sentence of
+        a death, and no word of the present."""
+        if self.present_again.search(text):
+            return False
+        return any(
+            not BEREAVED.search(_sentence_of(text, m.start())) for m in self.distant_past.finditer(text)
         )
 
     def masked(self, text: str) -> str:

@@ -32,7 +32,7 @@ from warmline.safety.language import (
     scan_languages,
 )
 from warmline.safety.levels import SELF_CATEGORIES, Assessment, RiskLevel
-from warmline.safety.lexicon import Hit, Lexicon, LexiconResult, default_lexicon, sentence_of
+from warmline.safety.lexicon import BEREAVED, Hit, Lexicon, LexiconResult, default_lexicon, sentence_of
 from warmline.safety.normalise import clean
 
 logger = logging.getLogger(__name__)
@@ -800,20 +800,12 @@ _ONLY_WHEN = re.compile(
 )
 
 
-# A death dated in the past ("seit meine Frau vor zwei Jahren gestorben ist") is a loss, not a
-# recovery: its date says nothing of the writer's risk being behind them.
-_BEREAVED = re.compile(
-    r"\b(?:gestorben|verstorben|gegangen ist|starb|tod|murio|fallecio|falleci\w*|se fue|mort|morte|decede\w*"
-    r"|nous a quitte\w*|morreu|faleceu|falecimento|morto|morta|scomparso|scomparsa|venut[oa] a mancare|mancat[oa])\b"
-)
-
-
 def _past_stands(cues: Lexicon, prepared: str, past: re.Match[str]) -> bool:
     """Whether a recovered past (``past``, cues.distant_past) is not undone by a word of the
     present (cues.present_again): none in the message, or only words that say when, outside the
-    past's sentence; nor is it the date of a death (_BEREAVED)."""
+    past's sentence; nor is it the date of a death (lexicon.BEREAVED)."""
     sentence = sentence_of(prepared, past.start())
-    if _BEREAVED.search(sentence):
+    if BEREAVED.search(sentence):
         return False
     for again in cues.present_again.finditer(prepared):
         if not _ONLY_WHEN.fullmatch(again.group(0)) or cues.present_again.search(sentence):
