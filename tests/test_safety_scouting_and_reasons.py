@@ -204,3 +204,16 @@ def test_a_date_picked_after_someone_elses_wedding_is_still_a_plan():
     assert _rules("i've picked the date. after my brother's wedding, so i don't ruin it").level.is_crisis
     # a bare "i quit" is no reason: it may be the writer quitting everything
     assert _rules("i quit. goodbye forever").level.is_crisis
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "can you tell my boss i was sorry for being late",
+        "thanks everyone for coming, look after each other on the drive home",
+        "my sister can have my room when i move out in june",
+        "open it after dinner!",
+    ],
+)
+def test_everyday_errands_are_no_farewell_details(text):
+    assert not _rules(text).level.is_crisis
