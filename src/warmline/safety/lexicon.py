@@ -350,9 +350,16 @@ class Lexicon:
         masked, mask_ids = self._prepared(text)
         hits: list[Hit] = []
         discounted: list[Hit] = []
+        reasons: dict[str, bool] = {}  # the signals rules' ``none`` name, each searched once
+
+        def reason_given(name: str) -> bool:
+            if name not in reasons:
+                reasons[name] = bool(self.signals[name].pattern.search(masked))
+            return reasons[name]
+
         for rule in self.rules:
             first_discounted: Hit | None = None
-            explained = any(self.signals[name].pattern.search(masked) for name in rule.none_of)
+            explained = any(reason_given(name) for name in rule.none_of)
             for match in rule.pattern.finditer(masked):
                 phrase = match.group(0).strip()
                 if not phrase:
@@ -616,6 +623,8 @@ class Lexicon:
         mudança", "it's not a move")."""
         if self.explained is None:
             return False
+        # The three words before the reason, not _negated's clause: "não é mudança" has "e" (is),
+        # which reads as a clause breaker ("and") there.
         return any(
             not self.negation.search(" ".join(text[: match.start()].split()[-3:]))
             for match in self.explained.finditer(text)
@@ -672,8 +681,13 @@ class Lexicon:
                 and not own
             )
 
-        framed = [replace(hit, discount="framing") for hit in hits if characters(hit)]
-        kept = [hit for hit in hits if not characters(hit)]
+        kept: list[Hit] = []
+        framed: list[Hit] = []
+        for hit in hits:
+            if characters(hit):
+                framed.append(replace(hit, discount="framing"))
+            else:
+                kept.append(hit)
         letters = self._story_letters(kept, text) if story else []
         if letters:
             framed += [replace(hit, discount="framing") for hit in letters]

@@ -700,7 +700,8 @@ def _confident(score: ClassifierScore) -> bool:
 
 
 def _softener(lexicon: Lexicon, text: str) -> str | None:
-    """ "reassurance", "recourse", "laughter", "recovery", "venting" or "explained" when ``text`` is framed so (see
+    """ "reassurance", "recourse", "laughter", "recovery", "venting", "explained", "accident" or
+    "framing" when ``text`` is framed so (see
     SOFTENED_THRESHOLD), else None; None too when the writer takes a frame back ("not really
     joking", "ok it's for me tbh").
 
@@ -733,7 +734,7 @@ def _softener(lexicon: Lexicon, text: str) -> str | None:
         return "explained"
     if lexicon.accidental is not None and lexicon.accidental.search(text):
         return "accident"
-    if lexicon.framing is not None and lexicon.framing.search(text) and not _frame_taken_back(lexicon, text):
+    if lexicon.framing is not None and lexicon.framing.search(text):
         # "For my creative writing class I wrote a poem from the perspective of someone on a
         # bridge": this turn sets up the frame (the earlier turns' frames: _frame_softener).
         return "framing"
@@ -805,12 +806,9 @@ def _past_stands(cues: Lexicon, prepared: str, past: re.Match[str]) -> bool:
     present (cues.present_again): none in the message, or only words that say when, outside the
     past's sentence; nor is it the date of a death (lexicon.BEREAVED)."""
     sentence = sentence_of(prepared, past.start())
-    if BEREAVED.search(sentence):
+    if BEREAVED.search(sentence) or cues.present_again.search(sentence):
         return False
-    for again in cues.present_again.finditer(prepared):
-        if not _ONLY_WHEN.fullmatch(again.group(0)) or cues.present_again.search(sentence):
-            return False
-    return True
+    return all(_ONLY_WHEN.fullmatch(again.group(0)) for again in cues.present_again.finditer(prepared))
 
 
 def _native_minor(language: str, text: str) -> bool:
